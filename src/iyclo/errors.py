@@ -1,0 +1,104 @@
+"""One error tree for every front.
+
+Each error carries a stable D-Bus error name and a JSON-RPC code so the D-Bus
+adapter, the JSON socket and the CLI translate it the same way, once, at their
+boundary. Messages are one line and name what is wrong and where.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+DBUS_ERROR_PREFIX = "io.github.iyclo1.Error"
+
+
+class IycloError(Exception):
+    """Base of every error iyclo reports to a user."""
+
+    dbus_name: ClassVar[str] = f"{DBUS_ERROR_PREFIX}.Failed"
+    rpc_code: ClassVar[int] = -32000
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidError(IycloError):
+    """A manifest or a request is malformed; `details` lists every problem found."""
+
+    dbus_name = f"{DBUS_ERROR_PREFIX}.Invalid"
+    rpc_code = -32001
+    exit_code = 2
+
+    def __init__(self, message: str, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or [message]
+
+
+class NotFoundError(IycloError):
+    dbus_name = f"{DBUS_ERROR_PREFIX}.NotFound"
+    rpc_code = -32002
+    exit_code = 3
+
+
+class ConflictError(IycloError):
+    dbus_name = f"{DBUS_ERROR_PREFIX}.Conflict"
+    rpc_code = -32003
+    exit_code = 4
+
+
+class PodmanError(IycloError):
+    dbus_name = f"{DBUS_ERROR_PREFIX}.Podman"
+    rpc_code = -32004
+    exit_code = 5
+
+
+class SystemdError(IycloError):
+    dbus_name = f"{DBUS_ERROR_PREFIX}.Systemd"
+    rpc_code = -32005
+    exit_code = 6
+
+
+class AccessDeniedError(IycloError):
+    dbus_name = f"{DBUS_ERROR_PREFIX}.AccessDenied"
+    rpc_code = -32006
+    exit_code = 7
+
+
+class StoreError(IycloError):
+    """The state directory cannot be read or written."""
+
+    dbus_name = f"{DBUS_ERROR_PREFIX}.Store"
+    rpc_code = -32007
+    exit_code = 8
+
+
+ALL_ERRORS: tuple[type[IycloError], ...] = (
+    IycloError,
+    InvalidError,
+    NotFoundError,
+    ConflictError,
+    PodmanError,
+    SystemdError,
+    AccessDeniedError,
+    StoreError,
+)
+
+
+def error_from_dbus_name(name: str, message: str) -> IycloError:
+    """Map a D-Bus error name back to the typed error (used by clients)."""
+    for cls in ALL_ERRORS:
+        if cls.dbus_name == name:
+            return cls(message)
+    return IycloError(message)
+
+
+def error_from_rpc_code(code: int, message: str) -> IycloError:
+    for cls in ALL_ERRORS:
+        if cls.rpc_code == code:
+            return cls(message)
+    return IycloError(message)
