@@ -1,0 +1,3 @@
+from iyclo.cli.main import main
+
+main()

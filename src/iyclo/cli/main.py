@@ -1,0 +1,102 @@
+"""The `iyclo` command.
+
+Kept lean on purpose: it imports neither podman nor the daemon's modules, so
+`iyclo ps` starts fast. Commands that need the daemon import their client lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import rich_click as click
+
+from iyclo import __version__
+from iyclo.cli.output import die, print_json, set_debug
+from iyclo.errors import InvalidError
+
+click.rich_click.USE_MARKDOWN = True
+click.rich_click.SHOW_ARGUMENTS = True
+click.rich_click.STYLE_ERRORS_SUGGESTION = "dim"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(__version__, "--version", prog_name="iyclo")
+def cli(debug: bool) -> None:
+    """Deploy pods and scheduled jobs: Podman runs them, systemd supervises them.
+
+    Examples:
+
+        iyclo validate examples/*.json
+
+        iyclo schema > manifest.schema.json
+    """
+    set_debug(debug)
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+def validate(files: tuple[Path, ...], as_json: bool) -> None:
+    """Check manifests offline and list every problem of each.
+
+    Exits 0 when all are valid, 1 otherwise.
+
+    Example: `iyclo validate examples/web.json examples/backup.json`
+    """
+    from iyclo.manifest.convert import parse_manifest_text
+
+    results: list[dict[str, Any]] = []
+    for path in files:
+        try:
+            text = path.read_bytes()
+            manifest = parse_manifest_text(text, source=str(path))
+        except OSError as exc:
+            results.append(
+                {"file": str(path), "valid": False, "errors": [exc.strerror or str(exc)]}
+            )
+        except InvalidError as exc:
+            results.append({"file": str(path), "valid": False, "errors": exc.details})
+        else:
+            results.append(
+                {"file": str(path), "valid": True, "kind": manifest.kind, "name": manifest.name}
+            )
+    if as_json:
+        print_json(results)
+    else:
+        for result in results:
+            if result["valid"]:
+                click.echo(f"{result['file']}: valid {result['kind']} '{result['name']}'")
+            else:
+                for error in result["errors"]:
+                    line = (
+                        error
+                        if error.startswith(str(result["file"]))
+                        else f"{result['file']}: {error}"
+                    )
+                    click.echo(line, err=True)
+    sys.exit(0 if all(r["valid"] for r in results) else 1)
+
+
+@cli.command()
+def schema() -> None:
+    """Print the manifest's JSON Schema, generated from iyclo's own types."""
+    from iyclo.manifest.schema import manifest_schema
+
+    click.echo(json.dumps(manifest_schema(), indent=2))
+
+
+@cli.command()
+def version() -> None:
+    """Print the client's version."""
+    click.echo(f"iyclo {__version__}")
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except KeyboardInterrupt:
+        die("interrupted", code=130)

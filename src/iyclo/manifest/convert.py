@@ -1,0 +1,248 @@
+"""Manifest ⇄ JSON, with every problem reported at its JSON path.
+
+cattrs does the walking (with detailed validation, so it collects *all* errors of
+a manifest); this module adds strict primitive hooks (cattrs would happily turn
+``42`` into ``"42"``), camelCase keys, and turns cattrs' exception groups into
+lines such as ``containers[1].resources.memory: "12Q" is not a size``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from typing import Any, Literal, cast, get_args, get_origin
+
+import attrs
+import cattrs
+from cattrs.errors import (
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from iyclo.errors import InvalidError
+from iyclo.manifest.model import KINDS, Job, Pod, SystemdSandbox
+from iyclo.manifest.policy import DEFAULT_POLICY, REFUSED_SYSTEMD_DIRECTIVES, Policy, problems
+from iyclo.manifest.values import VALUE_RULES
+
+Manifest = Pod | Job
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def camel(name: str) -> str:
+    """The JSON key of a field: ``read_only_rootfs`` → ``readOnlyRootfs``."""
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def json_keys(cls: type) -> dict[str, str]:
+    return {f.name: camel(f.name) for f in attrs.fields(cls)}
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+_JSON_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _strict(base: type) -> Callable[[Any, Any], Any]:
+    def hook(value: Any, _: Any) -> Any:
+        ok = isinstance(value, base) and not (base is not bool and isinstance(value, bool))
+        if base is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not ok:
+            raise TypeError(f"expected {_JSON_TYPE_NAMES[base]}, got {_show(value)}")
+        return value
+
+    return hook
+
+
+def _origin(tp: Any) -> Any:
+    """``typing.get_origin``, typed loosely so comparisons with special forms type-check."""
+    return get_origin(tp)
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(detailed_validation=True)
+    for base in (str, int, float, bool):
+        conv.register_structure_hook(base, _strict(base))
+
+    for newtype, rule in VALUE_RULES.items():
+        base_hook = _strict(rule.base)
+
+        def value_hook(value: Any, _: Any, _base: Any = base_hook, _check: Any = rule.check) -> Any:
+            checked = _base(value, None)
+            _check(checked)
+            return checked
+
+        conv.register_structure_hook(newtype, value_hook)
+
+    def literal_hook(value: Any, cl: Any) -> Any:
+        choices = get_args(cl)
+        if value not in choices or isinstance(value, bool):
+            options = ", ".join(json.dumps(c) for c in choices)
+            raise ValueError(f"{_show(value)} is not one of {options}")
+        return value
+
+    conv.register_structure_hook_func(lambda t: _origin(t) is Literal, literal_hook)
+
+    def tuple_hook(value: Any, cl: Any) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise TypeError(f"expected a list, got {_show(value)}")
+        elem = get_args(cl)[0]
+        hook = conv.get_structure_hook(elem)
+        items, errors = [], []
+        for index, item in enumerate(value):
+            try:
+                items.append(hook(item, elem))
+            except Exception as exc:  # collected and re-raised as one group below
+                exc.__notes__ = [*getattr(exc, "__notes__", []), _note(index, elem)]
+                errors.append(exc)
+        if errors:
+            raise IterableValidationError(f"While structuring {cl!r}", errors, cl)
+        return tuple(items)
+
+    conv.register_structure_hook_func(
+        lambda t: _origin(t) is tuple and get_args(t)[-1:] == (...,), tuple_hook
+    )
+
+    def dict_hook(value: Any, cl: Any) -> dict[Any, Any]:
+        if not isinstance(value, dict):
+            raise TypeError(f"expected an object, got {_show(value)}")
+        key_type, value_type = get_args(cl)
+        key_hook, value_hook_ = (
+            conv.get_structure_hook(key_type),
+            conv.get_structure_hook(value_type),
+        )
+        out, errors = {}, []
+        for key, item in value.items():
+            try:
+                out[key_hook(key, key_type)] = value_hook_(item, value_type)
+            except Exception as exc:  # collected and re-raised as one group below
+                exc.__notes__ = [*getattr(exc, "__notes__", []), _note(key, value_type)]
+                errors.append(exc)
+        if errors:
+            raise IterableValidationError(f"While structuring {cl!r}", errors, cl)
+        return out
+
+    conv.register_structure_hook_func(lambda t: _origin(t) is dict, dict_hook)
+
+    def attrs_structure_factory(cl: type) -> Callable[[Any, Any], Any]:
+        renames = {name: override(rename=key) for name, key in json_keys(cl).items()}
+        generated: Callable[[Any, Any], Any] = make_dict_structure_fn(
+            cl, conv, _cattrs_forbid_extra_keys=True, **cast(dict[str, Any], renames)
+        )
+
+        def hook(value: Any, _: Any) -> Any:
+            if not isinstance(value, dict):
+                raise TypeError(f"expected an object, got {_show(value)}")
+            return generated(value, cl)
+
+        return hook
+
+    def attrs_unstructure_factory(cl: type) -> Callable[[Any], Any]:
+        renames = {
+            f.name: override(rename=camel(f.name), omit_if_default=f.default is not attrs.NOTHING)
+            for f in attrs.fields(cl)
+        }
+        return make_dict_unstructure_fn(cl, conv, **cast(dict[str, Any], renames))
+
+    conv.register_structure_hook_factory(attrs.has, attrs_structure_factory)
+    conv.register_unstructure_hook_factory(attrs.has, attrs_unstructure_factory)
+    conv.register_unstructure_hook_func(
+        lambda t: _origin(t) is tuple, lambda v: [conv.unstructure(i) for i in v]
+    )
+    return conv
+
+
+def _note(index: int | str, elem: Any) -> IterableValidationNote:
+    return IterableValidationNote(f"Structuring @ {index!r}", index, elem)
+
+
+CONVERTER = _make_converter()
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    if _IDENT_RE.match(key):
+        return f"{path}.{key}" if path else key
+    return f"{path}[{json.dumps(key)}]"
+
+
+def _messages(exc: BaseException, path: str, cl: type | None = None) -> list[str]:
+    where = path or "manifest"
+    if isinstance(exc, ClassValidationError):
+        keys = json_keys(exc.cl)
+        with_notes, without = exc.group_exceptions()
+        out = [m for sub, n in with_notes for m in _messages(sub, _join(path, keys[n.name]))]
+        return out + [m for sub in without for m in _messages(sub, path, exc.cl)]
+    if isinstance(exc, IterableValidationError):
+        with_notes_i, without_i = exc.group_exceptions()
+        out = [m for sub, n in with_notes_i for m in _messages(sub, _join(path, n.index))]
+        return out + [m for sub in without_i for m in _messages(sub, path)]
+    if isinstance(exc, ForbiddenExtraKeysError):
+        lines = []
+        for key in sorted(exc.extra_fields):
+            reason = REFUSED_SYSTEMD_DIRECTIVES.get(key) if exc.cl is SystemdSandbox else None
+            text = f"refused: {reason}" if reason else "unknown field"
+            lines.append(f"{_join(path, key)}: {text}")
+        return lines
+    if isinstance(exc, KeyError):
+        return [f"{where}: is required"]
+    return [f"{where}: {exc}"]
+
+
+def parse_manifest(data: Any, policy: Policy = DEFAULT_POLICY) -> Manifest:
+    """A manifest from decoded JSON, or InvalidError listing every problem."""
+    if not isinstance(data, dict):
+        raise InvalidError(f"manifest: expected an object, got {_show(data)}")
+    errors: list[str] = []
+    if data.get("apiVersion") != "iyclo/v1":
+        errors.append(
+            f'apiVersion: {_show(data.get("apiVersion"))} is not supported (use "iyclo/v1")'
+        )
+    kind = data.get("kind")
+    if kind not in KINDS:
+        errors.append(f'kind: {_show(kind)} is not one of "Pod", "Job"')
+        raise InvalidError(errors[0], errors)
+    try:
+        manifest: Manifest = CONVERTER.structure(data, KINDS[kind])
+    except (ClassValidationError, IterableValidationError) as exc:
+        messages = _messages(exc, "")
+        errors.extend(m for m in messages if not m.startswith("apiVersion:"))
+        raise InvalidError(errors[0], errors) from None
+    errors.extend(problems(manifest, policy))
+    if errors:
+        raise InvalidError(errors[0], errors)
+    return manifest
+
+
+def parse_manifest_text(text: str | bytes, source: str = "manifest") -> Manifest:
+    """A manifest from JSON text; a syntax error names the line and column."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        message = f"{source}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        raise InvalidError(message) from None
+    except UnicodeDecodeError as exc:
+        raise InvalidError(f"{source}: not UTF-8 text ({exc.reason})") from None
+    return parse_manifest(data)
+
+
+def dump_manifest(manifest: Manifest) -> dict[str, Any]:
+    """The canonical JSON form: camelCase keys, defaults left out."""
+    result: dict[str, Any] = CONVERTER.unstructure(manifest)
+    return result
+
+
+def manifest_digest(manifest: Manifest) -> str:
+    """A stable digest of the canonical form: equal manifests, equal digests."""
+    canonical = json.dumps(dump_manifest(manifest), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
