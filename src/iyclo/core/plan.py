@@ -1,0 +1,240 @@
+"""From a manifest to what Podman and systemd are asked for.
+
+Pure functions: no I/O, so the exact requests are unit-tested without a host,
+and the adapters stay thin.
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from attrs import frozen
+
+from iyclo.core import naming
+from iyclo.manifest.model import Container, Job, Pod, SystemdSandbox
+from iyclo.manifest.values import parse_cpu_quota, parse_duration, parse_size
+
+USEC = 1_000_000
+CPU_PERIOD_USEC = 100_000
+STOP_TIMEOUT_SEC = 10
+
+
+@frozen
+class ContainerPlan:
+    name: str
+    image: str
+    spec: dict[str, Any]
+
+
+@frozen
+class PodPlan:
+    """Everything needed to create one generation of a pod and its unit."""
+
+    name: str
+    kind: str
+    generation: int
+    digest: str
+    pod_name: str
+    unit: str
+    pod_spec: dict[str, Any]
+    containers: tuple[ContainerPlan, ...]
+    unit_properties: tuple[tuple[str, Any], ...]
+
+
+def podman_binary() -> str:
+    return shutil.which("podman") or "/usr/bin/podman"
+
+
+def labels_for(manifest: Pod | Job, generation: int, digest: str) -> dict[str, str]:
+    return {
+        **{str(key): value for key, value in manifest.labels.items()},
+        naming.LABEL_POD: manifest.name,
+        naming.LABEL_KIND: manifest.kind,
+        naming.LABEL_GENERATION: str(generation),
+        naming.LABEL_HASH: digest,
+    }
+
+
+def _container_spec(
+    pod_name: str, container: Container, labels: dict[str, str], main: bool
+) -> dict[str, Any]:
+    name = naming.container_name(pod_name, container.name)
+    spec: dict[str, Any] = {
+        "image": container.image,
+        "name": name,
+        "pod": pod_name,
+        "labels": {**labels, naming.LABEL_CONTAINER: container.name},
+        "stop_timeout": STOP_TIMEOUT_SEC,
+    }
+    if main:
+        # The unit's main PID: systemd sees the main container's exit status through it.
+        spec["conmon_pid_file"] = naming.pid_file(name)
+    if container.command is not None:
+        spec["entrypoint"] = list(container.command)
+    if container.args is not None:
+        spec["command"] = list(container.args)
+    if container.env:
+        spec["environment"] = dict(container.env)
+    if container.workdir:
+        spec["working_dir"] = container.workdir
+    if container.user:
+        spec["user"] = container.user
+    sec = container.security
+    if sec.cap_drop:
+        spec["cap_drop"] = list(sec.cap_drop)
+    if sec.cap_add:
+        spec["cap_add"] = list(sec.cap_add)
+    spec["no_new_privileges"] = sec.no_new_privileges
+    if sec.read_only_rootfs:
+        spec["read_only"] = True
+    if sec.privileged:
+        spec["privileged"] = True
+    if sec.seccomp_profile not in (None, "default"):
+        spec["seccomp_profile_path"] = sec.seccomp_profile
+    res = container.resources
+    if res.memory:
+        spec["mem_limit"] = parse_size(res.memory)
+    if res.memory_swap:
+        spec["memswap_limit"] = parse_size(res.memory_swap)
+    if res.cpus:
+        spec["cpu_period"] = CPU_PERIOD_USEC
+        spec["cpu_quota"] = int(res.cpus * CPU_PERIOD_USEC)
+    if res.pids:
+        spec["pids_limit"] = res.pids
+    mounts: list[dict[str, Any]] = []
+    volumes: dict[str, dict[str, Any]] = {}
+    for volume in container.volumes:
+        if volume.source.startswith("/"):
+            mounts.append(
+                {"type": "bind", "source": volume.source, "target": volume.target,
+                 "read_only": volume.read_only}
+            )  # fmt: skip
+        else:
+            volumes[volume.source] = {
+                "bind": volume.target,
+                "mode": "ro" if volume.read_only else "rw",
+            }
+    for target in container.tmpfs:
+        mounts.append({"type": "tmpfs", "source": "tmpfs", "target": target})
+    if mounts:
+        spec["mounts"] = mounts
+    if volumes:
+        spec["volumes"] = volumes
+    if container.healthcheck:
+        hc = container.healthcheck
+        spec["healthcheck"] = {
+            "Test": ["CMD", *hc.command],
+            "Interval": parse_duration(hc.interval) * 1000,
+            "Timeout": parse_duration(hc.timeout) * 1000,
+            "Retries": hc.retries,
+            "StartPeriod": parse_duration(hc.start_period) * 1000,
+        }
+    return spec
+
+
+def _pod_spec(manifest: Pod | Job, labels: dict[str, str], pod_name: str) -> dict[str, Any]:
+    portmappings = [
+        {
+            "container_port": port.container_port,
+            "host_port": port.host_port,
+            "protocol": port.protocol,
+            **({"host_ip": port.host_ip} if port.host_ip else {}),
+        }
+        for container in manifest.containers
+        for port in container.ports
+        if port.host_port is not None
+    ]
+    spec: dict[str, Any] = {
+        "labels": labels,
+        "infra_conmon_pid_file": naming.pid_file(pod_name),
+        "cgroup_parent": naming.SLICE,
+        "netns": {"nsmode": manifest.network},
+    }
+    if portmappings:
+        spec["portmappings"] = portmappings
+    return spec
+
+
+def sandbox_properties(block: SystemdSandbox) -> list[tuple[str, Any]]:
+    """systemd directives of the manifest's `systemd` block, as unit properties."""
+    props: list[tuple[str, Any]] = []
+    flags = {
+        "PrivateTmp": block.private_tmp,
+        "ProtectKernelTunables": block.protect_kernel_tunables,
+        "ProtectKernelModules": block.protect_kernel_modules,
+        "ProtectKernelLogs": block.protect_kernel_logs,
+        "ProtectClock": block.protect_clock,
+        "ProtectHostname": block.protect_hostname,
+        "RestrictRealtime": block.restrict_realtime,
+        "LockPersonality": block.lock_personality,
+        "RestrictSUIDSGID": block.restrict_suid_sgid,
+    }
+    props.extend((key, value) for key, value in flags.items() if value is not None)
+    if block.protect_home is not None:
+        props.append(("ProtectHome", block.protect_home))
+    if block.memory_max:
+        props.append(("MemoryMax", parse_size(block.memory_max)))
+    if block.memory_high:
+        props.append(("MemoryHigh", parse_size(block.memory_high)))
+    if block.cpu_quota:
+        props.append(("CPUQuotaPerSecUSec", int(parse_cpu_quota(block.cpu_quota) * USEC)))
+    if block.tasks_max is not None:
+        props.append(("TasksMax", block.tasks_max))
+    if block.io_weight is not None:
+        props.append(("IOWeight", block.io_weight))
+    if block.cpu_weight is not None:
+        props.append(("CPUWeight", block.cpu_weight))
+    return props
+
+
+def pod_unit_properties(manifest: Pod, pod_name: str, unit: str) -> list[tuple[str, Any]]:
+    """A transient service that systemd launches, watches and restarts, as Quadlet would."""
+    podman = podman_binary()
+    main_container = naming.container_name(pod_name, manifest.containers[0].name)
+    stop = [podman, "pod", "stop", "--ignore", f"--time={STOP_TIMEOUT_SEC}", pod_name]
+    restart = manifest.restart
+    props: list[tuple[str, Any]] = [
+        ("Description", f"iyclo pod {manifest.name}"),
+        ("Slice", naming.SLICE),
+        ("Type", "forking"),
+        ("PIDFile", naming.pid_file(main_container)),
+        ("ExecStart", [(podman, [podman, "pod", "start", pod_name], False)]),
+        ("ExecStop", [(podman, stop, False)]),
+        ("ExecStopPost", [(podman, stop, True)]),
+        ("KillMode", "mixed"),
+        ("Restart", restart.policy),
+        ("RestartUSec", parse_duration(restart.delay)),
+        ("StartLimitBurst", restart.limit),
+        ("StartLimitIntervalUSec", parse_duration(restart.window)),
+        ("TimeoutStartUSec", 120 * USEC),
+        ("TimeoutStopUSec", (STOP_TIMEOUT_SEC + 20) * USEC),
+        ("Environment", [f"PODMAN_SYSTEMD_UNIT={unit}"]),
+    ]
+    props.extend(sandbox_properties(manifest.systemd))
+    return props
+
+
+def plan_pod(manifest: Pod, generation: int, digest: str) -> PodPlan:
+    pod_name = naming.podman_pod_name(manifest.name, generation)
+    unit = naming.unit_name("Pod", manifest.name)
+    labels = labels_for(manifest, generation, digest)
+    containers = tuple(
+        ContainerPlan(
+            name=c.name,
+            image=c.image,
+            spec=_container_spec(pod_name, c, labels, main=index == 0),
+        )
+        for index, c in enumerate(manifest.containers)
+    )
+    return PodPlan(
+        name=manifest.name,
+        kind=manifest.kind,
+        generation=generation,
+        digest=digest,
+        pod_name=pod_name,
+        unit=unit,
+        pod_spec=_pod_spec(manifest, labels, pod_name),
+        containers=containers,
+        unit_properties=tuple(pod_unit_properties(manifest, pod_name, unit)),
+    )

@@ -1,0 +1,129 @@
+"""The Podman adapter: the podman bindings on the Podman REST socket.
+
+The bindings are synchronous (requests over a unix socket), so every call runs in
+a worker thread and the daemon's event loop never blocks on Podman. Errors from
+the bindings are translated here, once, into ``PodmanError``/``NotFoundError``
+with one line naming what failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, ParamSpec, TypeVar
+
+import podman
+import podman.errors
+import requests.exceptions
+
+from iyclo.errors import NotFoundError, PodmanError
+
+DEFAULT_URL = "unix:///run/podman/podman.sock"
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc.explanation or exc) if isinstance(exc, podman.errors.APIError) else str(exc)
+    return " ".join(text.split())
+
+
+class PodmanClient:
+    """Typed, awaitable calls for what iyclo asks of Podman."""
+
+    def __init__(self, url: str = DEFAULT_URL, *, timeout: float = 120) -> None:
+        self.url = url
+        self._client = podman.PodmanClient(base_url=url, timeout=timeout)
+
+    def close(self) -> None:
+        self._client.close()
+
+    async def _call(self, what: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
+        except podman.errors.NotFound as exc:
+            raise NotFoundError(f"{what}: {_one_line(exc)}") from None
+        except (requests.exceptions.ConnectionError, FileNotFoundError, ConnectionError) as exc:
+            raise PodmanError(
+                f"{what}: cannot reach Podman at {self.url} ({_one_line(exc)})"
+            ) from None
+        except requests.exceptions.Timeout:
+            raise PodmanError(f"{what}: Podman at {self.url} did not answer in time") from None
+        except (podman.errors.APIError, podman.errors.PodmanError) as exc:
+            raise PodmanError(f"{what}: {_one_line(exc)}") from None
+
+    async def ping(self) -> None:
+        ok = await self._call("ping", self._client.ping)
+        if not ok:
+            raise PodmanError(f"Podman at {self.url} does not answer its ping")
+
+    async def version(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("version", self._client.version)
+        return result
+
+    async def ensure_image(self, reference: str) -> None:
+        """Use a local image as it is; pull it only when it is missing."""
+        if await self._call(f'image "{reference}"', self._client.images.exists, reference):
+            return
+        try:
+            await self._call(f'image "{reference}"', self._client.images.pull, reference)
+        except (PodmanError, NotFoundError) as exc:
+            raise PodmanError(
+                f'image "{reference}" is not present and could not be pulled: '
+                f"{exc.message.split(': ', 1)[-1]}"
+            ) from None
+
+    async def create_pod(self, name: str, spec: Mapping[str, Any]) -> str:
+        pod = await self._call(f'create pod "{name}"', self._client.pods.create, name, **spec)
+        return str(pod.id)
+
+    async def create_container(self, spec: Mapping[str, Any]) -> str:
+        name = spec.get("name", "?")
+        spec = dict(spec)
+        image = spec.pop("image")
+        container = await self._call(
+            f'create container "{name}"', self._client.containers.create, image, **spec
+        )
+        return str(container.id)
+
+    async def pod_exists(self, name: str) -> bool:
+        return bool(await self._call(f'pod "{name}"', self._client.pods.exists, name))
+
+    async def inspect_pod(self, name: str) -> dict[str, Any]:
+        pod = await self._call(f'pod "{name}"', self._client.pods.get, name)
+        attrs: dict[str, Any] = pod.attrs
+        return attrs
+
+    async def remove_pod(self, name: str) -> None:
+        """Remove a pod and its containers; a pod already gone is not an error."""
+
+        def remove() -> None:
+            if self._client.pods.exists(name):
+                self._client.pods.remove(name, force=True)
+
+        await self._call(f'remove pod "{name}"', remove)
+
+    async def list_pods(self, label: str) -> list[dict[str, Any]]:
+        """Pods carrying `label` (``key`` or ``key=value``), as Podman lists them."""
+
+        def list_() -> list[dict[str, Any]]:
+            return [p.attrs for p in self._client.pods.list(filters={"label": label})]
+
+        return await self._call("list pods", list_)
+
+    async def list_containers(self, label: str) -> list[dict[str, Any]]:
+        def list_() -> list[dict[str, Any]]:
+            found = self._client.containers.list(all=True, filters={"label": label})
+            return [c.attrs for c in found]
+
+        return await self._call("list containers", list_)
+
+    async def inspect_container(self, name: str) -> dict[str, Any]:
+        def inspect() -> dict[str, Any]:
+            container = self._client.containers.get(name)
+            container.reload()
+            attrs: dict[str, Any] = container.attrs
+            return attrs
+
+        return await self._call(f'container "{name}"', inspect)
