@@ -1,0 +1,468 @@
+"""The desired-state record: what the user asked iyclo to run, kept in TinyDB.
+
+The daemon trusts this file after a crash or a reboot to know what should
+exist, so two guarantees matter more than speed:
+
+* a write is on disk when the call returns, and a crash at any instant leaves
+  either the old or the new file, never a torn one (`AtomicJSONStorage`);
+* only one process writes at a time (an exclusive `flock` held by `Store`).
+
+Every public write is a single TinyDB operation, so it is a single atomic file
+replacement. Values are plain JSON; callers get frozen attrs records back.
+
+On disk (`<state_dir>/state.json`, TinyDB layout, one document per name)::
+
+    {"meta": {"1": {"schemaVersion": 1}},
+     "deployments": {"1": {"name": "web", "kind": "pod", "lastGeneration": 3,
+                           "generations": [{"generation": 3, "digest": "...",
+                                            "manifest": {...},
+                                            "appliedAt": "2024-05-01T12:00:00.000Z"}],
+                           "status": {"unit": "...", "state": "running"}}},
+     "runs": {"1": {"job": "backup", "lastRun": 7,
+                    "runs": [{"number": 7, "state": "succeeded"}]}}}
+
+`lastGeneration` and `lastRun` are counters kept apart from the lists so that
+numbers are never reused after old entries are trimmed.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import attrs
+from tinydb import TinyDB, where
+from tinydb.storages import Storage
+from tinydb.table import Document, Table
+
+from iyclo.errors import ConflictError, NotFoundError, StoreError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AtomicJSONStorage",
+    "Deployment",
+    "Generation",
+    "Store",
+]
+
+#: Bump when the on-disk layout changes; `Store.open` refuses any other version.
+SCHEMA_VERSION = 1
+
+STATE_FILE = "state.json"
+LOCK_FILE = "iyclo.lock"
+
+JSONDict = dict[str, Any]
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename inside `directory` durable; without it a power cut can undo it."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class AtomicJSONStorage(Storage):
+    """TinyDB storage that replaces the whole file atomically on every write.
+
+    TinyDB's own `JSONStorage` rewrites the file in place, so a crash mid-write
+    leaves truncated JSON. Here the new content goes to a temporary file in the
+    same directory, is fsynced, renamed over the target and the directory is
+    fsynced: readers (and the next boot) see the old file or the new one.
+
+    Temporary files left by a crash are deleted when the storage is opened, so
+    the caller must be the only writer of the directory (`Store` holds a lock).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__()
+        self._path = Path(path)
+        self._dir = self._path.parent
+        self._tmp_prefix = f".{self._path.name}."
+        try:
+            self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for stale in self._dir.glob(f"{self._tmp_prefix}*.tmp"):
+                stale.unlink(missing_ok=True)
+        except OSError as err:
+            raise StoreError(f"cannot prepare {self._dir}: {err.strerror}") from err
+
+    def read(self) -> dict[str, dict[str, Any]] | None:
+        try:
+            text = self._path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise StoreError(f"cannot read {self._path}: {err.strerror}") from err
+        if not text.strip():
+            return None
+        try:
+            data: dict[str, dict[str, Any]] = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise StoreError(f"{self._path} is not valid JSON: {err}") from None
+        if not isinstance(data, dict):
+            raise StoreError(f"{self._path} does not hold a JSON object")
+        return data
+
+    def write(self, data: dict[str, dict[str, Any]]) -> None:
+        # Serialise first: a value that is not JSON must fail before any file is touched.
+        text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
+        tmp: str | None = None
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=self._tmp_prefix, suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:  # mkstemp creates it 0600
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self._path)
+            tmp = None
+            _fsync_dir(self._dir)
+        except OSError as err:
+            raise StoreError(f"cannot write {self._path}: {err.strerror}") from err
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
+
+@attrs.frozen
+class Generation:
+    """One applied version of a deployment's manifest."""
+
+    generation: int
+    digest: str
+    manifest: JSONDict
+    applied_at: datetime
+
+
+@attrs.frozen
+class Deployment:
+    """A pod or job as the user last asked for it, plus the daemon's status notes."""
+
+    name: str
+    kind: str
+    generation: int
+    digest: str
+    manifest: JSONDict
+    applied_at: datetime
+    status: JSONDict
+    generations: list[int]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _generation(entry: Mapping[str, Any]) -> Generation:
+    return Generation(
+        generation=entry["generation"],
+        digest=entry["digest"],
+        manifest=entry["manifest"],
+        applied_at=datetime.fromisoformat(entry["appliedAt"]),
+    )
+
+
+def _deployment(doc: Mapping[str, Any]) -> Deployment:
+    current = _generation(doc["generations"][-1])
+    return Deployment(
+        name=doc["name"],
+        kind=doc["kind"],
+        generation=current.generation,
+        digest=current.digest,
+        manifest=current.manifest,
+        applied_at=current.applied_at,
+        status=doc["status"],
+        generations=[entry["generation"] for entry in doc["generations"]],
+    )
+
+
+def _numbers(numbers: builtins.list[int]) -> str:
+    return ", ".join(map(str, numbers)) or "none"
+
+
+def _no_generation(doc: Mapping[str, Any], generation: int) -> NotFoundError:
+    stored = [entry["generation"] for entry in doc["generations"]]
+    return NotFoundError(
+        f"{doc['kind']} '{doc['name']}' has no generation {generation} (stored: {_numbers(stored)})"
+    )
+
+
+def _lock(state_dir: Path) -> int:
+    """Take the single-writer lock, or say which process holds it.
+
+    `flock` belongs to the open file description, so the lock lives exactly as
+    long as the returned descriptor and is released by the kernel if we die.
+    """
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise StoreError(f"cannot open state directory {state_dir}: {err.strerror}") from err
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreError(
+            f"state directory {state_dir} is in use by another iyclo (pid {holder})"
+        ) from None
+    except OSError as err:
+        os.close(fd)
+        raise StoreError(f"cannot lock {state_dir / LOCK_FILE}: {err.strerror}") from err
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+class Store:
+    """Deployments (with bounded generation history) and job runs, one writer at a time.
+
+    Methods are synchronous and return only after the change is durable; a
+    mutex makes them safe to call from worker threads (`asyncio.to_thread`).
+    """
+
+    def __init__(
+        self, state_dir: Path, db: TinyDB, lock_fd: int, history_limit: int, run_limit: int
+    ) -> None:
+        """Use `Store.open`; this only wires already-acquired resources together."""
+        self.state_dir = state_dir
+        self._db: TinyDB | None = db
+        self._lock_fd = lock_fd
+        self._history_limit = history_limit
+        self._run_limit = run_limit
+        self._mutex = threading.RLock()
+
+    @classmethod
+    def open(cls, state_dir: Path, *, history_limit: int = 10, run_limit: int = 50) -> Store:
+        """Lock `state_dir`, clean up after any crash and check the schema version.
+
+        `history_limit` is at least 2 so that the generation before a failed
+        apply is always still there for `drop_generation` to fall back to.
+        """
+        if history_limit < 2:
+            raise ValueError("history_limit must be at least 2")
+        if run_limit < 1:
+            raise ValueError("run_limit must be at least 1")
+        lock_fd = _lock(state_dir)
+        try:
+            db = TinyDB(state_dir / STATE_FILE, storage=AtomicJSONStorage)
+            store = cls(state_dir, db, lock_fd, history_limit, run_limit)
+            store._check_schema()
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        return store
+
+    def close(self) -> None:
+        """Release the lock; the store cannot be used afterwards. Safe to call twice."""
+        with self._mutex:
+            if self._db is None:
+                return
+            self._db.close()
+            self._db = None
+            os.close(self._lock_fd)  # releases the flock
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- deployments -------------------------------------------------------
+
+    def apply(self, name: str, kind: str, manifest: JSONDict, digest: str) -> Deployment:
+        """Record `manifest` as the newest generation of `name`.
+
+        Re-applying the current digest writes nothing, so the daemon can apply
+        on every reconcile without growing the history.
+        """
+        with self._mutex:
+            table = self._table("deployments")
+            doc = table.get(where("name") == name)
+            if doc is not None and doc["kind"] != kind:
+                raise ConflictError(
+                    f"cannot apply {kind} '{name}': a {doc['kind']} with that name exists"
+                )
+            if doc is not None and doc["generations"][-1]["digest"] == digest:
+                return _deployment(doc)
+            number = 1 if doc is None else doc["lastGeneration"] + 1
+            entry = {
+                "generation": number,
+                "digest": digest,
+                "manifest": manifest,
+                "appliedAt": _now(),
+            }
+            if doc is None:
+                table.insert(
+                    {
+                        "name": name,
+                        "kind": kind,
+                        "lastGeneration": number,
+                        "generations": [entry],
+                        "status": {},
+                    }
+                )
+            else:
+                generations = [*doc["generations"], entry][-self._history_limit :]
+                table.update(
+                    {"lastGeneration": number, "generations": generations},
+                    doc_ids=[doc.doc_id],
+                )
+            # Read back so the caller holds what is on disk, not its own mutable dict.
+            return self.get(name)
+
+    def get(self, name: str) -> Deployment:
+        with self._mutex:
+            return _deployment(self._doc(name))
+
+    def find(self, name: str) -> Deployment | None:
+        with self._mutex:
+            doc = self._table("deployments").get(where("name") == name)
+            return None if doc is None else _deployment(doc)
+
+    def list(self) -> builtins.list[Deployment]:
+        """Every deployment, sorted by name."""
+        with self._mutex:
+            docs = self._table("deployments").all()
+            return [_deployment(doc) for doc in sorted(docs, key=lambda doc: doc["name"])]
+
+    def history(self, name: str) -> builtins.list[Generation]:
+        """Stored generations of `name`, oldest first."""
+        with self._mutex:
+            return [_generation(entry) for entry in self._doc(name)["generations"]]
+
+    def manifest(self, name: str, generation: int) -> JSONDict:
+        with self._mutex:
+            doc = self._doc(name)
+            for entry in doc["generations"]:
+                if entry["generation"] == generation:
+                    manifest: JSONDict = entry["manifest"]
+                    return manifest
+            raise _no_generation(doc, generation)
+
+    def set_status(self, name: str, **fields: Any) -> None:
+        """Merge daemon-owned facts (unit, state, restarts, ...) into the status dict."""
+        with self._mutex:
+            doc = self._doc(name)
+            status = {**doc["status"], **fields}
+            if status != doc["status"]:
+                self._table("deployments").update({"status": status}, doc_ids=[doc.doc_id])
+
+    def drop_generation(self, name: str, generation: int) -> None:
+        """Forget one generation, typically the one whose apply failed part-way.
+
+        The previous generation becomes current again. Dropping the only
+        generation removes the whole record (and its runs), so a first apply
+        that failed leaves nothing half-made behind. Numbers are not reused.
+        """
+        with self._mutex:
+            doc = self._doc(name)
+            kept = [entry for entry in doc["generations"] if entry["generation"] != generation]
+            if len(kept) == len(doc["generations"]):
+                raise _no_generation(doc, generation)
+            if not kept:
+                self.remove(name)
+                return
+            self._table("deployments").update({"generations": kept}, doc_ids=[doc.doc_id])
+
+    def remove(self, name: str, *, purge_runs: bool = True) -> None:
+        """Delete `name`; with `purge_runs=False` its run history stays (and numbering continues).
+
+        Runs go first: a crash in between leaves the deployment still listed,
+        so the removal is visibly unfinished rather than silently leaking runs.
+        """
+        with self._mutex:
+            doc = self._doc(name)
+            if purge_runs:
+                self._table("runs").remove(where("job") == name)
+            self._table("deployments").remove(doc_ids=[doc.doc_id])
+
+    # -- runs of scheduled jobs --------------------------------------------
+
+    def add_run(self, name: str, run: JSONDict) -> int:
+        """Append a run of job `name` and return its number (the store sets `run["number"]`)."""
+        with self._mutex:
+            self._doc(name)
+            table = self._table("runs")
+            doc = table.get(where("job") == name)
+            number = 1 if doc is None else doc["lastRun"] + 1
+            entry = {**run, "number": number}
+            if doc is None:
+                table.insert({"job": name, "lastRun": number, "runs": [entry]})
+            else:
+                runs = [*doc["runs"], entry][-self._run_limit :]
+                table.update({"lastRun": number, "runs": runs}, doc_ids=[doc.doc_id])
+            return number
+
+    def update_run(self, name: str, number: int, **fields: Any) -> None:
+        with self._mutex:
+            doc, index = self._run_doc(name, number)
+            runs = list(doc["runs"])
+            runs[index] = {**runs[index], **fields}
+            self._table("runs").update({"runs": runs}, doc_ids=[doc.doc_id])
+
+    def runs(self, name: str) -> builtins.list[JSONDict]:
+        """Stored runs of `name`, newest last; empty if it never ran."""
+        with self._mutex:
+            doc = self._table("runs").get(where("job") == name)
+            return [] if doc is None else list(doc["runs"])
+
+    def run(self, name: str, number: int) -> JSONDict:
+        with self._mutex:
+            doc, index = self._run_doc(name, number)
+            run: JSONDict = doc["runs"][index]
+            return run
+
+    # -- internals ---------------------------------------------------------
+
+    def _table(self, name: str) -> Table:
+        if self._db is None:
+            raise StoreError(f"the store in {self.state_dir} is closed")
+        return self._db.table(name, cache_size=0)
+
+    def _doc(self, name: str) -> Document:
+        doc = self._table("deployments").get(where("name") == name)
+        if doc is None:
+            raise NotFoundError(f"no pod or job named '{name}'")
+        return doc
+
+    def _run_doc(self, name: str, number: int) -> tuple[Document, int]:
+        doc = self._table("runs").get(where("job") == name)
+        if doc is not None:
+            for index, run in enumerate(doc["runs"]):
+                if run["number"] == number:
+                    return doc, index
+        deployment = self._table("deployments").get(where("name") == name)
+        if deployment is None and doc is None:
+            raise NotFoundError(f"no pod or job named '{name}'")
+        kind = "job" if deployment is None else deployment["kind"]
+        stored = [] if doc is None else [run["number"] for run in doc["runs"]]
+        raise NotFoundError(f"{kind} '{name}' has no run {number} (stored: {_numbers(stored)})")
+
+    def _check_schema(self) -> None:
+        meta = self._table("meta")
+        docs = meta.all()
+        if not docs:
+            meta.insert({"schemaVersion": SCHEMA_VERSION})
+            return
+        version = docs[0].get("schemaVersion")
+        if version != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.state_dir / STATE_FILE} has schema version {version};"
+                f" this iyclo reads version {SCHEMA_VERSION}"
+            )
