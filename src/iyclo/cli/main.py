@@ -14,6 +14,7 @@ from typing import Any
 import rich_click as click
 
 from iyclo import __version__
+from iyclo.cli import remote
 from iyclo.cli.output import die, print_json, set_debug
 from iyclo.errors import InvalidError
 
@@ -24,15 +25,32 @@ click.rich_click.STYLE_ERRORS_SUGGESTION = "dim"
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option(
+    "--socket",
+    envvar="IYCLO_SOCKET",
+    default=None,
+    help="Reach the daemon over this JSON socket instead of D-Bus [env: IYCLO_SOCKET].",
+)
+@click.option(
+    "--bus",
+    type=click.Choice(["system", "session"]),
+    default="system",
+    envvar="IYCLO_BUS",
+    help="D-Bus bus of the daemon [env: IYCLO_BUS].",
+)
 @click.version_option(__version__, "--version", prog_name="iyclo")
-def cli(debug: bool) -> None:
+def cli(debug: bool, socket: str | None, bus: str) -> None:
     """Deploy pods and scheduled jobs: Podman runs them, systemd supervises them.
 
     Examples:
 
         iyclo validate examples/*.json
 
-        iyclo schema > manifest.schema.json
+        iyclo apply -f examples/web.json
+
+        iyclo ps
+
+        iyclo --socket /run/iyclo/iyclo.sock inspect web
     """
     set_debug(debug)
 
@@ -93,6 +111,16 @@ def schema() -> None:
 def version() -> None:
     """Print the client's version."""
     click.echo(f"iyclo {__version__}")
+
+
+def _run_daemon(args: list[str]) -> None:
+    from iyclo.daemon import main as daemon_main
+
+    daemon_main(args)
+
+
+remote.register(cli)
+remote.daemon_command(cli, _run_daemon)
 
 
 def main() -> None:

@@ -1,0 +1,234 @@
+"""The JSON socket: newline-delimited JSON-RPC 2.0 on a unix socket.
+
+A thin adapter over ``Service``: it decodes a line, calls one method, encodes the
+result or the typed error. Usable with ``socat``/``nc -U``. Every client is
+bounded: a line longer than ``max_line`` is answered with an error and the client
+dropped; a client silent for ``idle_timeout`` is dropped; neither stalls others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from iyclo.core.events import Event
+from iyclo.core.service import Service
+from iyclo.errors import InvalidError, IycloError
+
+log = structlog.get_logger("iyclo.jsonrpc")
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+MAX_LINE = 1024 * 1024
+IDLE_TIMEOUT = 300.0
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+def _error(code: int, message: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data:
+        error["data"] = data
+    return error
+
+
+def error_for(exc: IycloError) -> dict[str, Any]:
+    """The JSON-RPC error object of a typed iyclo error (same code on every front)."""
+    data: dict[str, Any] = {"type": exc.dbus_name.rsplit(".", 1)[-1]}
+    if isinstance(exc, InvalidError):
+        data["details"] = exc.details
+    return _error(exc.rpc_code, exc.message, data)
+
+
+def methods(service: Service) -> dict[str, Handler]:
+    """JSON-RPC method name → coroutine; parameters are passed by name."""
+
+    async def apply(manifest: str | dict[str, Any]) -> dict[str, Any]:
+        return (await service.apply(manifest)).to_json()
+
+    async def reconcile() -> dict[str, Any]:
+        return (await service.reconcile()).to_json()
+
+    async def version() -> str:
+        return service.version()
+
+    return {
+        "apply": apply,
+        "validate": service.validate,
+        "diff": service.diff,
+        "remove": service.remove,
+        "start": service.start,
+        "stop": service.stop,
+        "restart": service.restart,
+        "list": service.list,
+        "get": service.status,
+        "get_manifest": service.manifest,
+        "history": service.history,
+        "reconcile": reconcile,
+        "version": version,
+    }
+
+
+class JsonRpcServer:
+    def __init__(
+        self,
+        service: Service,
+        path: Path,
+        *,
+        max_line: int = MAX_LINE,
+        idle_timeout: float = IDLE_TIMEOUT,
+    ) -> None:
+        self.service = service
+        self.path = path
+        self.max_line = max_line
+        self.idle_timeout = idle_timeout
+        self._methods = methods(service)
+        self._server: asyncio.Server | None = None
+        self._clients: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        self._server = await asyncio.start_unix_server(
+            self._serve, path=str(self.path), limit=self.max_line
+        )
+        os.chmod(self.path, 0o660)
+        log.info("json socket listening", path=str(self.path))
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for task in list(self._clients):
+                task.cancel()
+            await asyncio.gather(*self._clients, return_exceptions=True)
+            await self._server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._clients.add(task)
+        lock = asyncio.Lock()
+        streams: set[asyncio.Task[None]] = set()
+
+        async def send(message: dict[str, Any]) -> None:
+            async with lock:
+                writer.write(json.dumps(message, default=str).encode() + b"\n")
+                await writer.drain()
+
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.idle_timeout if not streams else None):
+                        line = await reader.readline()
+                except TimeoutError:
+                    log.info("dropping idle client")
+                    break
+                except (ValueError, asyncio.LimitOverrunError):
+                    await send(
+                        {
+                            "jsonrpc": "2.0",
+                            "id": None,
+                            "error": _error(
+                                INVALID_REQUEST, f"request longer than {self.max_line} bytes"
+                            ),
+                        }
+                    )
+                    break
+                if not line:
+                    break
+                if not line.strip():
+                    continue
+                reply = await self._handle(line, send, streams)
+                if reply is not None:
+                    await send(reply)
+        except (ConnectionError, BrokenPipeError):
+            pass
+        finally:
+            for stream in streams:
+                stream.cancel()
+            self._clients.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _handle(
+        self,
+        line: bytes,
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+        streams: set[asyncio.Task[None]],
+    ) -> dict[str, Any] | None:
+        try:
+            request = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return {
+                "jsonrpc": "2.0",
+                "id": None,
+                "error": _error(PARSE_ERROR, f"parse error: {exc}"),
+            }
+        if not isinstance(request, dict) or request.get("jsonrpc") != "2.0":
+            return {
+                "jsonrpc": "2.0",
+                "id": None,
+                "error": _error(
+                    INVALID_REQUEST, 'invalid request: expected {"jsonrpc": "2.0", ...}'
+                ),
+            }
+        rid = request.get("id")
+        method = request.get("method")
+        params = request.get("params", {})
+        if not isinstance(method, str):
+            return {"jsonrpc": "2.0", "id": rid, "error": _error(INVALID_REQUEST, "method missing")}
+        if method == "subscribe":
+            stream = asyncio.create_task(self._stream_events(send))
+            streams.add(stream)
+            stream.add_done_callback(streams.discard)
+            return {"jsonrpc": "2.0", "id": rid, "result": {"subscribed": True}}
+        handler = self._methods.get(method)
+        if handler is None:
+            return {
+                "jsonrpc": "2.0",
+                "id": rid,
+                "error": _error(METHOD_NOT_FOUND, f"unknown method '{method}'"),
+            }
+        if not isinstance(params, dict | list):
+            return {
+                "jsonrpc": "2.0",
+                "id": rid,
+                "error": _error(INVALID_PARAMS, "params must be an object or an array"),
+            }
+        try:
+            result = await (handler(*params) if isinstance(params, list) else handler(**params))
+        except TypeError as exc:
+            return {
+                "jsonrpc": "2.0",
+                "id": rid,
+                "error": _error(INVALID_PARAMS, f"{method}: {exc}"),
+            }
+        except IycloError as exc:
+            return {"jsonrpc": "2.0", "id": rid, "error": error_for(exc)}
+        except Exception as exc:  # a bug must not take the daemon down with it
+            log.exception("internal error", method=method)
+            return {"jsonrpc": "2.0", "id": rid, "error": _error(INTERNAL_ERROR, str(exc))}
+        if rid is None:
+            return None  # a notification gets no reply
+        return {"jsonrpc": "2.0", "id": rid, "result": result}
+
+    async def _stream_events(self, send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        event: Event
+        with contextlib.suppress(ConnectionError, BrokenPipeError):
+            async for event in self.service.events.stream():
+                await send({"jsonrpc": "2.0", "method": "event", "params": event.to_json()})

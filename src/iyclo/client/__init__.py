@@ -1,0 +1,1 @@
+"""Clients of the daemon, for the CLI and for other programs: lean imports only."""

@@ -1,0 +1,74 @@
+"""A small blocking client of the JSON socket (the CLI's transport with --socket)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from iyclo.errors import IycloError, error_from_rpc_code
+
+PROTOCOL_CODES = {-32700, -32600, -32601, -32602, -32603}
+
+
+class JsonRpcClient:
+    def __init__(self, path: Path | str, *, timeout: float | None = 300.0) -> None:
+        self.path = str(path)
+        self._ids = itertools.count(1)
+        try:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._sock.settimeout(timeout)
+            self._sock.connect(self.path)
+        except OSError as exc:
+            raise IycloError(
+                f"cannot reach the iyclo daemon at {self.path}: {exc.strerror or exc}"
+            ) from None
+        self._file = self._sock.makefile("rwb")
+
+    def close(self) -> None:
+        self._file.close()
+        self._sock.close()
+
+    def __enter__(self) -> JsonRpcClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _read(self) -> dict[str, Any]:
+        line = self._file.readline()
+        if not line:
+            raise IycloError(f"the iyclo daemon at {self.path} closed the connection")
+        message: dict[str, Any] = json.loads(line)
+        return message
+
+    def call(self, method: str, **params: Any) -> Any:
+        """Call `method`; a typed error comes back as the matching IycloError."""
+        rid = next(self._ids)
+        request = {"jsonrpc": "2.0", "id": rid, "method": method, "params": params}
+        self._file.write(json.dumps(request).encode() + b"\n")
+        self._file.flush()
+        while True:
+            reply = self._read()
+            if reply.get("id") == rid:
+                break
+        if "error" in reply:
+            error = reply["error"]
+            exc = error_from_rpc_code(int(error.get("code", -32000)), str(error.get("message")))
+            details = (error.get("data") or {}).get("details")
+            if details is not None and hasattr(exc, "details"):
+                exc.details = list(details)
+            raise exc
+        return reply.get("result")
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        """Subscribe and yield each event notification as it arrives."""
+        self.call("subscribe")
+        self._sock.settimeout(None)
+        while True:
+            message = self._read()
+            if message.get("method") == "event":
+                yield dict(message.get("params") or {})

@@ -1,0 +1,67 @@
+"""Reading a unit's journal: why a start failed, and the logs users ask for.
+
+journald is the log store systemd already keeps for every unit; ``journalctl``
+is its stable interface, so iyclo reads through it rather than the file format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from typing import Any
+
+JOURNALCTL_TIMEOUT = 10.0
+
+
+async def _journalctl(*args: str) -> str:
+    tool = shutil.which("journalctl")
+    if tool is None:
+        return ""
+    proc = await asyncio.create_subprocess_exec(
+        tool, "--no-pager", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(JOURNALCTL_TIMEOUT):
+            out, _ = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return ""
+    return out.decode(errors="replace")
+
+
+async def last_error_line(unit: str, *, since: float) -> str:
+    """The last line podman or systemd logged as an error for `unit` since `since`."""
+    text = await _journalctl("-u", unit, f"--since=@{since - 1:.0f}", "-o", "cat", "-n", "200")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("Error:") or "error" in line.lower():
+            return line.removeprefix("Error: ")
+    return lines[-1] if lines else ""
+
+
+async def unit_entries(
+    units: list[str], *, lines: int | None = None, since: str | None = None,
+    cursor: str | None = None, until: str | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Journal entries of `units` as JSON objects (MESSAGE, __REALTIME_TIMESTAMP, ...)."""
+    args = ["-o", "json", "--output-fields=MESSAGE,_PID,SYSLOG_IDENTIFIER,_SYSTEMD_UNIT,UNIT"]
+    for unit in units:
+        args += ["-u", unit]
+    if lines is not None:
+        args += ["-n", str(lines)]
+    if since:
+        args.append(f"--since={since}")
+    if until:
+        args.append(f"--until={until}")
+    if cursor:
+        args.append(f"--after-cursor={cursor}")
+    entries = []
+    for raw in (await _journalctl(*args)).splitlines():
+        try:
+            entries.append(json.loads(raw))
+        except json.JSONDecodeError:
+            continue
+    return entries

@@ -1,0 +1,520 @@
+"""The one service layer every front (D-Bus, JSON socket, CLI) calls.
+
+It owns the desired state (the store) and turns it into Podman pods supervised
+by transient systemd units. Each operation on a name runs under that name's lock,
+and an apply is all-or-nothing: what a failed apply made is removed and the
+previous generation keeps (or goes back to) running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from attrs import frozen
+
+from iyclo import __version__
+from iyclo.core import naming
+from iyclo.core.events import EventBus
+from iyclo.core.journal import last_error_line
+from iyclo.core.plan import PodPlan, plan_pod
+from iyclo.errors import ConflictError, InvalidError, IycloError, NotFoundError, SystemdError
+from iyclo.manifest.convert import dump_manifest, manifest_digest, parse_manifest
+from iyclo.manifest.model import Job, Pod
+from iyclo.manifest.policy import DEFAULT_POLICY, Policy
+from iyclo.podman.client import PodmanClient
+from iyclo.store import Deployment, Store
+from iyclo.systemd.manager import SystemdManager
+from iyclo.systemd.properties import prop
+
+log = structlog.get_logger("iyclo.service")
+
+ACTIVE_STATES = frozenset({"active", "activating", "reloading", "deactivating"})
+UNIT_GONE_TIMEOUT = 15.0
+JOB_TIMEOUT = 150.0
+
+
+@frozen
+class ApplyResult:
+    name: str
+    kind: str
+    generation: int
+    changed: bool
+    state: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "generation": self.generation,
+            "changed": self.changed,
+            "state": self.state,
+        }
+
+
+@frozen
+class ReconcileReport:
+    adopted: tuple[str, ...]
+    recreated: tuple[str, ...]
+    removed: tuple[str, ...]
+    failed: tuple[tuple[str, str], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "adopted": list(self.adopted),
+            "recreated": list(self.recreated),
+            "removed": list(self.removed),
+            "failed": [{"name": n, "error": e} for n, e in self.failed],
+        }
+
+
+def _load(manifest: str | dict[str, Any], policy: Policy) -> Pod | Job:
+    if isinstance(manifest, str):
+        try:
+            data = json.loads(manifest)
+        except json.JSONDecodeError as exc:
+            raise InvalidError(
+                f"manifest: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+            ) from None
+    else:
+        data = manifest
+    return parse_manifest(data, policy)
+
+
+class Service:
+    """Pods and jobs: apply, remove, start, stop, restart, inspect, reconcile."""
+
+    def __init__(
+        self,
+        store: Store,
+        systemd: SystemdManager,
+        podman: PodmanClient,
+        *,
+        policy: Policy = DEFAULT_POLICY,
+        events: EventBus | None = None,
+    ) -> None:
+        self.store = store
+        self.systemd = systemd
+        self.podman = podman
+        self.policy = policy
+        self.events = events or EventBus()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._global = asyncio.Lock()
+
+    # -- helpers --------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, name: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            yield
+
+    async def _store(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def _record(self, name: str) -> Deployment:
+        record: Deployment = await self._store(self.store.get, name)
+        return record
+
+    def _plan(self, record: Deployment) -> PodPlan:
+        manifest = parse_manifest(record.manifest, Policy(True, True, True, ("/",)))
+        if not isinstance(manifest, Pod):
+            raise InvalidError(f"{record.kind} '{record.name}' is not a pod")
+        return plan_pod(manifest, record.generation, record.digest)
+
+    async def _unit_state(self, unit: str) -> dict[str, Any] | None:
+        """The unit's Unit+Service properties, or None when systemd has no such unit."""
+        try:
+            await self.systemd.get_unit(unit)
+        except NotFoundError:
+            return None
+        props = await self.systemd.unit_properties(unit)
+        with contextlib.suppress(IycloError):
+            props.update(
+                await self.systemd.unit_properties(unit, "org.freedesktop.systemd1.Service")
+            )
+        return props
+
+    async def _wait_unit_gone(self, unit: str) -> None:
+        """A stopped transient unit must be unloaded before one of that name starts again."""
+        with contextlib.suppress(NotFoundError, SystemdError):
+            await self.systemd.reset_failed_unit(unit)
+        deadline = time.monotonic() + UNIT_GONE_TIMEOUT
+        while time.monotonic() < deadline:
+            state = await self._unit_state(unit)
+            if state is None or state.get("LoadState") == "not-found":
+                return
+            if state.get("ActiveState") in ("failed",):
+                with contextlib.suppress(NotFoundError, SystemdError):
+                    await self.systemd.reset_failed_unit(unit)
+            await asyncio.sleep(0.05)
+        raise SystemdError(f"unit {unit} is still loaded {UNIT_GONE_TIMEOUT:.0f}s after its stop")
+
+    async def _stop_unit(self, unit: str) -> None:
+        state = await self._unit_state(unit)
+        if state is None:
+            return
+        if state.get("ActiveState") in ACTIVE_STATES:
+            with contextlib.suppress(NotFoundError):
+                await self.systemd.stop_unit(unit, timeout=JOB_TIMEOUT)
+        await self._wait_unit_gone(unit)
+
+    async def _start_unit(self, plan: PodPlan) -> None:
+        """Hand the pod to systemd; on failure say why, from the unit's own journal."""
+        await self._wait_unit_gone(plan.unit)
+        properties = [prop(key, value) for key, value in plan.unit_properties]
+        started = time.time()
+        result = await self.systemd.start_transient_unit(
+            plan.unit, properties, timeout=JOB_TIMEOUT, check=False
+        )
+        if result != "done":
+            reason = await last_error_line(plan.unit, since=started)
+            with contextlib.suppress(IycloError):
+                await self._stop_unit(plan.unit)
+            detail = f": {reason}" if reason else ""
+            raise SystemdError(f"unit {plan.unit} did not start ({result}){detail}")
+
+    async def _create_pod(self, plan: PodPlan) -> None:
+        """Images, pod and containers of one generation; on failure nothing stays."""
+        for container in plan.containers:
+            await self.podman.ensure_image(container.image)
+        await self.podman.remove_pod(plan.pod_name)  # a leftover of a crashed apply
+        try:
+            await self.podman.create_pod(plan.pod_name, plan.pod_spec)
+            for container in plan.containers:
+                await self.podman.create_container(container.spec)
+        except BaseException:
+            with contextlib.suppress(IycloError):
+                await self.podman.remove_pod(plan.pod_name)
+            raise
+
+    async def _remove_other_generations(self, name: str, keep: str | None) -> list[str]:
+        removed = []
+        for pod in await self.podman.list_pods(f"{naming.LABEL_POD}={name}"):
+            pod_name = str(pod.get("Name", ""))
+            if pod_name and pod_name != keep:
+                await self.podman.remove_pod(pod_name)
+                removed.append(pod_name)
+        return removed
+
+    def _publish(self, name: str, state: str, **data: Any) -> None:
+        self.events.publish("PodChanged", name, state, **data)
+
+    # -- operations -----------------------------------------------------------------
+
+    async def validate(self, manifest: str | dict[str, Any]) -> list[str]:
+        try:
+            _load(manifest, self.policy)
+        except InvalidError as exc:
+            return exc.details
+        return []
+
+    async def apply(self, manifest_in: str | dict[str, Any]) -> ApplyResult:
+        manifest = _load(manifest_in, self.policy)
+        if isinstance(manifest, Job):
+            raise InvalidError("kind: Job is not supported by this daemon yet")
+        digest = manifest_digest(manifest)
+        async with self._locked(manifest.name):
+            previous: Deployment | None = await self._store(self.store.find, manifest.name)
+            if previous is not None and previous.kind != "pod":
+                raise ConflictError(
+                    f"cannot apply pod '{manifest.name}': a {previous.kind} with that name exists"
+                )
+            if previous is not None and previous.digest == digest:
+                state = await self._ensure_running(previous)
+                return ApplyResult(manifest.name, "Pod", previous.generation, False, state)
+            record: Deployment = await self._store(
+                self.store.apply, manifest.name, "pod", dump_manifest(manifest), digest
+            )
+            self._publish(manifest.name, "applying", generation=record.generation)
+            try:
+                await self._replace(manifest, record, previous)
+            except BaseException as exc:
+                await self._store(self.store.drop_generation, manifest.name, record.generation)
+                state = "failed" if previous is None else await self._state_word(previous)
+                self._publish(manifest.name, state, error=str(exc))
+                if previous is None:
+                    self.events.forget(manifest.name)
+                raise
+            await self._store(self.store.set_status, manifest.name, desired="running")
+            self._publish(manifest.name, "running", generation=record.generation)
+            log.info("applied", pod=manifest.name, generation=record.generation)
+            return ApplyResult(manifest.name, "Pod", record.generation, True, "running")
+
+    async def _replace(
+        self, manifest: Pod, record: Deployment, previous: Deployment | None
+    ) -> None:
+        plan = plan_pod(manifest, record.generation, record.digest)
+        await self._create_pod(plan)
+        old_plan = self._plan(previous) if previous is not None else None
+        old_was_running = False
+        if old_plan is not None:
+            state = await self._unit_state(old_plan.unit)
+            old_was_running = state is not None and state.get("ActiveState") in ACTIVE_STATES
+            await self._stop_unit(old_plan.unit)
+        try:
+            await self._start_unit(plan)
+        except BaseException:
+            with contextlib.suppress(IycloError):
+                await self.podman.remove_pod(plan.pod_name)
+            if old_plan is not None and old_was_running:
+                log.warning("apply failed; restarting previous generation", pod=manifest.name)
+                with contextlib.suppress(IycloError):
+                    await self._start_unit(old_plan)
+            raise
+        await self._remove_other_generations(manifest.name, keep=plan.pod_name)
+
+    async def _ensure_running(self, record: Deployment) -> str:
+        """An unchanged apply: nothing to do unless the pod is missing or was stopped."""
+        plan = self._plan(record)
+        state = await self._unit_state(plan.unit)
+        if state is not None and state.get("ActiveState") in ACTIVE_STATES:
+            return "running"
+        if not await self.podman.pod_exists(plan.pod_name):
+            await self._create_pod(plan)
+        await self._start_unit(plan)
+        await self._store(self.store.set_status, record.name, desired="running")
+        self._publish(record.name, "running", generation=record.generation)
+        return "running"
+
+    async def remove(self, name: str) -> None:
+        async with self._locked(name):
+            record = await self._record(name)
+            plan = self._plan(record)
+            self._publish(name, "removing")
+            await self._stop_unit(plan.unit)
+            await self._remove_other_generations(name, keep=None)
+            await self._store(self.store.remove, name)
+            self._publish(name, "removed")
+            self.events.forget(name)
+            log.info("removed", pod=name)
+
+    async def start(self, name: str) -> str:
+        async with self._locked(name):
+            return await self._ensure_running(await self._record(name))
+
+    async def stop(self, name: str) -> str:
+        async with self._locked(name):
+            record = await self._record(name)
+            await self._stop_unit(self._plan(record).unit)
+            await self._store(self.store.set_status, name, desired="stopped")
+            self._publish(name, "stopped")
+            return "stopped"
+
+    async def restart(self, name: str) -> str:
+        async with self._locked(name):
+            record = await self._record(name)
+            plan = self._plan(record)
+            state = await self._unit_state(plan.unit)
+            if state is not None and state.get("ActiveState") in ACTIVE_STATES:
+                self._publish(name, "restarting")
+                await self.systemd.restart_unit(plan.unit, timeout=JOB_TIMEOUT)
+                self._publish(name, "running")
+                return "running"
+            return await self._ensure_running(record)
+
+    # -- reads ----------------------------------------------------------------------
+
+    async def _state_word(self, record: Deployment) -> str:
+        state = await self._unit_state(self._plan(record).unit)
+        return _state_word(state, record.status.get("desired", "running"))
+
+    async def status(self, name: str) -> dict[str, Any]:
+        record = await self._record(name)
+        plan = self._plan(record)
+        unit = await self._unit_state(plan.unit)
+        containers: list[dict[str, Any]] = []
+        if await self.podman.pod_exists(plan.pod_name):
+            for listed in await self.podman.list_containers(f"{naming.LABEL_POD}={name}"):
+                labels = listed.get("Labels") or {}
+                if labels.get(naming.LABEL_GENERATION) != str(record.generation):
+                    continue
+                containers.append(
+                    {
+                        "name": labels.get(naming.LABEL_CONTAINER, ""),
+                        "id": listed.get("Id", ""),
+                        "image": listed.get("Image", ""),
+                        "state": listed.get("State", ""),
+                        "startedAt": listed.get("StartedAt", 0),
+                        "exitCode": listed.get("ExitCode", 0),
+                        "podmanName": (listed.get("Names") or [""])[0],
+                    }
+                )
+        desired = record.status.get("desired", "running")
+        return {
+            "name": name,
+            "kind": record.kind.capitalize(),
+            "generation": record.generation,
+            "digest": record.digest,
+            "appliedAt": record.applied_at.isoformat(),
+            "desired": desired,
+            "state": _state_word(unit, desired),
+            "unit": plan.unit,
+            "podmanPod": plan.pod_name,
+            "activeState": (unit or {}).get("ActiveState", "inactive"),
+            "subState": (unit or {}).get("SubState", "dead"),
+            "restarts": int((unit or {}).get("NRestarts", 0)),
+            "mainPid": int((unit or {}).get("MainPID", 0)),
+            "since": _usec_to_iso((unit or {}).get("ActiveEnterTimestamp", 0)),
+            "slice": (unit or {}).get("Slice", ""),
+            "containers": sorted(containers, key=lambda c: str(c["name"])),
+        }
+
+    async def list(self) -> list[dict[str, Any]]:
+        records: list[Deployment] = await self._store(self.store.list)
+        out = []
+        for record in records:
+            try:
+                out.append(await self.status(record.name))
+            except NotFoundError:
+                continue
+        return out
+
+    async def manifest(self, name: str, generation: int = 0) -> dict[str, Any]:
+        if generation == 0:
+            return (await self._record(name)).manifest
+        result: dict[str, Any] = await self._store(self.store.manifest, name, generation)
+        return result
+
+    async def history(self, name: str) -> list[dict[str, Any]]:
+        record = await self._record(name)
+        generations = await self._store(self.store.history, name)
+        return [
+            {
+                "generation": g.generation,
+                "digest": g.digest,
+                "appliedAt": g.applied_at.isoformat(),
+                "current": g.generation == record.generation,
+            }
+            for g in generations
+        ]
+
+    async def diff(self, manifest_in: str | dict[str, Any]) -> str:
+        """A unified diff of the stored manifest against a proposed one (empty: no change)."""
+        manifest = _load(manifest_in, self.policy)
+        record: Deployment | None = await self._store(self.store.find, manifest.name)
+        before = json.dumps(record.manifest, indent=2, sort_keys=True) if record else ""
+        after = json.dumps(dump_manifest(manifest), indent=2, sort_keys=True)
+        label = f"{manifest.name} (generation {record.generation})" if record else "(none)"
+        lines = difflib.unified_diff(
+            before.splitlines(keepends=True),
+            after.splitlines(keepends=True),
+            fromfile=label,
+            tofile=f"{manifest.name} (proposed)",
+        )
+        return "".join(lines)
+
+    def version(self) -> str:
+        return __version__
+
+    # -- reconcile ------------------------------------------------------------------
+
+    async def reconcile(self) -> ReconcileReport:
+        """Make systemd and Podman match the store: adopt, re-create, remove orphans."""
+        async with self._global:
+            adopted: list[str] = []
+            recreated: list[str] = []
+            removed: list[str] = []
+            failed: list[tuple[str, str]] = []
+            records: list[Deployment] = await self._store(self.store.list)
+            known = {r.name for r in records}
+            for record in records:
+                try:
+                    async with self._locked(record.name):
+                        outcome = await self._reconcile_one(record)
+                except IycloError as exc:
+                    failed.append((record.name, exc.message))
+                    log.error("reconcile failed", pod=record.name, error=exc.message)
+                    continue
+                if outcome == "adopted":
+                    adopted.append(record.name)
+                elif outcome == "recreated":
+                    recreated.append(record.name)
+            removed.extend(await self._remove_orphans(known))
+            report = ReconcileReport(
+                tuple(adopted), tuple(recreated), tuple(removed), tuple(failed)
+            )
+            log.info("reconciled", **report.to_json())
+            return report
+
+    async def _reconcile_one(self, record: Deployment) -> str:
+        plan = self._plan(record)
+        state = await self._unit_state(plan.unit)
+        desired = record.status.get("desired", "running")
+        if state is not None and state.get("ActiveState") in ACTIVE_STATES:
+            running_pod = _pod_of_unit(state)
+            if running_pod in (None, plan.pod_name):
+                await self._remove_other_generations(record.name, keep=plan.pod_name)
+                self._publish(record.name, "running", generation=record.generation)
+                return "adopted"
+            # The daemon died mid-update: the unit still runs an older generation.
+            await self._stop_unit(plan.unit)
+        if desired == "stopped":
+            self._publish(record.name, "stopped")
+            return "stopped"
+        if not await self.podman.pod_exists(plan.pod_name):
+            await self._create_pod(plan)
+        await self._start_unit(plan)
+        await self._remove_other_generations(record.name, keep=plan.pod_name)
+        self._publish(record.name, "running", generation=record.generation)
+        return "recreated"
+
+    async def _remove_orphans(self, known: set[str]) -> list[str]:
+        removed: list[str] = []
+        for unit in await self.systemd.list_units_by_patterns([], ["iyclo-pod-*.service"]):
+            parsed = naming.parse_unit_name(unit.name)
+            if parsed is not None and parsed[1] not in known:
+                await self._stop_unit(unit.name)
+                removed.append(unit.name)
+        for pod in await self.podman.list_pods(naming.LABEL_POD):
+            labels = pod.get("Labels") or {}
+            if labels.get(naming.LABEL_POD) not in known:
+                await self.podman.remove_pod(str(pod["Name"]))
+                removed.append(str(pod["Name"]))
+        return removed
+
+
+def _pod_of_unit(state: dict[str, Any]) -> str | None:
+    """The Podman pod a running unit was started for, read from its ExecStart."""
+    for entry in state.get("ExecStart") or []:
+        argv = entry[1] if len(entry) > 1 else []
+        if len(argv) >= 4 and argv[1:3] == ["pod", "start"]:
+            return str(argv[3])
+    return None
+
+
+def _state_word(unit: dict[str, Any] | None, desired: str) -> str:
+    """One word for people: running, starting, restarting, stopping, stopped, failed."""
+    if unit is None or unit.get("LoadState") == "not-found":
+        return "stopped" if desired == "stopped" else "missing"
+    active, sub = unit.get("ActiveState", ""), unit.get("SubState", "")
+    if active == "active":
+        return "running"
+    if active == "activating":
+        return "restarting" if sub == "auto-restart" else "starting"
+    if active == "deactivating":
+        return "stopping"
+    if active == "failed":
+        return "failed"
+    return "stopped"
+
+
+def _usec_to_iso(value: Any) -> str:
+    try:
+        usec = int(value)
+    except (TypeError, ValueError):
+        return ""
+    if usec <= 0:
+        return ""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(usec / 1_000_000))
+
+
+def default_state_dir() -> Path:
+    return Path("/var/lib/iyclo")

@@ -1,0 +1,178 @@
+"""``iyclod``: the asyncio daemon.
+
+Start-up order matters: the store first (it holds the lock that keeps a second
+daemon away), then systemd and Podman, then a reconcile so the host matches the
+store before any client is served, then the fronts, then READY=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+import structlog
+
+from iyclo import __version__
+from iyclo.core import naming
+from iyclo.errors import IycloError
+
+if TYPE_CHECKING:
+    from iyclo.store import Store
+
+DEFAULT_SOCKET = Path("/run/iyclo/iyclo.sock")
+DEFAULT_STATE_DIR = Path("/var/lib/iyclo")
+DEFAULT_PODMAN_URL = "unix:///run/podman/podman.sock"
+
+
+def sd_notify(message: str) -> bool:
+    """Tell systemd about our state when it started us with Type=notify."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        sock.connect(address)
+        sock.sendall(message.encode())
+    return True
+
+
+def configure_logging(log_file: Path | None, level: str) -> TextIO:
+    """Structured JSON lines, to a file or to stderr (which journald captures)."""
+    stream: TextIO = (
+        open(log_file, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (lives as long as we do)
+        if log_file
+        else sys.stderr
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=True,
+    )
+    return stream
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iyclod", description="The iyclo daemon.")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help="where the desired state (TinyDB) lives [%(default)s]",
+    )
+    parser.add_argument(
+        "--log-file", type=Path, default=None, help="JSON-lines log file [stderr, i.e. the journal]"
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument(
+        "--socket", type=Path, default=DEFAULT_SOCKET, help="JSON-RPC socket path [%(default)s]"
+    )
+    parser.add_argument(
+        "--bus",
+        choices=["system", "session"],
+        default="system",
+        help="bus for iyclo's own D-Bus interface [%(default)s]",
+    )
+    parser.add_argument(
+        "--systemd-bus-address",
+        default=None,
+        help="D-Bus address of systemd's bus [the system bus]",
+    )
+    parser.add_argument(
+        "--podman-url", default=DEFAULT_PODMAN_URL, help="Podman REST socket [%(default)s]"
+    )
+    parser.add_argument(
+        "--no-dbus",
+        action="store_true",
+        help="do not export the D-Bus interface (JSON socket only)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=300.0,
+        help="drop JSON socket clients silent this long (seconds)",
+    )
+    parser.add_argument("--version", action="version", version=f"iyclod {__version__}")
+    return parser  # fmt: skip
+
+
+def prepare(state_dir: Path) -> Store:
+    """Blocking start-up work, done before the event loop serves anyone."""
+    from iyclo.store import Store
+
+    Path(naming.RUN_DIR).mkdir(parents=True, exist_ok=True)
+    return Store.open(state_dir)
+
+
+async def run(args: argparse.Namespace) -> int:
+    # Imported here so `iyclo --help` never pays for podman and dbus-fast.
+    from iyclo.api.jsonrpc import JsonRpcServer
+    from iyclo.core.service import Service
+    from iyclo.podman.client import PodmanClient
+    from iyclo.systemd.manager import SystemdManager
+
+    log = structlog.get_logger("iyclo.daemon")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    store = prepare(args.state_dir)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(store.close)
+        systemd = await SystemdManager.connect(args.systemd_bus_address)
+        stack.push_async_callback(systemd.close)
+        podman = PodmanClient(args.podman_url)
+        stack.callback(podman.close)
+        await podman.ping()
+        service = Service(store, systemd, podman)
+        report = await service.reconcile()
+        log.info("started", version=__version__, state_dir=str(args.state_dir), **report.to_json())
+
+        server = JsonRpcServer(service, args.socket, idle_timeout=args.idle_timeout)
+        await server.start()
+        stack.push_async_callback(server.close)
+        if not args.no_dbus:
+            from iyclo.api.dbus import export_service
+
+            unexport = await export_service(service, args.bus)
+            stack.push_async_callback(unexport)
+
+        sd_notify(f"READY=1\nSTATUS=serving {len(store.list())} pods and jobs")
+        await stop.wait()
+        sd_notify("STOPPING=1")
+        log.info("stopping")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_file, args.log_level)
+    try:
+        code = asyncio.run(run(args))
+    except IycloError as exc:
+        structlog.get_logger("iyclo.daemon").error("fatal", error=exc.message)
+        sys.stderr.write(f"iyclod: error: {exc.message}\n")
+        code = exc.exit_code
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
