@@ -202,7 +202,10 @@ def pod_unit_properties(manifest: Pod, pod_name: str, unit: str) -> list[tuple[s
         ("ExecStart", [(podman, [podman, "pod", "start", pod_name], False)]),
         ("ExecStop", [(podman, stop, False)]),
         ("ExecStopPost", [(podman, stop, True)]),
-        ("KillMode", "mixed"),
+        # Not "mixed": when the main container dies, systemd would SIGKILL the other
+        # conmons and leave Podman's containers stuck "stopping", so no restart could
+        # start them. ExecStop/ExecStopPost stop the whole pod through Podman instead.
+        ("KillMode", "process"),
         ("Restart", restart.policy),
         ("RestartUSec", parse_duration(restart.delay)),
         ("StartLimitBurst", restart.limit),
