@@ -156,7 +156,10 @@ cgroup_manager = "systemd"
 # read-only, which on the machine's own tmpfs would turn it read-only for everyone.
 CGROUP_MOUNT_FN: Final = r"""
 cgroup_mount_all() {
-    if [ "$(stat -f -c %T /sys/fs/cgroup)" = cgroup2fs ]; then return; fi
+    if [ "$(stat -f -c %T /sys/fs/cgroup)" = cgroup2fs ]; then
+        mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup
+        return
+    fi
     mount -t tmpfs -o mode=0755,nosuid,nodev,noexec tmpfs /sys/fs/cgroup
     while IFS=: read -r _ ctrl _path; do
         dir=$(cgroup_dir "$ctrl")
@@ -178,20 +181,25 @@ cgroup_dir() {
 }
 """
 
-# Runs as PID 1 of the new namespaces until it execs systemd. Arguments: name, root. Order
-# matters: /run and /tmp first (see the module docstring). The host's own cgroup (see
-# `_cgroup_specs`) is made in every hierarchy, including v1 ones the machine never mounted
-# (here hugetlb, perf_event, net_cls): runc places a container's cgroups relative to PID 1's
-# cgroup, so every container cgroup then lies inside the host's tree.
+# Runs as PID 1 of the new namespaces until it execs systemd, in two steps. Arguments:
+# name, root, the second step's script. Order matters: /run and /tmp first (see the module
+# docstring).
+#
+# Step one makes the host's own cgroup (see `_cgroup_specs`) in every hierarchy, including v1
+# ones the machine never mounted (here hugetlb, perf_event, net_cls), and joins it. Step two
+# runs in a new cgroup namespace rooted there and mounts the hierarchies again: systemd then
+# sees itself at "/" in every hierarchy. Without that, systemd assumes its path in the
+# name=systemd hierarchy holds in all of them, which is false here (this sandbox puts
+# processes in /process_api/<id> of the memory hierarchy only), and `MemoryMax=` on a unit
+# silently does nothing.
 SETUP_SCRIPT: Final = (
     CGROUP_MOUNT_FN
     + r"""
 set -eu
-name=$1 root=$2
+name=$1
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /var/tmp
-mount -t proc -o nosuid,nodev,noexec proc /proc
 cgroup_mount_all
 while IFS=: read -r _ ctrl path; do
     parent=$(cgroup_dir "$ctrl")${path%/}
@@ -202,6 +210,18 @@ while IFS=: read -r _ ctrl path; do
     done
     echo $$ > "$own/cgroup.procs"
 done < /proc/self/cgroup
+umount -R /sys/fs/cgroup
+exec unshare --cgroup sh -c "$3" iyclo-testhost-setup "$@"
+"""
+)
+
+SETUP_SCRIPT_2: Final = (
+    CGROUP_MOUNT_FN
+    + r"""
+set -eu
+name=$1 root=$2
+cgroup_mount_all
+mount -t proc -o nosuid,nodev,noexec proc /proc
 overlay_dir() {
     mount -t tmpfs -o mode=0755 tmpfs "$2"
     cp -a "$1/." "$2/"
@@ -353,7 +373,20 @@ class Host:
     def nsenter_argv(self, argv: Sequence[str]) -> list[str]:
         """The host-side argv that runs `argv` inside every namespace of this host."""
         self._check_alive()
-        return ["nsenter", "-t", str(self.pid), "-m", "-u", "-i", "-n", "-p", "--wd=/", "--", *argv]
+        return [
+            "nsenter",
+            "-t",
+            str(self.pid),
+            "-m",
+            "-u",
+            "-i",
+            "-n",
+            "-p",
+            "-C",
+            "--wd=/",
+            "--",
+            *argv,
+        ]
 
     def run(
         self,
@@ -567,7 +600,7 @@ def boot(
         process = subprocess.Popen(
             ["unshare", "--pid", "--fork", "--mount", "--propagation", "private",
              "--net", "--uts", "--ipc",
-             "sh", "-c", SETUP_SCRIPT, "iyclo-testhost-setup", name, str(root)],
+             "sh", "-c", SETUP_SCRIPT, "iyclo-testhost-setup", name, str(root), SETUP_SCRIPT_2],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
