@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -83,6 +85,8 @@ def test_this_machine_can_boot_a_host() -> None:
 
 
 def test_boots_to_running_inside_private_namespaces(testhost: Host) -> None:
+    failed = testhost.run(["systemctl", "list-units", "--failed", "--plain", "--no-legend"])
+    assert testhost.boot_state == "running", failed.stdout
     assert testhost.run(["systemctl", "is-system-running"]).stdout.strip() == "running"
     assert testhost.run(["systemd-detect-virt", "--container"]).stdout.strip() == "container-other"
     for ns in ("pid", "mnt", "net", "uts", "ipc", "cgroup"):
@@ -374,6 +378,25 @@ def test_reboot_keeps_disk_and_forgets_run(fresh_testhost_factory: HostFactory) 
     )
     assert second.run(["cat", "/var/lib/iyclo/state.txt"]).stdout == "state\n"
     assert second.run(["test", "-e", "/run/volatile"], check=False).returncode == 1
+
+
+def test_boot_after_a_crash_and_a_late_shutdown(fresh_testhost_factory: HostFactory) -> None:
+    crashed = fresh_testhost_factory(busybox=False)
+    crashed_ns = os.readlink(f"/proc/{crashed.pid}/ns/pid")
+    os.kill(crashed.pid, signal.SIGKILL)  # dies behind the harness's back: no shutdown()
+    deadline = time.monotonic() + 10
+    while _pids_in_namespace(crashed_ns) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert (crashed.root / "host.json").exists()  # stale: nobody cleaned up
+
+    # Same root, same name (so the same cgroups): boot cleans up after the dead one.
+    reborn = fresh_testhost_factory(root=crashed.root, name=crashed.name, busybox=False)
+    assert reborn.boot_state == "running"
+    # The stale handle's shutdown must not touch the new host sharing its name and root.
+    crashed.shutdown()
+    assert reborn.is_running()
+    assert Host.attach(reborn.root).pid == reborn.pid
+    assert reborn.run(["systemctl", "is-system-running"]).stdout.strip() == "running"
 
 
 def test_boot_refuses_bad_roots_and_a_second_host_on_one_root(testhost: Host) -> None:
