@@ -1,0 +1,1042 @@
+"""A real systemd + Podman host for tests, booted inside private namespaces.
+
+Why this exists: iyclo supervises Podman pods through systemd transient units, and the only
+honest test of that is a real systemd and a real Podman. The machines the tests run on do
+not run systemd as PID 1, so this module boots one: `unshare` gives new PID, mount, network,
+UTS, IPC and cgroup namespaces, a small shell script prepares the mounts, and
+`/lib/systemd/systemd` becomes PID 1 there. The host side reaches inside with `nsenter`
+(commands) and through `/proc/<pid>/root/...` (files and unix sockets: the system bus and the
+Podman API socket).
+
+What is private to a host, and why:
+- `/run`, `/tmp`, `/var/tmp` are fresh tmpfs each boot. `/tmp` must be mounted *before*
+  systemd starts: `systemd-tmpfiles --boot` would otherwise empty the machine's real `/tmp`.
+- `/etc/systemd/system`, `/etc/dbus-1/system.d` and `/etc/containers` are tmpfs filled from
+  files staged under `root/boot/` on every boot, so the machine's real `/etc` is never edited.
+  (`/etc/containers/containers.conf` does not exist on Debian, so a file bind mount over it
+  would have to create it in the real `/etc`; the whole directory is overlaid instead.)
+- `/var/lib/containers`, `/var/lib/iyclo` and `/etc/containers/networks` are bind mounts of
+  directories under `root/`: they survive a "reboot" (kill the host, boot another on the same
+  root) like a disk does, while `/run` does not, so Podman sees a real reboot.
+- The network namespace is private, so netavark's bridge and iptables rules never touch the
+  machine's network. Never send test traffic to the 10.88.0.0/16 bridge anyway.
+- Each host gets its own cgroup (`iyclo-testhost.<name>`) under the launching process's cgroup
+  in every hierarchy, so two hosts booted at once do not manage the same `system.slice`, and
+  a cgroup namespace rooted there, so systemd sees itself at "/" in every hierarchy. It also
+  gets a private `/sys/fs/cgroup` tmpfs: systemd remounts that read-only, which on the
+  machine's shared tmpfs would make it read-only for everyone.
+- UTS is private because systemd sets the hostname from `/etc/hostname` at boot.
+- Units and generators that would write to the machine's real `/etc`, `/var`, `/dev` or
+  kernel settings (sysusers, ldconfig, sysctl, binfmt, tmpfiles cleaning, the SysV generator
+  that would start the machine's own services, ...) are masked; journald is volatile.
+
+Only the standard library is imported: the CLI must start fast and the module must be usable
+before any of iyclo's dependencies are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Self
+
+__all__ = [
+    "BUSYBOX_APPLETS",
+    "DEFAULT_BASE",
+    "DEFAULT_NAME",
+    "Host",
+    "HostCommandError",
+    "TestHostError",
+    "TestHostUnavailable",
+    "boot",
+    "busybox_rootfs_tar",
+    "check_available",
+    "default_root",
+    "ensure_busybox_image",
+    "main",
+]
+
+DEFAULT_NAME: Final = "iyclo-testhost"
+DEFAULT_BASE: Final = Path("/var/lib/iyclo-testhost")
+SYSTEMD: Final = Path("/lib/systemd/systemd")
+BUSYBOX: Final = Path("/bin/busybox")
+PODMAN_SOCKET: Final = "/run/podman/podman.sock"
+SYSTEM_BUS_SOCKET: Final = "/run/dbus/system_bus_socket"
+
+# A clean, predictable environment for commands run inside: the caller's environment (pytest's
+# TMPDIR, a venv's PATH, XDG_RUNTIME_DIR, ...) means nothing in there.
+INNER_ENV: Final[Mapping[str, str]] = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "LANG": "C.UTF-8",
+    "SYSTEMD_PAGER": "",
+    "SYSTEMD_COLORS": "0",
+}
+
+BUSYBOX_APPLETS: Final = (
+    "sh", "ash", "sleep", "httpd", "cat", "echo", "id", "ls", "grep", "wget", "nc", "true",
+    "false", "env", "ps", "kill", "killall", "touch", "mkdir", "rm", "cp", "mv", "ln", "dd",
+    "head", "tail", "yes", "printf", "test", "[", "date", "hostname", "ip", "ping", "top",
+    "free", "df", "du", "mount", "umount", "stat", "wc", "sed", "awk", "tr", "cut", "sort",
+    "uniq", "find", "xargs", "vi", "tee", "timeout", "chmod", "chown", "pwd", "basename",
+    "dirname", "uname", "whoami", "nslookup", "netstat", "seq", "expr", "readlink", "realpath",
+    "md5sum", "sha256sum", "base64", "gzip", "gunzip", "tar", "which", "nohup", "watch",
+    "usleep", "ifconfig", "route", "hexdump", "od", "less", "more", "diff", "sync", "trap",
+)  # fmt: skip
+
+# Units that must not run in a test host: each would write to the machine's real /etc, /var,
+# /dev or kernel settings (the namespaces do not isolate those), or fails without a console.
+MASKED_UNITS: Final = (
+    "systemd-sysusers.service",  # adds users to the real /etc/passwd
+    "ldconfig.service",  # rewrites the real /etc/ld.so.cache
+    "systemd-update-done.service",  # writes /etc/.updated and /var/.updated
+    "systemd-hwdb-update.service",  # writes /etc/udev/hwdb.bin
+    "systemd-journal-catalog-update.service",  # writes /var/lib/systemd/catalog
+    "systemd-tmpfiles-setup-dev.service",  # creates nodes in the shared /dev
+    "kmod-static-nodes.service",  # same
+    "systemd-tmpfiles-clean.timer",  # ages out files in the real /var (e.g. /var/cache/man)
+    "systemd-sysctl.service",  # kernel.*/vm.* sysctls are machine-wide
+    "systemd-binfmt.service",  # binfmt_misc registrations are machine-wide
+    "systemd-modules-load.service",  # kernel modules are machine-wide
+    "systemd-random-seed.service",  # writes /var/lib/systemd/random-seed
+    "systemd-update-utmp.service",  # writes the real /var/log/wtmp
+    "systemd-update-utmp-runlevel.service",
+    "systemd-firstboot.service",
+    "systemd-machine-id-commit.service",
+    "systemd-repart.service",
+    "getty.target",  # no terminal: /dev/console is a log file here
+    "console-getty.service",
+)
+
+# systemd-tmpfiles-setup.service normally runs `--create --remove --boot` over the whole tree,
+# which deletes e.g. /etc/passwd.lock and empties /var/lib/cni/networks on the real disk. Keep
+# it to the filesystems that belong to the test host.
+TMPFILES_DROPIN: Final = """\
+# Written by iyclo.testhost: only touch filesystems private to the test host.
+[Service]
+ExecStart=
+ExecStart=systemd-tmpfiles --create --remove --boot --prefix=/run --prefix=/tmp \
+--prefix=/var/tmp --prefix=/var/lib/containers --prefix=/var/lib/iyclo
+"""
+
+JOURNALD_CONF: Final = """\
+# Written by iyclo.testhost: keep the journal in the private /run, never in /var/log/journal.
+[Journal]
+Storage=volatile
+"""
+
+CONTAINERS_CONF: Final = """\
+# Written by iyclo.testhost.
+[containers]
+# The sandbox lacks CAP_SYS_RESOURCE and caps nofile at 20000: Podman's defaults fail there.
+default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
+
+[engine]
+# crun 1.8 refuses hybrid cgroups; runc works.
+runtime = "runc"
+cgroup_manager = "systemd"
+"""
+
+# Mounts every cgroup hierarchy this process is in (cgroup v1 "hybrid" or v2) on a private
+# /sys/fs/cgroup, so that the work below happens in the caller's private mount namespace. v1
+# hierarchies mounted again with the same controllers are the same hierarchies. A private
+# tmpfs matters: systemd as PID 1 creates mount points in /sys/fs/cgroup and remounts it
+# read-only, which on the machine's own tmpfs would turn it read-only for everyone.
+CGROUP_MOUNT_FN: Final = r"""
+cgroup_mount_all() {
+    if [ "$(stat -f -c %T /sys/fs/cgroup)" = cgroup2fs ]; then
+        mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup
+        return
+    fi
+    mount -t tmpfs -o mode=0755,nosuid,nodev,noexec tmpfs /sys/fs/cgroup
+    while IFS=: read -r _ ctrl _path; do
+        dir=$(cgroup_dir "$ctrl")
+        mkdir -p "$dir"
+        case "$ctrl" in
+            "") mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 "$dir" ;;
+            name=*) mount -t cgroup -o nosuid,nodev,noexec,none,"$ctrl" cgroup "$dir" ;;
+            *) mount -t cgroup -o nosuid,nodev,noexec,"$ctrl" cgroup "$dir" ;;
+        esac
+    done < /proc/self/cgroup
+}
+cgroup_dir() {
+    if [ "$(stat -f -c %T /sys/fs/cgroup)" = cgroup2fs ]; then echo /sys/fs/cgroup; return; fi
+    case "$1" in
+        "") echo /sys/fs/cgroup/unified ;;
+        name=*) echo "/sys/fs/cgroup/${1#name=}" ;;
+        *) echo "/sys/fs/cgroup/$1" ;;
+    esac
+}
+"""
+
+# Runs as PID 1 of the new namespaces until it execs systemd, in two steps, each staged as
+# a file under root/boot/ (readable in `ps` and on disk). Arguments: name, root. Order
+# matters: /run and /tmp first (see the module docstring).
+#
+# Step one makes the host's own cgroup (see `_cgroup_specs`) in every hierarchy, including v1
+# ones the machine never mounted (here hugetlb, perf_event, net_cls), and joins it. Step two
+# runs in a new cgroup namespace rooted there and mounts the hierarchies again: systemd then
+# sees itself at "/" in every hierarchy. Without that, systemd assumes its path in the
+# name=systemd hierarchy holds in all of them, which is false here (this sandbox puts
+# processes in /process_api/<id> of the memory hierarchy only), and `MemoryMax=` on a unit
+# silently does nothing.
+SETUP_SCRIPT: Final = (
+    CGROUP_MOUNT_FN
+    + r"""
+set -eu
+name=$1 root=$2
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /var/tmp
+cgroup_mount_all
+while IFS=: read -r _ ctrl path; do
+    parent=$(cgroup_dir "$ctrl")${path%/}
+    own=$parent/iyclo-testhost.$name
+    mkdir "$own"
+    for knob in cpuset.cpus cpuset.mems; do  # v1 cpuset starts empty: no task could join
+        if [ -f "$parent/$knob" ]; then cat "$parent/$knob" > "$own/$knob"; fi
+    done
+    echo $$ > "$own/cgroup.procs"
+done < /proc/self/cgroup
+umount -R /sys/fs/cgroup
+exec unshare --cgroup sh "$root/boot/setup-2.sh" "$name" "$root"
+"""
+)
+
+SETUP_SCRIPT_2: Final = (
+    CGROUP_MOUNT_FN
+    + r"""
+set -eu
+name=$1 root=$2
+cgroup_mount_all
+mount -t proc -o nosuid,nodev,noexec proc /proc
+overlay_dir() {
+    mount -t tmpfs -o mode=0755 tmpfs "$2"
+    cp -a "$1/." "$2/"
+}
+overlay_dir "$root/boot/run" /run
+overlay_dir "$root/boot/systemd-system" /etc/systemd/system
+overlay_dir "$root/boot/dbus-system.d" /etc/dbus-1/system.d
+overlay_dir "$root/boot/containers-etc" /etc/containers
+mount --bind "$root/containers-networks" /etc/containers/networks
+mount --bind "$root/containers" /var/lib/containers
+mount --bind "$root/iyclo" /var/lib/iyclo
+mount --bind "$root/boot/console.log" /dev/console
+# journalctl would also read the machine's persistent journal (same machine id): hide it.
+if [ -d /var/log/journal ]; then mount -t tmpfs -o mode=0755 tmpfs /var/log/journal; fi
+ip link set lo up 2>/dev/null || busybox ip link set lo up
+export container="$name"
+exec /lib/systemd/systemd --system --unit=multi-user.target
+"""
+)
+
+# Run in a private mount namespace after a host died: removes its cgroup trees, bottom-up.
+# Arguments: "controllers:path" specs as in /proc/<pid>/cgroup. Exits 1 if one stays busy.
+CGROUP_CLEANUP_SCRIPT: Final = (
+    CGROUP_MOUNT_FN
+    + r"""
+set -u
+cgroup_mount_all
+rc=0
+for spec in "$@"; do
+    top=$(cgroup_dir "${spec%%:*}")${spec#*:}
+    tries=0
+    while [ -d "$top" ]; do
+        find "$top" -depth -type d -exec rmdir {} + 2>/dev/null || true
+        tries=$((tries + 1))
+        if [ -d "$top" ] && [ $tries -ge 100 ]; then echo "busy: $top"; rc=1; break; fi
+        if [ -d "$top" ]; then sleep 0.02; fi
+    done
+done
+exit $rc
+"""
+)
+
+GENERATOR_DIRS: Final = (
+    Path("/lib/systemd/system-generators"),
+    Path("/usr/local/lib/systemd/system-generators"),
+)
+NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+HIDDEN_PREFIXES: Final = ("/tmp", "/var/tmp", "/run", "/proc", "/sys", "/dev")
+
+
+class TestHostError(RuntimeError):
+    """The test host could not be booted, reached, or torn down."""
+
+    __test__ = False
+
+
+class TestHostUnavailable(TestHostError):
+    """This machine cannot boot a test host at all; `str()` is a one-line reason to skip."""
+
+    __test__ = False
+
+
+class HostCommandError(TestHostError):
+    """A command run inside the host failed; the message carries argv, exit code and stderr."""
+
+    def __init__(
+        self, argv: Sequence[str], returncode: int | None, stdout: str, stderr: str, why: str = ""
+    ) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        what = why or f"exit code {returncode}"
+        detail = stderr.strip() or stdout.strip() or "(no output)"
+        super().__init__(f"command {_quote(argv)} failed in test host: {what}: {detail}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Record:
+    """What `root/host.json` holds so another process can attach to and tear down a host."""
+
+    name: str
+    pid: int
+    unshare_pid: int
+    pid_ns: str
+    cgroups: tuple[str, ...]
+
+    @classmethod
+    def load(cls, path: Path) -> _Record:
+        data = json.loads(path.read_text())
+        return cls(
+            name=str(data["name"]),
+            pid=int(data["pid"]),
+            unshare_pid=int(data["unshare_pid"]),
+            pid_ns=str(data["pid_ns"]),
+            cgroups=tuple(str(c) for c in data["cgroups"]),
+        )
+
+    def dump(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        tmp.replace(path)
+
+
+class Host:
+    """A running test host: systemd as PID 1 of private namespaces, with Podman configured.
+
+    Named `Host`, not `TestHost`, so pytest never tries to collect it from a test module.
+    Create one with `boot()` or `Host.attach()` (not directly); end it with `shutdown()` or a
+    `with` block. `boot_seconds` and `boot_state` ("running" or "degraded") describe the boot
+    of a host made by `boot()`.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        record: _Record,
+        process: subprocess.Popen[bytes] | None = None,
+        boot_seconds: float | None = None,
+    ) -> None:
+        self.root = root
+        self.name = record.name
+        self.pid = record.pid
+        self.boot_seconds = boot_seconds
+        self.boot_state = ""
+        self._record = record
+        self._process = process
+        self._down = False
+
+    # -- addresses -------------------------------------------------------------------------
+
+    def path(self, p: str) -> Path:
+        """Where path `p` of the host is seen from outside: through `/proc/<pid>/root`.
+
+        This is how the host side reaches files and unix sockets in the private `/run`.
+        """
+        return Path(f"/proc/{self.pid}/root") / p.lstrip("/")
+
+    @property
+    def system_bus_address(self) -> str:
+        """D-Bus address of the host's system bus, usable from outside (dbus-fast, busctl)."""
+        return f"unix:path={self.path(SYSTEM_BUS_SOCKET)}"
+
+    @property
+    def podman_url(self) -> str:
+        """Podman API URL usable from outside: `PodmanClient(base_url=host.podman_url)`."""
+        return f"unix://{self.path(PODMAN_SOCKET)}"
+
+    # -- running things inside -------------------------------------------------------------
+
+    def nsenter_argv(self, argv: Sequence[str]) -> list[str]:
+        """The host-side argv that runs `argv` inside every namespace of this host."""
+        self._check_alive()
+        return [
+            "nsenter",
+            "-t",
+            str(self.pid),
+            "-m",
+            "-u",
+            "-i",
+            "-n",
+            "-p",
+            "-C",
+            "--wd=/",
+            "--",
+            *argv,
+        ]
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        input: str | None = None,
+        timeout: float = 60,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `argv` inside the host and capture its output as text.
+
+        The environment is `INNER_ENV` plus `env`, never the caller's. The command runs in all
+        the host's namespaces but keeps the caller's cgroups (use `systemd-run` to get a unit's).
+        On timeout the whole process group is killed: killing only `nsenter` would leave its
+        child running inside. Failures raise `HostCommandError` unless `check=False`.
+        """
+        full = self.nsenter_argv(argv)
+        with subprocess.Popen(
+            full,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**INNER_ENV, **(env or {})},
+            cwd="/",
+            start_new_session=True,
+        ) as proc:
+            try:
+                out, err = proc.communicate(input, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                out, err = proc.communicate()
+                raise HostCommandError(
+                    argv, None, out, err, f"timed out after {timeout:g} s"
+                ) from None
+        result = subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
+        if check and result.returncode != 0:
+            raise HostCommandError(argv, result.returncode, out, err)
+        return result
+
+    def podman_ping(self, timeout: float = 1.0) -> bool:
+        """True when the Podman API answers `GET /_ping` on its socket, from outside."""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout)
+                sock.connect(str(self.path(PODMAN_SOCKET)))
+                sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: d\r\n\r\n")
+                reply = b""
+                while chunk := sock.recv(4096):
+                    reply += chunk
+        except OSError:
+            return False
+        return reply.startswith(b"HTTP/1.") and b" 200 " in reply.split(b"\r\n", 1)[0]
+
+    def install_dbus_policy(self, policy: Path) -> None:
+        """Add a bus policy file to the running host and make dbus-daemon reload its config.
+
+        The host's `/etc/dbus-1/system.d` is a private tmpfs, so this never touches the real
+        one. Prefer `boot(extra_dbus_policies=...)` when the policy is known up front.
+        """
+        shutil.copyfile(policy, self.path("/etc/dbus-1/system.d") / policy.name)
+        self.run(
+            ["busctl", "call", "org.freedesktop.DBus", "/org/freedesktop/DBus",
+             "org.freedesktop.DBus", "ReloadConfig"]
+        )  # fmt: skip
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    def attach(cls, root: Path) -> Host:
+        """A handle on a host already running on `root` (booted by another process)."""
+        root = root.resolve()
+        try:
+            record = _Record.load(root / "host.json")
+        except FileNotFoundError:
+            raise TestHostError(f"no test host is running on {root}") from None
+        if not _is_our_systemd(record):
+            raise TestHostError(f"the test host on {root} is not running (pid {record.pid} gone)")
+        return cls(root, record)
+
+    def is_running(self) -> bool:
+        """True while this host's systemd is alive."""
+        return not self._down and _is_our_systemd(self._record)
+
+    def shutdown(self, timeout: float = 15) -> None:
+        """SIGKILL the host's systemd; the kernel then kills everything in its PID namespace.
+
+        Waits for `unshare` to exit and for no process of the host to remain (in its PID
+        namespace or its cgroups), removes its cgroup tree, which a killed systemd cannot do,
+        then the pid files. Safe to call twice.
+        """
+        if self._down:
+            return
+        record = self._record
+        deadline = time.monotonic() + timeout
+        was_running = _is_our_systemd(record)
+        if was_running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(record.pid, signal.SIGKILL)
+        if self._process is not None:
+            try:
+                self._process.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                raise TestHostError(f"unshare (pid {record.unshare_pid}) did not exit") from None
+        if was_running:
+            _wait_for(
+                lambda: not _pid_alive(record.unshare_pid, "unshare") and not _host_pids(record),
+                deadline,
+                f"processes of test host {self.name} did not exit",
+            )
+            _remove_cgroups(record.cgroups)
+        else:
+            # It died earlier. A new host of the same name may have booted since: its
+            # processes are in the same cgroups, and those are not ours to remove.
+            _wait_for(
+                lambda: (
+                    not _pid_alive(record.unshare_pid, "unshare")
+                    and not _pids_in_cgroups((), record.pid_ns)
+                ),
+                deadline,
+                f"processes of test host {self.name} did not exit",
+            )
+            if not _pids_in_cgroups(record.cgroups):
+                _remove_cgroups(record.cgroups)
+        with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
+            if _Record.load(self.root / "host.json").pid_ns == record.pid_ns:
+                for leftover in ("host.json", "host.pid"):
+                    (self.root / leftover).unlink(missing_ok=True)
+        self._down = True
+
+    def detach(self) -> None:
+        """Leave the host running after this process exits (the CLI's `up`).
+
+        Dropping the `Popen` of a running child makes Python warn at garbage collection; the
+        host is meant to outlive us, so drop it quietly. `unshare` runs in its own session.
+        """
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            self._process = None
+
+    def _check_alive(self) -> None:
+        if self._down or not _is_our_systemd(self._record):
+            raise TestHostError(f"test host {self.name} is not running")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        return f"Host(name={self.name!r}, pid={self.pid}, root={str(self.root)!r})"
+
+
+# -- booting ------------------------------------------------------------------------------
+
+
+def default_root(name: str = DEFAULT_NAME) -> Path:
+    """Where a host named `name` keeps its disk when the caller does not choose."""
+    return DEFAULT_BASE / name
+
+
+def check_available() -> None:
+    """Raise `TestHostUnavailable` with a one-line reason if this machine cannot boot a host."""
+    if sys.platform != "linux":
+        raise TestHostUnavailable("test host needs Linux namespaces")
+    if os.geteuid() != 0:
+        raise TestHostUnavailable("test host needs root (it mounts and unshares namespaces)")
+    for tool, package in (
+        ("unshare", "util-linux"),
+        ("nsenter", "util-linux"),
+        ("podman", "podman"),
+        ("runc", "runc"),
+        ("ip", "iproute2"),
+    ):
+        if shutil.which(tool, path=INNER_ENV["PATH"]) is None:
+            raise TestHostUnavailable(f"{tool} not found (apt-get install {package})")
+    if not os.access(SYSTEMD, os.X_OK):
+        raise TestHostUnavailable(f"{SYSTEMD} not found (apt-get install systemd)")
+    if not Path("/lib/systemd/system/podman.socket").exists():
+        raise TestHostUnavailable("podman.socket unit not found (apt-get install podman)")
+    if not Path("/sys/fs/cgroup").is_dir() or not Path("/proc/self/cgroup").exists():
+        raise TestHostUnavailable("no cgroup filesystem under /sys/fs/cgroup")
+
+
+def boot(
+    root: Path,
+    *,
+    name: str = DEFAULT_NAME,
+    timeout: float = 30,
+    extra_dbus_policies: Sequence[Path] = (),
+) -> Host:
+    """Boot a test host whose disk is `root` and return once systemd and Podman answer.
+
+    `root` must lie outside the paths that are private inside (`/tmp`, `/run`, ...) because the
+    setup script reads it from inside. Booting again on the same root after `shutdown()` is
+    a reboot: Podman storage and `/var/lib/iyclo` persist, `/run` does not.
+    """
+    check_available()
+    if not NAME_RE.fullmatch(name):
+        raise TestHostError(f"invalid test host name {name!r} (letters, digits, '_.-')")
+    root = root.resolve()
+    if any(str(root) == p or str(root).startswith(p + "/") for p in HIDDEN_PREFIXES):
+        raise TestHostError(f"test host root {root} is hidden inside the host; use e.g. /var/lib")
+    try:
+        running = Host.attach(root)
+    except TestHostError:
+        _cleanup_stale(root)  # a host that died without shutdown() (e.g. the machine rebooted)
+    else:
+        raise TestHostError(f"a test host is already running on {root} (pid {running.pid})")
+
+    started = time.monotonic()
+    deadline = started + timeout
+    cgroups = _cgroup_specs(name)
+    if busy := _pids_in_cgroups(cgroups):
+        raise TestHostError(f"a test host named {name!r} is running (pids {sorted(busy)[:5]})")
+    _remove_cgroups(cgroups)  # a crashed host's empty tree
+    _stage(root, extra_dbus_policies)
+    log = (root / "boot" / "unshare.log").open("wb")
+    with log:
+        process = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--mount", "--propagation", "private",
+             "--net", "--uts", "--ipc",
+             "sh", str(root / "boot" / "setup-1.sh"), name, str(root)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**INNER_ENV},
+            cwd="/",
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        pid = _wait_for_systemd(process, root, deadline)
+        record = _Record(name, pid, process.pid, os.readlink(f"/proc/{pid}/ns/pid"), cgroups)
+        record.dump(root / "host.json")
+        (root / "host.pid").write_text(f"{pid}\n")
+        host = Host(root, record, process)
+        _wait_until_up(host, deadline)
+    except BaseException:
+        _abort_boot(process, root, cgroups)
+        raise
+    host.boot_seconds = time.monotonic() - started
+    return host
+
+
+def _stage(root: Path, extra_dbus_policies: Sequence[Path]) -> None:
+    """Create root's persistent dirs and regenerate `root/boot/`, the files this boot mounts."""
+    for d in ("containers", "iyclo", "containers-networks"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    # Mount points on the real filesystem. /var/lib/containers exists wherever Podman is
+    # installed; /var/lib/iyclo is the only directory this may have to create on the machine.
+    for mountpoint in ("/var/lib/containers", "/var/lib/iyclo"):
+        Path(mountpoint).mkdir(parents=True, exist_ok=True)
+    boot_dir = root / "boot"
+    shutil.rmtree(boot_dir, ignore_errors=True)
+    boot_dir.mkdir()
+    (boot_dir / "console.log").touch()
+    (boot_dir / "setup-1.sh").write_text(SETUP_SCRIPT)
+    (boot_dir / "setup-2.sh").write_text(SETUP_SCRIPT_2)
+
+    system = boot_dir / "systemd-system"
+    system.mkdir()
+    for unit in MASKED_UNITS:
+        (system / unit).symlink_to("/dev/null")
+    dropin = system / "systemd-tmpfiles-setup.service.d"
+    dropin.mkdir()
+    (dropin / "iyclo-testhost.conf").write_text(TMPFILES_DROPIN)
+    wants = system / "sockets.target.wants"
+    wants.mkdir()
+    (wants / "podman.socket").symlink_to("/lib/systemd/system/podman.socket")
+
+    run = boot_dir / "run"
+    journald = run / "systemd" / "journald.conf.d"
+    journald.mkdir(parents=True)
+    (journald / "iyclo-testhost.conf").write_text(JOURNALD_CONF)
+    # Generators turn the machine's /etc/fstab, /etc/init.d (e.g. its PostgreSQL) and
+    # rc.local into units; none belong in a test host. A /dev/null link in /run disables one.
+    generators = run / "systemd" / "system-generators"
+    generators.mkdir()
+    for gen_dir in GENERATOR_DIRS:
+        if gen_dir.is_dir():
+            for gen in gen_dir.iterdir():
+                with contextlib.suppress(FileExistsError):
+                    (generators / gen.name).symlink_to("/dev/null")
+
+    dbus = boot_dir / "dbus-system.d"
+    _copy_tree(Path("/etc/dbus-1/system.d"), dbus)
+    for policy in extra_dbus_policies:
+        shutil.copyfile(policy, dbus / policy.name)
+
+    containers = boot_dir / "containers-etc"
+    _copy_tree(Path("/etc/containers"), containers, skip=("networks",))
+    (containers / "networks").mkdir()
+    (containers / "containers.conf").write_text(CONTAINERS_CONF)
+
+
+def _copy_tree(src: Path, dst: Path, skip: Sequence[str] = ()) -> None:
+    if src.is_dir():
+        shutil.copytree(src, dst, symlinks=True, ignore=lambda _d, names: [*skip])
+    else:
+        dst.mkdir(parents=True)
+
+
+def _wait_for_systemd(process: subprocess.Popen[bytes], root: Path, deadline: float) -> int:
+    """The host PID of the new PID 1: unshare's only child, once it has exec'd systemd."""
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    while True:
+        if process.poll() is not None:
+            raise TestHostError(
+                f"test host setup exited with {process.returncode}: {_log_tail(root)}"
+            )
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int(children.read_text().split()[0])
+            if os.readlink(f"/proc/{pid}/exe") == os.path.realpath(SYSTEMD):
+                return pid
+        if time.monotonic() > deadline:
+            raise TestHostError(f"systemd did not start in the test host: {_log_tail(root)}")
+        time.sleep(0.01)
+
+
+def _wait_until_up(host: Host, deadline: float) -> None:
+    """Wait until systemd finished booting and the Podman socket answers.
+
+    "degraded" (some unit failed) is accepted, as on a real machine; `host.boot_state` keeps
+    it so that tests can insist on "running".
+    """
+    state = ""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TestHostError(
+                f"test host {host.name} did not finish booting (state {state or 'unknown'!r}): "
+                f"{_log_tail(host.root)}"
+            )
+        # Before systemd has set up its bus, `--wait` returns "offline" at once: poll then.
+        result = host.run(
+            ["systemctl", "is-system-running", "--wait"], check=False, timeout=remaining
+        )
+        state = result.stdout.strip()
+        if state in ("running", "degraded"):
+            break
+        time.sleep(0.02)
+    host.boot_state = state
+    lo = host.run(["ip", "-o", "link", "show", "lo"]).stdout
+    if "UP" not in lo.partition("<")[2].partition(">")[0].split(","):
+        raise TestHostError(f"loopback is down in test host {host.name}: {lo.strip()}")
+    _wait_for(host.podman_ping, deadline, f"the Podman socket of test host {host.name}")
+
+
+def _abort_boot(process: subprocess.Popen[bytes], root: Path, cgroups: Sequence[str]) -> None:
+    """Kill a half-booted host: its PID 1 first (that ends the namespace), then unshare."""
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    with contextlib.suppress(OSError, ValueError):
+        for child in children.read_text().split():
+            os.kill(int(child), signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(10)
+    _remove_cgroups(cgroups)
+    for leftover in ("host.json", "host.pid"):
+        with contextlib.suppress(FileNotFoundError):
+            (root / leftover).unlink()
+
+
+def _log_tail(root: Path) -> str:
+    lines: list[str] = []
+    for log in ("unshare.log", "console.log"):
+        with contextlib.suppress(OSError):
+            lines += (root / "boot" / log).read_text(errors="replace").splitlines()
+    return " | ".join(line.strip() for line in lines[-8:] if line.strip()) or "(no output)"
+
+
+def _wait_for(ready: Callable[[], bool], deadline: float, what: str) -> None:
+    while not ready():
+        if time.monotonic() > deadline:
+            raise TestHostError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+# -- processes and cgroups ----------------------------------------------------------------
+
+
+def _pid_alive(pid: int, comm: str | None = None) -> bool:
+    """True if `pid` exists and is not a zombie (and is named `comm`, when given)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    name, _, rest = stat.rpartition(")")
+    if rest.split()[0] in ("Z", "X"):
+        return False
+    return comm is None or name.partition("(")[2] == comm
+
+
+def _is_our_systemd(record: _Record) -> bool:
+    """True if `record.pid` is still the systemd that record describes (not a reused pid)."""
+    try:
+        return os.readlink(f"/proc/{record.pid}/ns/pid") == record.pid_ns and _pid_alive(
+            record.pid, "systemd"
+        )
+    except OSError:
+        return False
+
+
+def _read_cgroups(pid: int | str) -> list[tuple[str, str]]:
+    """(controllers, path) of each hierarchy `pid` is in, as `/proc/<pid>/cgroup` lists them."""
+    lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    return [(ctrl, path) for _, ctrl, path in (line.split(":", 2) for line in lines)]
+
+
+def _cgroup_specs(name: str) -> tuple[str, ...]:
+    """The host's cgroup in each hierarchy, as "controllers:path": one level below ours.
+
+    A host gets a cgroup of its own so that two hosts booted at once do not both manage
+    `system.slice` of the same cgroup. The setup script creates exactly these (it inherits
+    our cgroups), so they are known here without asking the host.
+    """
+    return tuple(
+        f"{ctrl}:{path.rstrip('/')}/iyclo-testhost.{name}" for ctrl, path in _read_cgroups("self")
+    )
+
+
+def _pids_in_cgroups(specs: Sequence[str], pid_ns: str = "") -> dict[int, list[str]]:
+    """Live processes in (or below) the cgroups `specs`, or in PID namespace `pid_ns`.
+
+    Returns host PID -> that process's own cgroup specs. Both tests are needed: containers
+    run in PID namespaces nested in the host's, processes entered with nsenter keep the
+    caller's cgroups.
+    """
+    trees = {}
+    for spec in specs:
+        ctrl, _, path = spec.partition(":")
+        trees[ctrl] = path
+    found = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            cgroups = _read_cgroups(entry.name)
+            ours = any(
+                ctrl in trees and (path == trees[ctrl] or path.startswith(trees[ctrl] + "/"))
+                for ctrl, path in cgroups
+            ) or (pid_ns != "" and os.readlink(f"/proc/{entry.name}/ns/pid") == pid_ns)
+            if ours and _pid_alive(int(entry.name)):
+                found[int(entry.name)] = [f"{ctrl}:{path}" for ctrl, path in cgroups]
+    return found
+
+
+def _host_pids(record: _Record) -> dict[int, list[str]]:
+    """Live processes of a host: host PID -> their cgroup specs."""
+    return _pids_in_cgroups(record.cgroups, record.pid_ns)
+
+
+def _remove_cgroups(specs: Sequence[str]) -> None:
+    """Remove cgroup trees once their processes are gone; busy ones raise `TestHostError`.
+
+    This runs in a mount namespace of its own because some hierarchies (those only a host's
+    systemd mounted) are not mounted on the machine at all.
+    """
+    if not specs:
+        return
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private",
+         "sh", "-c", CGROUP_CLEANUP_SCRIPT, "iyclo-testhost-cleanup", *specs],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**INNER_ENV},
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise TestHostError(
+            f"cannot remove test host cgroups: {(result.stdout + result.stderr).strip()}"
+        )
+
+
+# -- images -------------------------------------------------------------------------------
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("IYCLO_TESTHOST_CACHE", str(DEFAULT_BASE / "cache")))
+
+
+def busybox_rootfs_tar(cache: Path | None = None) -> Path:
+    """A tarball of a minimal rootfs: static busybox, applet links, root and nobody.
+
+    No registry is reachable, so this is the image tests run. The tar is deterministic and
+    named by a hash of its inputs, so a new busybox or applet list builds a new one and an
+    unchanged one is reused across sessions.
+    """
+    cache = cache or _cache_dir()
+    busybox = BUSYBOX.read_bytes()
+    digest = hashlib.sha256(busybox + "\0".join(BUSYBOX_APPLETS).encode()).hexdigest()[:16]
+    target = cache / f"busybox-rootfs-{digest}.tar"
+    if target.exists():
+        return target
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+
+        def add(name: str, kind: bytes, mode: int, data: bytes = b"", link: str = "") -> None:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.mtime, info.linkname = kind, mode, 0, link
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data else None)
+
+        for d, mode in (("bin", 0o755), ("etc", 0o755), ("root", 0o700), ("tmp", 0o1777),
+                        ("usr", 0o755), ("usr/bin", 0o755), ("var", 0o755), ("www", 0o755),
+                        ("proc", 0o555), ("sys", 0o555), ("dev", 0o755)):  # fmt: skip
+            add(d, tarfile.DIRTYPE, mode)
+        add("bin/busybox", tarfile.REGTYPE, 0o755, busybox)
+        for applet in BUSYBOX_APPLETS:
+            add(f"bin/{applet}", tarfile.SYMTYPE, 0o777, link="busybox")
+        add("usr/bin/env", tarfile.SYMTYPE, 0o777, link="/bin/busybox")
+        passwd = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
+        group = "root:x:0:\nnogroup:x:65534:\n"
+        add("etc/passwd", tarfile.REGTYPE, 0o644, passwd.encode())
+        add("etc/group", tarfile.REGTYPE, 0o644, group.encode())
+        add("www/index.html", tarfile.REGTYPE, 0o644, b"iyclo testhost\n")
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(target)
+    return target
+
+
+def ensure_busybox_image(host: Host, tag: str = "localhost/busybox:latest") -> str:
+    """Make `tag` a busybox image in the host's Podman storage; a no-op if it is there."""
+    if host.run(["podman", "image", "exists", tag], check=False).returncode == 0:
+        return tag
+    tar = busybox_rootfs_tar()
+    # The cache is on the real disk, so the host sees it at the same path, unless the cache
+    # was put under a prefix that is private inside: then copy it into the host's /run.
+    inner = str(tar)
+    if any(inner.startswith(p + "/") for p in HIDDEN_PREFIXES):
+        staged = host.path("/run/iyclo-testhost") / tar.name
+        staged.parent.mkdir(exist_ok=True)
+        shutil.copyfile(tar, staged)
+        inner = f"/run/iyclo-testhost/{tar.name}"
+    host.run(["podman", "import", "--quiet", "--change", "CMD=/bin/sh", inner, tag])
+    return tag
+
+
+# -- CLI ----------------------------------------------------------------------------------
+
+
+def _quote(argv: Sequence[str]) -> str:
+    return shlex.join(argv)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="iyclo-testhost",
+        description="Boot and use a private systemd + Podman host for iyclo's tests.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--name", default=DEFAULT_NAME, help="host name (default: %(default)s)")
+    common.add_argument(
+        "--root", type=Path, help=f"host disk (default: {DEFAULT_BASE}/NAME; not under /tmp)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", parents=[common], help="boot a host and leave it running")
+    up.add_argument("--timeout", type=float, default=30)
+    up.add_argument("--dbus-policy", type=Path, action="append", default=[], metavar="FILE")
+    up.add_argument(
+        "--no-busybox", action="store_true", help="do not import localhost/busybox:latest"
+    )
+    ex = sub.add_parser("exec", parents=[common], help="run a command inside (default: bash)")
+    ex.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    sub.add_parser("down", parents=[common], help="kill the host")
+    sub.add_parser("status", parents=[common], help="exit 0 if the host runs, 3 if not")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`iyclo-testhost up|exec|down|status`: one-line errors, exit codes like systemctl."""
+    args = _parser().parse_args(argv)
+    root: Path = (args.root or default_root(args.name)).resolve()
+    try:
+        if args.command == "up":
+            host = boot(
+                root, name=args.name, timeout=args.timeout, extra_dbus_policies=args.dbus_policy
+            )
+            try:
+                if not args.no_busybox:
+                    ensure_busybox_image(host)
+            except BaseException:
+                host.shutdown()
+                raise
+            host.detach()
+            print(
+                f"test host {host.name} up in {host.boot_seconds:.2f} s: pid {host.pid}, "
+                f"root {root}\n  DBUS_SYSTEM_BUS_ADDRESS={host.system_bus_address}\n"
+                f"  CONTAINER_HOST={host.podman_url}"
+            )
+            return 0
+        if args.command == "exec":
+            cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+            host = Host.attach(root)
+            sys.stdout.flush()
+            env = {**INNER_ENV, **({"TERM": os.environ["TERM"]} if "TERM" in os.environ else {})}
+            os.execvpe("nsenter", host.nsenter_argv(cmd or ["bash"]), env)
+        if args.command == "down":
+            try:
+                host = Host.attach(root)
+            except TestHostError:
+                _cleanup_stale(root)
+                print(f"no test host running on {root}")
+                return 0
+            host.shutdown()
+            print(f"test host {host.name} (pid {host.pid}) is down")
+            return 0
+        # status
+        try:
+            host = Host.attach(root)
+        except TestHostError as e:
+            print(e)
+            return 3
+        state = host.run(["systemctl", "is-system-running"], check=False).stdout.strip()
+        print(f"test host {host.name}: pid {host.pid}, systemd {state}, root {root}")
+        return 0
+    except TestHostUnavailable as e:
+        print(f"iyclo-testhost: unavailable: {e}", file=sys.stderr)
+        return 2
+    except TestHostError as e:
+        print(f"iyclo-testhost: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _cleanup_stale(root: Path) -> None:
+    """After a host died without `down` (e.g. the machine's own reboot), drop its leftovers."""
+    with contextlib.suppress(FileNotFoundError):
+        record = _Record.load(root / "host.json")
+        if not _is_our_systemd(record):
+            Host(root, record).shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
