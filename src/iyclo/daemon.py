@@ -141,10 +141,17 @@ async def run(args: argparse.Namespace) -> int:
         stack.push_async_callback(systemd.close)
         podman = PodmanClient(args.podman_url)
         stack.callback(podman.close)
-        await podman.ping()
         service = Service(store, systemd, podman)
-        report = await service.reconcile()
-        log.info("started", version=__version__, state_dir=str(args.state_dir), **report.to_json())
+        try:
+            await podman.ping()
+            report = await service.reconcile()
+        except IycloError as exc:
+            # Serve anyway: clients get clear errors per call, and `iyclo reconcile`
+            # retries once Podman is back (socket activation may just be slow).
+            log.error("start-up reconcile failed", error=exc.message)
+        else:
+            log.info("reconciled at start", **report.to_json())
+        log.info("started", version=__version__, state_dir=str(args.state_dir))
 
         server = JsonRpcServer(service, args.socket, idle_timeout=args.idle_timeout)
         await server.start()

@@ -71,7 +71,7 @@ def methods(service: Service) -> dict[str, Handler]:
         "start": service.start,
         "stop": service.stop,
         "restart": service.restart,
-        "list": service.list,
+        "list": service.list_all,
         "get": service.status,
         "get_manifest": service.manifest,
         "history": service.history,

@@ -32,13 +32,17 @@ async def _journalctl(*args: str) -> str:
     return out.decode(errors="replace")
 
 
-async def last_error_line(unit: str, *, since: float) -> str:
-    """The last line podman or systemd logged as an error for `unit` since `since`."""
+async def start_failure_reason(unit: str, *, since: float) -> str:
+    """Why `unit` failed to start: the first error podman logged since `since`.
+
+    The first one is the cause; podman's later lines are its knock-on effects
+    ("container state improper", "a dependency ... failed to start").
+    """
     text = await _journalctl("-u", unit, f"--since=@{since - 1:.0f}", "-o", "cat", "-n", "200")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if line.startswith("Error:") or "error" in line.lower():
-            return line.removeprefix("Error: ")
+    errors = [line for line in lines if line.startswith("Error:") or "level=error" in line]
+    if errors:
+        return errors[0].removeprefix("Error: ")
     return lines[-1] if lines else ""
 
 

@@ -17,7 +17,6 @@ from iyclo.manifest.values import parse_cpu_quota, parse_duration, parse_size
 
 USEC = 1_000_000
 CPU_PERIOD_USEC = 100_000
-STOP_TIMEOUT_SEC = 10
 
 
 @frozen
@@ -56,6 +55,15 @@ def labels_for(manifest: Pod | Job, generation: int, digest: str) -> dict[str, s
     }
 
 
+def _seconds(duration: str) -> int:
+    return max(0, round(parse_duration(duration) / USEC))
+
+
+def pod_stop_timeout(manifest: Pod | Job) -> int:
+    """The pod stops in parallel, so it needs the longest grace of its containers."""
+    return max(_seconds(c.stop_timeout) for c in manifest.containers)
+
+
 def _container_spec(
     pod_name: str, container: Container, labels: dict[str, str], main: bool
 ) -> dict[str, Any]:
@@ -65,7 +73,7 @@ def _container_spec(
         "name": name,
         "pod": pod_name,
         "labels": {**labels, naming.LABEL_CONTAINER: container.name},
-        "stop_timeout": STOP_TIMEOUT_SEC,
+        "stop_timeout": _seconds(container.stop_timeout),
     }
     if main:
         # The unit's main PID: systemd sees the main container's exit status through it.
@@ -192,7 +200,8 @@ def pod_unit_properties(manifest: Pod, pod_name: str, unit: str) -> list[tuple[s
     """A transient service that systemd launches, watches and restarts, as Quadlet would."""
     podman = podman_binary()
     main_container = naming.container_name(pod_name, manifest.containers[0].name)
-    stop = [podman, "pod", "stop", "--ignore", f"--time={STOP_TIMEOUT_SEC}", pod_name]
+    grace = pod_stop_timeout(manifest)
+    stop = [podman, "pod", "stop", "--ignore", f"--time={grace}", pod_name]
     restart = manifest.restart
     props: list[tuple[str, Any]] = [
         ("Description", f"iyclo pod {manifest.name}"),
@@ -211,7 +220,7 @@ def pod_unit_properties(manifest: Pod, pod_name: str, unit: str) -> list[tuple[s
         ("StartLimitBurst", restart.limit),
         ("StartLimitIntervalUSec", parse_duration(restart.window)),
         ("TimeoutStartUSec", 120 * USEC),
-        ("TimeoutStopUSec", (STOP_TIMEOUT_SEC + 20) * USEC),
+        ("TimeoutStopUSec", (grace + 30) * USEC),
         ("Environment", [f"PODMAN_SYSTEMD_UNIT={unit}"]),
     ]
     props.extend(sandbox_properties(manifest.systemd))

@@ -23,7 +23,7 @@ from attrs import frozen
 from iyclo import __version__
 from iyclo.core import naming
 from iyclo.core.events import EventBus
-from iyclo.core.journal import last_error_line
+from iyclo.core.journal import start_failure_reason
 from iyclo.core.plan import PodPlan, plan_pod
 from iyclo.errors import ConflictError, InvalidError, IycloError, NotFoundError, SystemdError
 from iyclo.manifest.convert import dump_manifest, manifest_digest, parse_manifest
@@ -175,7 +175,7 @@ class Service:
             plan.unit, properties, timeout=JOB_TIMEOUT, check=False
         )
         if result != "done":
-            reason = await last_error_line(plan.unit, since=started)
+            reason = await start_failure_reason(plan.unit, since=started)
             with contextlib.suppress(IycloError):
                 await self._stop_unit(plan.unit)
             detail = f": {reason}" if reason else ""
@@ -336,6 +336,8 @@ class Service:
                 labels = listed.get("Labels") or {}
                 if labels.get(naming.LABEL_GENERATION) != str(record.generation):
                     continue
+                if naming.LABEL_CONTAINER not in labels:
+                    continue  # the pod's infra container carries the pod's labels only
                 containers.append(
                     {
                         "name": labels.get(naming.LABEL_CONTAINER, ""),
@@ -367,7 +369,7 @@ class Service:
             "containers": sorted(containers, key=lambda c: str(c["name"])),
         }
 
-    async def list(self) -> list[dict[str, Any]]:
+    async def list_all(self) -> list[dict[str, Any]]:
         records: list[Deployment] = await self._store(self.store.list)
         out = []
         for record in records:

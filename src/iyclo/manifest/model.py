@@ -100,6 +100,7 @@ class Container:
     resources: Resources = doc("Resource limits applied by Podman.", factory=Resources)
     security: Security = doc("Sandboxing applied by Podman.", factory=Security)
     healthcheck: Healthcheck | None = doc("Health check.", None)
+    stop_timeout: Duration = doc("Grace time after SIGTERM before SIGKILL on stop.", "10s")
 
 
 @frozen

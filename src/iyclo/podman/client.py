@@ -29,6 +29,16 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _unreachable_cause(exc: BaseException) -> BaseException | None:
+    """The connection failure the bindings wrap as "GET operation failed", if any."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, requests.exceptions.ConnectionError | ConnectionError | OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 class PodmanClient:
     """Typed, awaitable calls for what iyclo asks of Podman."""
 
@@ -51,6 +61,10 @@ class PodmanClient:
         except requests.exceptions.Timeout:
             raise PodmanError(f"{what}: Podman at {self.url} did not answer in time") from None
         except (podman.errors.APIError, podman.errors.PodmanError) as exc:
+            if cause := _unreachable_cause(exc):
+                raise PodmanError(
+                    f"{what}: cannot reach Podman at {self.url} ({_one_line(cause)})"
+                ) from None
             raise PodmanError(f"{what}: {_one_line(exc)}") from None
 
     async def ping(self) -> None:
@@ -66,13 +80,27 @@ class PodmanClient:
         """Use a local image as it is; pull it only when it is missing."""
         if await self._call(f'image "{reference}"', self._client.images.exists, reference):
             return
+
+        def pull() -> str:
+            # The bindings' non-streaming pull returns quietly when the service reports
+            # an error inside the stream, so read the stream and look for it.
+            error = ""
+            for item in self._client.images.pull(reference, stream=True, decode=True):
+                if isinstance(item, dict) and item.get("error"):
+                    error = str(item["error"])
+            if not error and not self._client.images.exists(reference):
+                error = "the pull reported no error but the image is still missing"
+            return error
+
         try:
-            await self._call(f'image "{reference}"', self._client.images.pull, reference)
+            error = await self._call(f'image "{reference}"', pull)
         except (PodmanError, NotFoundError) as exc:
+            error = exc.message.split(": ", 1)[-1]
+        if error:
             raise PodmanError(
                 f'image "{reference}" is not present and could not be pulled: '
-                f"{exc.message.split(': ', 1)[-1]}"
-            ) from None
+                f"{' '.join(error.split())}"
+            )
 
     async def create_pod(self, name: str, spec: Mapping[str, Any]) -> str:
         pod = await self._call(f'create pod "{name}"', self._client.pods.create, name, **spec)

@@ -1,0 +1,142 @@
+"""Run the real daemon inside a test host, as systemd would on a real machine.
+
+`iyclod` runs as a `Type=notify` unit of the test host's own systemd (so READY=1 is
+part of what is tested) from this checkout's virtualenv; tests reach it through its
+JSON socket, which lives under the host's persistent /var/lib/iyclo and so is
+visible from outside at `<root>/iyclo/iyclo.sock`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from iyclo.client.jsonrpc import JsonRpcClient
+from iyclo.testhost import Host
+
+ROOT = Path(__file__).parent.parent
+INNER_STATE = "/var/lib/iyclo"
+UNIT = "iyclod.service"
+
+
+class Daemon:
+    """One iyclod inside `host`; start, SIGKILL, restart, and talk to it."""
+
+    def __init__(self, host: Host, extra_args: tuple[str, ...] = ()) -> None:
+        self.host = host
+        self.extra_args = extra_args
+        self.socket = host.root / "iyclo" / "iyclo.sock"
+        self.log = host.root / "iyclo" / "iyclod.log"
+
+    def start(self, *extra: str) -> None:
+        argv = [
+            "systemd-run", f"--unit={UNIT}", "--collect",
+            "-p", "Type=notify", "-p", "NotifyAccess=main", "-p", "TimeoutStartSec=90",
+            f"--setenv=PYTHONPATH={ROOT / 'src'}", "--setenv=PYTHONUNBUFFERED=1",
+            sys.executable, "-m", "iyclo.daemon",
+            "--state-dir", INNER_STATE, "--socket", f"{INNER_STATE}/iyclo.sock",
+            "--log-file", f"{INNER_STATE}/iyclod.log", "--log-level", "debug",
+            *self.extra_args, *extra,
+        ]  # fmt: skip
+        result = self.host.run(argv, check=False, timeout=120)
+        if result.returncode != 0:
+            raise AssertionError(f"iyclod did not start: {result.stderr}\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text().splitlines()[-lines:])
+        except OSError:
+            return "(no daemon log)"
+
+    def kill(self) -> None:
+        """SIGKILL the daemon, as a crash would; its pods' units are not its children."""
+        self.host.run(["systemctl", "kill", "--signal=KILL", UNIT], check=False)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            state = self.unit_property("ActiveState")
+            if state in ("failed", "inactive", ""):
+                break
+            time.sleep(0.05)
+        self.host.run(["systemctl", "reset-failed", UNIT], check=False)
+
+    def stop(self) -> None:
+        self.host.run(["systemctl", "stop", UNIT], check=False, timeout=90)
+        self.host.run(["systemctl", "reset-failed", UNIT], check=False)
+
+    def unit_property(self, name: str, unit: str = UNIT) -> str:
+        out = self.host.run(["systemctl", "show", "-P", name, unit], check=False).stdout
+        return out.strip()
+
+    def client(self, timeout: float = 240) -> JsonRpcClient:
+        return JsonRpcClient(self.socket, timeout=timeout)
+
+    def call(self, method: str, **params: Any) -> Any:
+        with self.client() as client:
+            return client.call(method, **params)
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """The real `iyclo` CLI, run on the machine, reaching the daemon over its socket."""
+        env = {**os.environ, "IYCLO_SOCKET": str(self.socket), "COLUMNS": "200"}
+        return subprocess.run(
+            [sys.executable, "-m", "iyclo.cli", *args],
+            capture_output=True, text=True, input=stdin, env=env, timeout=300, check=False,
+        )  # fmt: skip
+
+    def podman_json(self, *args: str) -> Any:
+        return json.loads(self.host.run(["podman", *args, "--format", "json"]).stdout or "null")
+
+
+def pod_manifest(name: str, **overrides: Any) -> dict[str, Any]:
+    """A small two-container pod on local busybox; the first container is the main one."""
+    manifest: dict[str, Any] = {
+        "apiVersion": "iyclo/v1",
+        "kind": "Pod",
+        "name": name,
+        "restart": {"policy": "on-failure", "delay": "1s", "limit": 10, "window": "1min"},
+        "containers": [
+            {
+                "name": "main",
+                "image": "localhost/busybox:latest",
+                "command": ["sleep", "100000"],
+                "env": {"ROLE": "main"},
+            },
+            {
+                "name": "side",
+                "image": "localhost/busybox:latest",
+                "command": ["sleep", "100000"],
+            },
+        ],
+    }
+    manifest.update(overrides)
+    return manifest
+
+
+def wait_for(
+    predicate: Callable[[], Any], *, timeout: float = 60, interval: float = 0.2, what: str = ""
+) -> Any:
+    """Poll `predicate` until it returns a truthy value, bounded in time."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: {last!r}")
+
+
+@pytest.fixture(scope="session")
+def daemon(testhost: Host) -> Iterator[Daemon]:
+    """The session's daemon inside the session's test host."""
+    instance = Daemon(testhost, ("--no-dbus",))
+    instance.start()
+    yield instance
+    instance.stop()

@@ -1,0 +1,321 @@
+"""Pods end to end: real systemd, real Podman, the real daemon (issue: pods end to end).
+
+Every assertion reads the running system back (systemctl, podman, /proc), not the
+daemon's own idea of it, except where the daemon's report is what is tested.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from typing import Any
+
+import pytest
+
+from iyclo.errors import NotFoundError, PodmanError, SystemdError
+from iyclo.testhost import Host
+from tests.daemon_fixtures import Daemon, pod_manifest, wait_for
+
+pytestmark = [pytest.mark.host, pytest.mark.timeout(300)]
+
+FAST_STOP = {"stopTimeout": "1s"}
+
+
+def fast(manifest: dict[str, Any]) -> dict[str, Any]:
+    for container in manifest["containers"]:
+        container.update(FAST_STOP)
+    return manifest
+
+
+def inspect(host: Host, container: str) -> dict[str, Any]:
+    data = json.loads(host.run(["podman", "inspect", container]).stdout)
+    assert isinstance(data, list)
+    result: dict[str, Any] = data[0]
+    return result
+
+
+def pods_of(host: Host, name: str) -> list[str]:
+    out = host.run(
+        ["podman", "pod", "ps", "--filter", f"label=io.github.iyclo.pod={name}",
+         "--format", "{{.Name}}"]
+    ).stdout  # fmt: skip
+    return sorted(out.split())
+
+
+def unit_show(host: Host, unit: str, *props: str) -> dict[str, str]:
+    args = ["systemctl", "show", unit]
+    for name in props:
+        args += ["-p", name]
+    out = host.run(args, check=False).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def remove(daemon: Daemon, name: str) -> None:
+    with contextlib.suppress(NotFoundError):
+        daemon.call("remove", name=name)
+
+
+def test_two_container_pod_runs_under_systemd(daemon: Daemon) -> None:
+    host = daemon.host
+    manifest = fast(pod_manifest("duo"))
+    manifest["containers"][0]["command"] = ["httpd", "-f", "-p", "8080", "-h", "/etc"]
+    manifest["containers"][0]["ports"] = [
+        {"containerPort": 8080, "hostPort": 18080, "hostIp": "127.0.0.1"}
+    ]
+    manifest["labels"] = {"team": "ops"}
+    try:
+        result = daemon.call("apply", manifest=json.dumps(manifest))
+        assert result == {
+            "name": "duo", "kind": "Pod", "generation": 1, "changed": True, "state": "running"
+        }  # fmt: skip
+        unit = unit_show(host, "iyclo-pod-duo.service", "ActiveState", "Slice", "Type", "MainPID")
+        assert unit["ActiveState"] == "active"
+        assert unit["Slice"] == "iyclo.slice"
+        assert unit["Type"] == "forking"
+
+        main = inspect(host, "iyclo-duo-g1-main")
+        side = inspect(host, "iyclo-duo-g1-side")
+        assert main["State"]["Status"] == side["State"]["Status"] == "running"
+        # the unit's main PID is the main container's conmon
+        assert int(unit["MainPID"]) == main["State"]["ConmonPid"]
+        # one network namespace for the pod
+        nets = {
+            host.run(["readlink", f"/proc/{c['State']['Pid']}/ns/net"]).stdout.strip()
+            for c in (main, side)
+        }
+        assert len(nets) == 1
+        reply = host.run(
+            ["podman", "exec", "iyclo-duo-g1-side", "wget", "-q", "-O", "-",
+             "http://127.0.0.1:8080/hostname"]
+        ).stdout  # fmt: skip
+        assert reply  # the sidecar reaches the main container over the pod's loopback
+        published = host.run(
+            ["busybox", "wget", "-q", "-O", "-", "http://127.0.0.1:18080/hostname"]
+        )
+        assert published.stdout == reply
+        for container in (main, side):
+            labels = container["Config"]["Labels"]
+            assert labels["io.github.iyclo.pod"] == "duo"
+            assert labels["io.github.iyclo.generation"] == "1"
+            assert len(labels["io.github.iyclo.hash"]) == 64
+            assert labels["team"] == "ops"
+        listed = host.run(["systemctl", "list-units", "--plain", "--no-legend", "iyclo-pod-*"])
+        assert "iyclo-pod-duo.service" in listed.stdout
+        slice_units = host.run(["systemctl", "show", "iyclo.slice", "-p", "ActiveState"]).stdout
+        assert "active" in slice_units
+
+        status = daemon.call("get", name="duo")
+        assert status["state"] == "running"
+        assert [c["name"] for c in status["containers"]] == ["main", "side"]
+        assert {c["id"] for c in status["containers"]} == {main["Id"], side["Id"]}
+
+        again = daemon.call("apply", manifest=json.dumps(manifest))
+        assert again["changed"] is False
+        assert again["generation"] == 1
+        assert (
+            inspect(host, "iyclo-duo-g1-main")["State"]["StartedAt"] == main["State"]["StartedAt"]
+        )
+    finally:
+        remove(daemon, "duo")
+
+
+def test_killed_main_container_is_restarted_by_systemd(daemon: Daemon) -> None:
+    host = daemon.host
+    daemon.call("apply", manifest=fast(pod_manifest("phoenix")))
+    try:
+        before = inspect(host, "iyclo-phoenix-g1-main")
+        host.run(["kill", "-9", str(before["State"]["Pid"])])
+
+        def restarted() -> bool:
+            props = unit_show(host, "iyclo-pod-phoenix.service", "NRestarts", "ActiveState")
+            return props.get("NRestarts", "0") != "0" and props.get("ActiveState") == "active"
+
+        wait_for(restarted, timeout=60, what="systemd to restart the pod")
+        after = inspect(host, "iyclo-phoenix-g1-main")
+        assert after["State"]["Status"] == "running"
+        assert after["State"]["Pid"] != before["State"]["Pid"]
+        assert after["Id"] == before["Id"]  # the same container, started again
+        status = daemon.call("get", name="phoenix")
+        assert status["restarts"] >= 1
+        assert status["state"] == "running"
+    finally:
+        remove(daemon, "phoenix")
+
+
+def test_update_runs_a_new_generation_and_removes_the_old(daemon: Daemon) -> None:
+    host = daemon.host
+    manifest = fast(pod_manifest("evolve"))
+    daemon.call("apply", manifest=manifest)
+    try:
+        old_ids = {inspect(host, f"iyclo-evolve-g1-{c}")["Id"] for c in ("main", "side")}
+        manifest["containers"][0]["env"]["ROLE"] = "updated"
+        result = daemon.call("apply", manifest=manifest)
+        assert result["generation"] == 2
+        assert result["changed"] is True
+        env = host.run(["podman", "exec", "iyclo-evolve-g2-main", "sh", "-c", "echo $ROLE"]).stdout
+        assert env.strip() == "updated"
+        assert pods_of(host, "evolve") == ["iyclo-evolve-g2"]
+        listed = host.run(["podman", "ps", "-a", "--format", "{{.ID}}", "--no-trunc"]).stdout
+        assert not old_ids & set(listed.split())
+        history = daemon.call("history", name="evolve")
+        assert [h["generation"] for h in history] == [1, 2]
+        assert daemon.call("get_manifest", name="evolve", generation=1)["containers"][0]["env"] == {
+            "ROLE": "main"
+        }
+        assert unit_show(host, "iyclo-pod-evolve.service", "ActiveState")["ActiveState"] == "active"
+    finally:
+        remove(daemon, "evolve")
+
+
+def test_stop_start_restart_remove(daemon: Daemon) -> None:
+    host = daemon.host
+    daemon.call("apply", manifest=fast(pod_manifest("cycle")))
+    unit = "iyclo-pod-cycle.service"
+    try:
+        assert daemon.call("stop", name="cycle") == "stopped"
+        assert unit_show(host, unit, "LoadState")["LoadState"] == "not-found"
+        assert inspect(host, "iyclo-cycle-g1-main")["State"]["Status"] in ("exited", "stopped")
+        assert daemon.call("get", name="cycle")["state"] == "stopped"
+
+        assert daemon.call("start", name="cycle") == "running"
+        assert unit_show(host, unit, "ActiveState")["ActiveState"] == "active"
+        started = inspect(host, "iyclo-cycle-g1-main")["State"]["StartedAt"]
+
+        assert daemon.call("restart", name="cycle") == "running"
+        assert unit_show(host, unit, "ActiveState")["ActiveState"] == "active"
+        assert inspect(host, "iyclo-cycle-g1-main")["State"]["StartedAt"] != started
+
+        daemon.call("remove", name="cycle")
+        assert unit_show(host, unit, "LoadState")["LoadState"] == "not-found"
+        assert pods_of(host, "cycle") == []
+        out = host.run(["podman", "ps", "-a", "--filter", "label=io.github.iyclo.pod=cycle"])
+        assert "iyclo-cycle" not in out.stdout
+        with pytest.raises(NotFoundError, match="no pod or job named 'cycle'"):
+            daemon.call("get", name="cycle")
+    finally:
+        remove(daemon, "cycle")
+
+
+def test_daemon_sigkill_adopts_running_pods(daemon: Daemon) -> None:
+    host = daemon.host
+    daemon.call("apply", manifest=fast(pod_manifest("steady")))
+    try:
+        before = {c: inspect(host, f"iyclo-steady-g1-{c}") for c in ("main", "side")}
+        restarts = unit_show(host, "iyclo-pod-steady.service", "NRestarts")["NRestarts"]
+        daemon.kill()
+        assert unit_show(host, "iyclo-pod-steady.service", "ActiveState")["ActiveState"] == "active"
+        daemon.start()
+        status = daemon.call("get", name="steady")
+        assert status["state"] == "running"
+        for name, old in before.items():
+            new = inspect(host, f"iyclo-steady-g1-{name}")
+            assert new["Id"] == old["Id"]
+            assert new["State"]["StartedAt"] == old["State"]["StartedAt"]
+            assert new["State"]["Pid"] == old["State"]["Pid"]
+        assert unit_show(host, "iyclo-pod-steady.service", "NRestarts")["NRestarts"] == restarts
+    finally:
+        remove(daemon, "steady")
+
+
+def test_missing_image_leaves_nothing_behind(daemon: Daemon) -> None:
+    host = daemon.host
+    manifest = fast(pod_manifest("ghost"))
+    manifest["containers"][1]["image"] = "localhost/does-not-exist:1"
+    with pytest.raises(PodmanError, match='image "localhost/does-not-exist:1"'):
+        daemon.call("apply", manifest=manifest)
+    assert pods_of(host, "ghost") == []
+    assert unit_show(host, "iyclo-pod-ghost.service", "LoadState")["LoadState"] == "not-found"
+    with pytest.raises(NotFoundError):
+        daemon.call("get", name="ghost")
+
+
+def test_failed_update_keeps_previous_generation_running(daemon: Daemon) -> None:
+    host = daemon.host
+    manifest = fast(pod_manifest("sturdy"))
+    daemon.call("apply", manifest=manifest)
+    # another pod already publishes the port the update wants
+    squatter = fast(pod_manifest("squatter"))
+    squatter["containers"][0]["ports"] = [
+        {"containerPort": 81, "hostPort": 18099, "hostIp": "127.0.0.1"}
+    ]
+    daemon.call("apply", manifest=squatter)
+    try:
+        before = inspect(host, "iyclo-sturdy-g1-main")
+        broken = json.loads(json.dumps(manifest))
+        broken["containers"][0]["ports"] = [
+            {"containerPort": 80, "hostPort": 18099, "hostIp": "127.0.0.1"}
+        ]
+        expected = re.escape("iyclo-pod-sturdy.service did not start")
+        with pytest.raises(SystemdError, match=expected) as info:
+            daemon.call("apply", manifest=broken)
+        assert "address already in use" in str(info.value)
+        # the previous generation runs again; nothing of the failed one is left
+        assert daemon.call("get", name="sturdy")["generation"] == 1
+        assert pods_of(host, "sturdy") == ["iyclo-sturdy-g1"]
+        after = inspect(host, "iyclo-sturdy-g1-main")
+        assert after["Id"] == before["Id"]
+        assert after["State"]["Status"] == "running"
+        assert unit_show(host, "iyclo-pod-sturdy.service", "ActiveState")["ActiveState"] == "active"
+        assert [h["generation"] for h in daemon.call("history", name="sturdy")] == [1]
+    finally:
+        remove(daemon, "squatter")
+        remove(daemon, "sturdy")
+
+
+def test_dead_podman_socket_is_a_clear_error(daemon: Daemon) -> None:
+    host = daemon.host
+    manifest = fast(pod_manifest("orphanless"))
+    daemon.call("apply", manifest=manifest)
+    changed = json.loads(json.dumps(manifest))
+    changed["containers"][0]["env"]["ROLE"] = "next"
+    host.run(["systemctl", "stop", "podman.socket", "podman.service"])
+    try:
+        with pytest.raises(
+            PodmanError, match=re.escape("cannot reach Podman at unix:///run/podman/podman.sock")
+        ):
+            daemon.call("apply", manifest=changed)
+    finally:
+        host.run(["systemctl", "start", "podman.socket"])
+    try:
+        assert daemon.call("get", name="orphanless")["generation"] == 1
+        assert pods_of(host, "orphanless") == ["iyclo-orphanless-g1"]
+        assert (
+            unit_show(host, "iyclo-pod-orphanless.service", "ActiveState")["ActiveState"]
+            == "active"
+        )
+    finally:
+        remove(daemon, "orphanless")
+
+
+def test_unknown_pod_operations_are_not_found(daemon: Daemon) -> None:
+    for method in ("get", "remove", "start", "stop", "restart", "history"):
+        with pytest.raises(NotFoundError, match="no pod or job named 'nope'"):
+            daemon.call(method, name="nope")
+
+
+def test_reboot_recreates_every_stored_pod(fresh_testhost_factory: Any) -> None:
+    host = fresh_testhost_factory()
+    first = Daemon(host, ("--no-dbus",))
+    first.start()
+    first.call("apply", manifest=fast(pod_manifest("survivor")))
+    first.call("apply", manifest=fast(pod_manifest("sleeper")))
+    first.call("stop", name="sleeper")
+    root = host.root
+    host.shutdown()  # the whole PID namespace dies, as at a power cut
+
+    rebooted = fresh_testhost_factory(root=root, name=host.name)
+    assert unit_show(rebooted, "iyclo-pod-survivor.service", "LoadState")["LoadState"] == (
+        "not-found"
+    )
+    second = Daemon(rebooted, ("--no-dbus",))
+    second.start()
+    status = second.call("get", name="survivor")
+    assert status["state"] == "running"
+    assert status["generation"] == 1
+    unit = unit_show(rebooted, "iyclo-pod-survivor.service", "ActiveState")
+    assert unit["ActiveState"] == "active"
+    assert inspect(rebooted, "iyclo-survivor-g1-main")["State"]["Status"] == "running"
+    # a pod the user stopped stays stopped across the reboot
+    assert second.call("get", name="sleeper")["state"] == "stopped"
+    second.stop()
