@@ -6,11 +6,13 @@ import asyncio
 import time
 from pathlib import Path
 
-from dbus_fast import Message, MessageType
+import pytest
+from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from iyclo.systemd import exec_command, prop
-from iyclo.systemd.const import BUS_NAME, IFACE_MANAGER, OBJECT_PATH
+from iyclo.errors import NotFoundError
+from iyclo.systemd import SystemdManager, exec_command, prop
+from iyclo.systemd.const import BUS_NAME, IFACE_MANAGER, IFACE_UNIT, OBJECT_PATH
 from tests.fakes.dbus_session import PrivateBus
 from tests.fakes.fixtures import MAX_LOOP_LAG, LoopLagMonitor
 from tests.fakes.systemd import FakeSystemd
@@ -125,3 +127,38 @@ async def test_loop_lag_monitor_sees_no_lag_when_nothing_blocks() -> None:
     await asyncio.sleep(0.1)
 
     assert await monitor.stop() < MAX_LOOP_LAG
+
+
+@pytest.mark.parametrize(
+    ("properties", "states", "collected"),
+    [  # each sequence as systemd 252 sent it (see the module doc of tests/fakes/systemd.py)
+        ([], ["inactive", "active"], False),
+        ([prop("Type", "exec")], ["inactive", "activating", "active"], False),
+        ([prop("Type", "forking")], ["inactive", "activating", "active"], False),
+        ([prop("Type", "oneshot")], ["inactive", "activating", "inactive"], True),
+        (
+            [prop("Type", "oneshot"), prop("RemainAfterExit", True)],
+            ["inactive", "activating", "active"],
+            False,
+        ),
+    ],
+)
+async def test_fake_start_sequences_follow_systemd(
+    systemd_manager: SystemdManager,
+    fake_systemd: FakeSystemd,
+    properties: list[tuple[str, Variant]],
+    states: list[str],
+    collected: bool,
+) -> None:
+    with systemd_manager.watch_units("iyclo-") as watch:
+        await systemd_manager.start_transient_unit("iyclo-a.service", [*properties, *SLEEPER])
+        await systemd_manager.list_units_by_patterns([], [])  # a round trip: all signals are in
+        watch.close()
+        seen = [c.changed["ActiveState"] async for c in watch if c.interface == IFACE_UNIT]
+
+    assert seen == states
+    if collected:
+        with pytest.raises(NotFoundError):
+            await systemd_manager.get_unit("iyclo-a.service")
+    else:
+        await systemd_manager.get_unit("iyclo-a.service")

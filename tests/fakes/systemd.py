@@ -36,17 +36,22 @@ Behaviour copied from what systemd 252 measurably does:
   unknown property."; ``InvalidArgs`` "Job mode X is invalid.";
   ``AlreadySubscribed`` "Client is already subscribed.";
 * properties whose D-Bus signature differs from what systemd expects are
-  refused (``InvalidArgs``), checked against the adapter's
+  refused (``System.Error.ENXIO`` "Failed to set unit properties: Unexpected
+  message contents"), checked against the adapter's
   ``PROPERTY_SIGNATURES``, which was itself verified against systemd 252;
 * touching the object path of an unknown unit loads it as ``not-found``
   (systemctl relies on this), as does LoadUnit;
-* a job's unit state change is announced before its ``JobRemoved``; a started
-  unit goes ``activating`` then ``active``; a stopped transient unit is
+* a new transient unit announces its ``inactive`` state; a job's state changes
+  are announced before its ``JobRemoved``; a started ``Type=simple`` service
+  and a timer go straight to ``active``, other services pass ``activating``
+  first and a ``oneshot`` without RemainAfterExit ends ``inactive``; SIGTERM makes
+  an active unit ``inactive``, SIGKILL ``failed`` (Result ``signal``); a
+  manual restart does not count in NRestarts; a stopped transient unit is
   garbage-collected (GetUnit: not loaded), a failed one stays until
   ResetFailedUnit; unit ``PropertiesChanged`` are only sent once some client
   called Subscribe, ``JobRemoved`` always (systemd tracks the job's creator).
 
-Not modelled: unit dependencies, processes, timers firing, ``Restart=``.
+Not modelled: unit dependencies, processes, timers firing, ``Restart=``, job merging.
 
 Fault injection: :meth:`FakeSystemd.fail_next`, :attr:`FakeSystemd.job_result_next`,
 :meth:`FakeSystemd.delay_job_removed`, :attr:`FakeSystemd.emit_job_removed_before_reply`.
@@ -93,6 +98,7 @@ ERR_UNIT_EXISTS = "org.freedesktop.systemd1.UnitExists"
 ERR_ALREADY_SUBSCRIBED = "org.freedesktop.systemd1.AlreadySubscribed"
 ERR_PROPERTY_READ_ONLY = "org.freedesktop.DBus.Error.PropertyReadOnly"
 ERR_INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
+ERR_ENXIO = "System.Error.ENXIO"  # sd-bus's errno-named error, as systemd 252 sends it
 
 # Wire shapes of the arguments, as dbus-fast hands them over.
 PropertyList = Annotated[list[tuple[str, Variant]], DBusSignature("a(sv)")]
@@ -439,9 +445,8 @@ class FakeSystemd:
                     ERR_PROPERTY_READ_ONLY, f"Cannot set property {name}, or unknown property."
                 )
             if value.signature != expected:
-                # systemd's sd-bus reports a wrong variant type this way.
                 raise DBusError(
-                    ERR_INVALID_ARGS, "Failed to set unit properties: Unexpected message contents"
+                    ERR_ENXIO, "Failed to set unit properties: Unexpected message contents"
                 )
             checked[name] = value
         return checked
@@ -476,11 +481,7 @@ class FakeSystemd:
     ) -> None:
         if kind in ("start", "restart"):
             if result == "done":
-                unit.active_state, unit.sub_state = "activating", "start"
-                self._announce(unit)
-                unit.active_state, unit.sub_state, unit.result = "active", "running", "success"
-                if kind == "restart":
-                    unit.n_restarts += 1
+                self._activate(unit)
             elif result in ("failed", "timeout"):
                 unit.active_state, unit.sub_state = "failed", "failed"
                 unit.result = "exit-code" if result == "failed" else "timeout"
@@ -492,6 +493,26 @@ class FakeSystemd:
             self._announce(unit)
         self._manager.job_removed(job_id, job_path, unit.name, result)
         self._collect(unit)
+
+    def _activate(self, unit: FakeUnit) -> None:
+        """The state changes of a successful start, as systemd 252 shows them: a Type=simple
+        service and a timer go straight to active, other services pass through activating,
+        and a oneshot without RemainAfterExit ends inactive once its process exited."""
+        unit.result = "success"
+        if not unit.name.endswith(".service"):
+            sub_state = "waiting" if unit.name.endswith(".timer") else "running"
+            unit.active_state, unit.sub_state = "active", sub_state
+            return
+        service_type = _value(unit.properties, "Type", "simple")
+        if service_type != "simple":
+            unit.active_state, unit.sub_state = "activating", "start"
+            self._announce(unit)
+        if service_type != "oneshot":
+            unit.active_state, unit.sub_state = "active", "running"
+        elif _value(unit.properties, "RemainAfterExit", False):
+            unit.active_state, unit.sub_state = "active", "exited"
+        else:
+            unit.active_state, unit.sub_state = "inactive", "dead"
 
     # -- method bodies -----------------------------------------------------------------
 
@@ -516,8 +537,8 @@ class FakeSystemd:
             self._drop(unit_name)
             unit = self.add_unit(unit_name, transient=True)
             unit.properties = props
-            description = props.get("Description")
-            unit.description = description.value if description is not None else ""
+            unit.description = _value(props, "Description", "")
+            self._announce(unit)  # systemd announces a new unit's (inactive) state
         return self._queue_job(self.units[name], "start")
 
     def _drop(self, name: str) -> None:
@@ -588,6 +609,11 @@ class FakeSystemd:
     def _set_unit_properties(self, name: str, properties: list[tuple[str, Variant]]) -> None:
         unit = self._loaded(name, "not found")
         unit.properties.update(self._check_properties(properties))
+
+
+def _value(properties: dict[str, Variant], name: str, default: Any) -> Any:
+    variant = properties.get(name)
+    return default if variant is None else variant.value
 
 
 _SERVICE_PROPERTY_NAMES = {"result": "Result", "main_pid": "MainPID", "n_restarts": "NRestarts"}
