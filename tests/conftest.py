@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.host_fixtures", "tests.daemon_fixtures"]
+pytest_plugins = ["tests.host_fixtures", "tests.daemon_fixtures", "tests.fakes.fixtures"]

@@ -1,0 +1,90 @@
+"""pytest fixtures for the private bus, the fake systemd and an event-loop watchdog.
+
+Load with ``pytest_plugins = ["tests.fakes.fixtures"]`` in the root conftest.
+
+* ``dbus_address`` (session): address of a private ``dbus-daemon``.
+* ``fake_systemd``: a fresh :class:`FakeSystemd` owning ``org.freedesktop.systemd1``
+  on that bus for one test.
+* ``systemd_manager``: a :class:`SystemdManager` connected to that fake.
+* ``loop_lag_guard``: fails the test if the event loop stalled longer than
+  ``MAX_LOOP_LAG`` seconds at any point while it ran (blocking I/O in a
+  coroutine would show up here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+
+from iyclo.systemd import SystemdManager
+
+from .dbus_session import PrivateBus
+from .systemd import FakeSystemd
+
+MAX_LOOP_LAG = 0.2
+"""Seconds the event loop may go without running a ready callback."""
+
+
+class LoopLagMonitor:
+    """Measures how late a ticker task wakes up: the longest the loop was blocked."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.max_lag = 0.0
+        self._tick_started = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._tick(), name="loop-lag-monitor")
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._tick_started = loop.time()
+            await asyncio.sleep(self.interval)
+            self.max_lag = max(self.max_lag, loop.time() - self._tick_started - self.interval)
+
+    async def stop(self) -> float:
+        """Stop ticking and return the largest lag seen, in seconds."""
+        if self._task is not None:
+            # A tick overdue right now (the loop was blocked just before) counts too.
+            overdue = asyncio.get_running_loop().time() - self._tick_started - self.interval
+            self.max_lag = max(self.max_lag, overdue)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        return self.max_lag
+
+
+@pytest.fixture(scope="session")
+def dbus_address() -> Iterator[str]:
+    with PrivateBus() as bus:
+        yield bus.address
+
+
+@pytest_asyncio.fixture
+async def fake_systemd(dbus_address: str) -> AsyncIterator[FakeSystemd]:
+    async with FakeSystemd(dbus_address) as fake:
+        yield fake
+
+
+@pytest_asyncio.fixture
+async def systemd_manager(
+    fake_systemd: FakeSystemd, dbus_address: str
+) -> AsyncIterator[SystemdManager]:
+    async with await SystemdManager.connect(dbus_address) as manager:
+        yield manager
+
+
+@pytest_asyncio.fixture
+async def loop_lag_guard() -> AsyncIterator[LoopLagMonitor]:
+    monitor = LoopLagMonitor()
+    monitor.start()
+    yield monitor
+    lag = await monitor.stop()
+    assert lag < MAX_LOOP_LAG, f"the event loop was blocked for {lag:.3f}s (limit {MAX_LOOP_LAG}s)"
