@@ -391,7 +391,7 @@ class Host:
             "-n",
             "-p",
             "-C",
-            "--wd=/",
+            "--wd",  # the target's cwd: "--wd=/" would be opened in *our* mount namespace
             "--",
             *argv,
         ]

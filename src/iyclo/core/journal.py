@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 from typing import Any
 
 JOURNALCTL_TIMEOUT = 10.0
+# podman's lines that follow from an earlier failure of the same start
+KNOCK_ON = ("a dependency of container", "container state improper")
+CONTAINER_PREFIX_RE = re.compile(r"^starting container [0-9a-f]{12,64}: ")
 
 
 async def _journalctl(*args: str) -> str:
@@ -40,10 +44,17 @@ async def start_failure_reason(unit: str, *, since: float) -> str:
     """
     text = await _journalctl("-u", unit, f"--since=@{since - 1:.0f}", "-o", "cat", "-n", "200")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("Error:") or "level=error" in line]
-    if errors:
-        return errors[0].removeprefix("Error: ")
+    errors = [_tidy(line) for line in lines if line.startswith("Error:") or "level=error" in line]
+    causes = [line for line in errors if not any(k in line for k in KNOCK_ON)]
+    if causes or errors:
+        return (causes or errors)[0]
     return lines[-1] if lines else ""
+
+
+def _tidy(line: str) -> str:
+    """``Error: starting container <id>: cause`` → ``cause``: one short line."""
+    line = line.removeprefix("Error: ")
+    return CONTAINER_PREFIX_RE.sub("", line)
 
 
 async def unit_entries(
