@@ -31,10 +31,10 @@ def test_names_and_labels() -> None:
     assert plan.pod_spec["cgroup_parent"] == "iyclo.slice"
     assert [c.spec["name"] for c in plan.containers] == [
         "iyclo-web-g3-httpd",
-        "iyclo-web-g3-heartbeat",
+        "iyclo-web-g3-writer",
     ]
     assert all(c.spec["pod"] == "iyclo-web-g3" for c in plan.containers)
-    assert plan.containers[1].spec["labels"][naming.LABEL_CONTAINER] == "heartbeat"
+    assert plan.containers[1].spec["labels"][naming.LABEL_CONTAINER] == "writer"
 
 
 def test_container_spec_carries_resources_and_sandboxing() -> None:
@@ -52,7 +52,7 @@ def test_container_spec_carries_resources_and_sandboxing() -> None:
     assert httpd["volumes"] == {"web-content": {"bind": "/srv/www", "mode": "ro"}}
     assert httpd["conmon_pid_file"] == "/run/iyclo/iyclo-web-g1-httpd.pid"
     heartbeat = plan_pod(pod, 1, "d").containers[1].spec
-    assert heartbeat["user"] == "65534:65534"
+    assert heartbeat["volumes"] == {"web-content": {"bind": "/srv/www", "mode": "rw"}}
     assert heartbeat["environment"] == {"TZ": "UTC"}
     assert "conmon_pid_file" not in heartbeat
 
@@ -79,7 +79,7 @@ def test_unit_is_supervised_by_systemd() -> None:
     start = props["ExecStart"][0]
     assert start[1][1:] == ["pod", "start", "iyclo-web-g2"]
     stop = props["ExecStop"][0]
-    assert stop[1][1:] == ["pod", "stop", "--ignore", "--time=10", "iyclo-web-g2"]
+    assert stop[1][1:] == ["pod", "stop", "--ignore", "--time=2", "iyclo-web-g2"]
     assert props["ExecStopPost"][0][2] is True  # a failing cleanup does not fail the unit
     assert props["ProtectHome"] == "yes"
     assert props["ProtectKernelTunables"] is True
