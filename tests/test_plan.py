@@ -51,10 +51,10 @@ def test_container_spec_carries_resources_and_sandboxing() -> None:
     assert httpd["no_new_privileges"] is True
     assert httpd["volumes"] == {"web-content": {"bind": "/srv/www", "mode": "ro"}}
     assert httpd["conmon_pid_file"] == "/run/iyclo/iyclo-web-g1-httpd.pid"
-    heartbeat = plan_pod(pod, 1, "d").containers[1].spec
-    assert heartbeat["volumes"] == {"web-content": {"bind": "/srv/www", "mode": "rw"}}
-    assert heartbeat["environment"] == {"TZ": "UTC"}
-    assert "conmon_pid_file" not in heartbeat
+    writer = plan_pod(pod, 1, "d").containers[1].spec
+    assert writer["volumes"] == {"web-content": {"bind": "/srv/www", "mode": "rw"}}
+    assert writer["environment"] == {"TZ": "UTC"}
+    assert "conmon_pid_file" not in writer
 
 
 def test_pod_publishes_ports_of_all_containers() -> None:
