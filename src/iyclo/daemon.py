@@ -151,6 +151,8 @@ async def run(args: argparse.Namespace) -> int:
             log.error("start-up reconcile failed", error=exc.message)
         else:
             log.info("reconciled at start", **report.to_json())
+        await service.start_monitoring()
+        stack.push_async_callback(service.close)
         log.info("started", version=__version__, state_dir=str(args.state_dir))
 
         server = JsonRpcServer(service, args.socket, idle_timeout=args.idle_timeout)

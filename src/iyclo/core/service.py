@@ -25,6 +25,7 @@ from iyclo.core import naming
 from iyclo.core.events import EventBus
 from iyclo.core.journal import start_failure_reason
 from iyclo.core.plan import PodPlan, plan_pod
+from iyclo.core.state import LiveState
 from iyclo.errors import ConflictError, InvalidError, IycloError, NotFoundError, SystemdError
 from iyclo.manifest.convert import dump_manifest, manifest_digest, parse_manifest
 from iyclo.manifest.model import Job, Pod
@@ -107,6 +108,20 @@ class Service:
         self.events = events or EventBus()
         self._locks: dict[str, asyncio.Lock] = {}
         self._global = asyncio.Lock()
+        self.live = LiveState(systemd, podman)
+        self.live.on_change = self._observed
+        self.live.on_container_died = self._container_died
+
+    async def start_monitoring(self) -> None:
+        """Fill the live cache and keep it current from systemd's and Podman's events."""
+        await self.live.resync(self._units())
+        self.live.start(self._units)
+
+    async def close(self) -> None:
+        await self.live.close()
+
+    def _units(self) -> dict[str, str]:
+        return {r.name: naming.unit_name(r.kind, r.name) for r in self.store.list()}
 
     # -- helpers --------------------------------------------------------------------
 
@@ -207,6 +222,59 @@ class Service:
     def _publish(self, name: str, state: str, **data: Any) -> None:
         self.events.publish("PodChanged", name, state, **data)
 
+    async def _refresh(self, name: str, unit: str) -> None:
+        """Bring the live cache up to date after an operation changed the host."""
+        with contextlib.suppress(IycloError):
+            await self.live.refresh_unit(name, unit)
+            await self.live.refresh_containers(name)
+
+    async def _observed(self, name: str) -> None:
+        """systemd or Podman changed a pod behind our back: tell the fronts."""
+        lock = self._locks.get(name)
+        if lock is not None and lock.locked():
+            return  # the operation under way publishes its own states
+        record: Deployment | None = await self._store(self.store.find, name)
+        if record is None:
+            return
+        unit = self.live.pods.get(name)
+        if unit is None:
+            return
+        state = _state_word(unit.unit, record.status.get("desired", "running"))
+        self._publish(name, state, generation=record.generation, observed=True)
+
+    async def _container_died(self, name: str, attributes: dict[str, str]) -> None:
+        """systemd watches the main container; a pod's other containers are ours to watch."""
+        lock = self._locks.get(name)
+        if lock is not None and lock.locked():
+            return
+        record: Deployment | None = await self._store(self.store.find, name)
+        if record is None or record.kind != "pod":
+            return
+        if attributes.get(naming.LABEL_GENERATION) != str(record.generation):
+            return
+        manifest = parse_manifest(record.manifest, Policy(True, True, True, ("/",)))
+        if not isinstance(manifest, Pod) or attributes.get(naming.LABEL_CONTAINER) == (
+            manifest.containers[0].name
+        ):
+            return
+        policy = manifest.restart.policy
+        failed = attributes.get("containerExitCode", "0") != "0"
+        if policy == "no" or (policy == "on-failure" and not failed):
+            return
+        unit = naming.unit_name("Pod", name)
+        async with self._locked(name):
+            state = await self._unit_state(unit)
+            if state is None or state.get("ActiveState") != "active":
+                return  # stopping or restarting already: systemd is on it
+            log.info("container died; restarting its pod", pod=name,
+                     container=attributes.get(naming.LABEL_CONTAINER))  # fmt: skip
+            self._publish(name, "restarting", generation=record.generation)
+            await self.systemd.restart_unit(unit, timeout=JOB_TIMEOUT, check=False)
+            restarts = int(record.status.get("podRestarts", 0)) + 1
+            await self._store(self.store.set_status, name, podRestarts=restarts)
+            await self._refresh(name, unit)
+            self._publish(name, await self._state_word(record), generation=record.generation)
+
     # -- operations -----------------------------------------------------------------
 
     async def validate(self, manifest: str | dict[str, Any]) -> list[str]:
@@ -238,12 +306,14 @@ class Service:
                 await self._replace(manifest, record, previous)
             except BaseException as exc:
                 await self._store(self.store.drop_generation, manifest.name, record.generation)
+                await self._refresh(manifest.name, naming.unit_name("Pod", manifest.name))
                 state = "failed" if previous is None else await self._state_word(previous)
                 self._publish(manifest.name, state, error=str(exc))
                 if previous is None:
                     self.events.forget(manifest.name)
                 raise
             await self._store(self.store.set_status, manifest.name, desired="running")
+            await self._refresh(manifest.name, naming.unit_name("Pod", manifest.name))
             self._publish(manifest.name, "running", generation=record.generation)
             log.info("applied", pod=manifest.name, generation=record.generation)
             return ApplyResult(manifest.name, "Pod", record.generation, True, "running")
@@ -281,6 +351,7 @@ class Service:
             await self._create_pod(plan)
         await self._start_unit(plan)
         await self._store(self.store.set_status, record.name, desired="running")
+        await self._refresh(record.name, plan.unit)
         self._publish(record.name, "running", generation=record.generation)
         return "running"
 
@@ -292,6 +363,7 @@ class Service:
             await self._stop_unit(plan.unit)
             await self._remove_other_generations(name, keep=None)
             await self._store(self.store.remove, name)
+            self.live.forget(name)
             self._publish(name, "removed")
             self.events.forget(name)
             log.info("removed", pod=name)
@@ -305,6 +377,7 @@ class Service:
             record = await self._record(name)
             await self._stop_unit(self._plan(record).unit)
             await self._store(self.store.set_status, name, desired="stopped")
+            await self._refresh(name, self._plan(record).unit)
             self._publish(name, "stopped")
             return "stopped"
 
@@ -316,6 +389,7 @@ class Service:
             if state is not None and state.get("ActiveState") in ACTIVE_STATES:
                 self._publish(name, "restarting")
                 await self.systemd.restart_unit(plan.unit, timeout=JOB_TIMEOUT)
+                await self._refresh(name, plan.unit)
                 self._publish(name, "running")
                 return "running"
             return await self._ensure_running(record)
@@ -327,28 +401,15 @@ class Service:
         return _state_word(state, record.status.get("desired", "running"))
 
     async def status(self, name: str) -> dict[str, Any]:
+        """A pod's state from the live cache (no Podman call on the hot path)."""
         record = await self._record(name)
-        plan = self._plan(record)
-        unit = await self._unit_state(plan.unit)
-        containers: list[dict[str, Any]] = []
-        if await self.podman.pod_exists(plan.pod_name):
-            for listed in await self.podman.list_containers(f"{naming.LABEL_POD}={name}"):
-                labels = listed.get("Labels") or {}
-                if labels.get(naming.LABEL_GENERATION) != str(record.generation):
-                    continue
-                if naming.LABEL_CONTAINER not in labels:
-                    continue  # the pod's infra container carries the pod's labels only
-                containers.append(
-                    {
-                        "name": labels.get(naming.LABEL_CONTAINER, ""),
-                        "id": listed.get("Id", ""),
-                        "image": listed.get("Image", ""),
-                        "state": listed.get("State", ""),
-                        "startedAt": listed.get("StartedAt", 0),
-                        "exitCode": listed.get("ExitCode", 0),
-                        "podmanName": (listed.get("Names") or [""])[0],
-                    }
-                )
+        unit_name = naming.unit_name(record.kind, name)
+        unit = await self.live.unit(name, unit_name)
+        containers = [
+            {k: v for k, v in c.items() if k != "generation"}
+            for c in await self.live.containers(name)
+            if c["generation"] == record.generation
+        ]
         desired = record.status.get("desired", "running")
         return {
             "name": name,
@@ -358,14 +419,14 @@ class Service:
             "appliedAt": record.applied_at.isoformat(),
             "desired": desired,
             "state": _state_word(unit, desired),
-            "unit": plan.unit,
-            "podmanPod": plan.pod_name,
-            "activeState": (unit or {}).get("ActiveState", "inactive"),
-            "subState": (unit or {}).get("SubState", "dead"),
-            "restarts": int((unit or {}).get("NRestarts", 0)),
-            "mainPid": int((unit or {}).get("MainPID", 0)),
-            "since": _usec_to_iso((unit or {}).get("ActiveEnterTimestamp", 0)),
-            "slice": (unit or {}).get("Slice", ""),
+            "unit": unit_name,
+            "podmanPod": naming.podman_pod_name(name, record.generation),
+            "activeState": unit.get("ActiveState") or "inactive",
+            "subState": unit.get("SubState") or "dead",
+            "restarts": int(unit.get("NRestarts") or 0) + int(record.status.get("podRestarts", 0)),
+            "mainPid": int(unit.get("MainPID") or 0),
+            "since": _usec_to_iso(unit.get("ActiveEnterTimestamp", 0)),
+            "slice": unit.get("Slice") or "",
             "containers": sorted(containers, key=lambda c: str(c["name"])),
         }
 
@@ -440,6 +501,8 @@ class Service:
                 elif outcome == "recreated":
                     recreated.append(record.name)
             removed.extend(await self._remove_orphans(known))
+            with contextlib.suppress(IycloError):
+                await self.live.resync(self._units())
             report = ReconcileReport(
                 tuple(adopted), tuple(recreated), tuple(removed), tuple(failed)
             )

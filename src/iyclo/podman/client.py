@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ParamSpec, TypeVar
 
 import podman
@@ -85,7 +85,8 @@ class PodmanClient:
             # The bindings' non-streaming pull returns quietly when the service reports
             # an error inside the stream, so read the stream and look for it.
             error = ""
-            for item in self._client.images.pull(reference, stream=True, decode=True):
+            stream: Iterator[Any] = self._client.images.pull(reference, stream=True, decode=True)  # type: ignore[assignment]
+            for item in stream:
                 if isinstance(item, dict) and item.get("error"):
                     error = str(item["error"])
             if not error and not self._client.images.exists(reference):
@@ -146,6 +147,12 @@ class PodmanClient:
             return [c.attrs for c in found]
 
         return await self._call("list containers", list_)
+
+    def events(self, filters: dict[str, list[str]]) -> Iterator[dict[str, Any]]:
+        """Podman's event stream, decoded; blocking, for a thread of its own."""
+        for event in self._client.events(filters=filters, decode=True):
+            if isinstance(event, dict):
+                yield event
 
     async def inspect_container(self, name: str) -> dict[str, Any]:
         def inspect() -> dict[str, Any]:
