@@ -448,6 +448,8 @@ async def test_client_speaks_every_manager_method(served: FakeService, client: D
     assert await call(client, "remove", name="web") is None
     assert await call(client, "list") == []
     assert fake.called("remove") == [("web",)]
+    # The name comes back from the object path's label: one that needs escaping.
+    assert (await call(client, "apply", manifest=manifest("9-lives")))["name"] == "9-lives"
 
 
 async def test_client_list_leaves_out_a_pod_removed_meanwhile(
@@ -736,6 +738,16 @@ async def test_pod_changed_signals_in_order(served: FakeService, client: DBusCli
     assert times == sorted(times)
 
 
+async def test_events_wait_for_what_comes_next(served: FakeService, client: DBusClient) -> None:
+    events = await asyncio.to_thread(client.events)
+    for state in ("starting", "running", "stopping", "stopped"):
+        waiting = asyncio.ensure_future(asyncio.to_thread(next, events))
+        await asyncio.sleep(0.05)  # the client now waits on an empty queue
+        served.events.publish("PodChanged", "web", state)
+        assert (await waiting)["state"] == state
+    assert await call(client, "version") == iyclo.__version__
+
+
 async def test_pod_objects_follow_the_pods(served: FakeService, observer: Observer) -> None:
     path = pod_path("web-1")
     assert path == "/io/github/iyclo1/pod/web_2d1"
@@ -954,6 +966,30 @@ async def test_unexport_releases_the_name(
     assert not await owned()
     await unexport()  # twice is harmless
     fake.events.publish("PodChanged", "web", "running")  # nobody listens any more
+
+
+async def test_losing_the_bus(bus_dir: Path, fake: FakeService, lag: LagWatch) -> None:
+    """The daemon logs it; a client streaming events, or calling, gets a one-line error."""
+    proc, doomed = spawn_bus("--session", f"--address=unix:path={bus_dir}/doomed")
+    with structlog.testing.capture_logs() as logs:
+        try:
+            unexport = await export_service(fake, bus_address=doomed)
+            dbus_client = await asyncio.to_thread(DBusClient, bus_address=doomed, timeout=10)
+            events = await asyncio.to_thread(dbus_client.events)
+            waiting = asyncio.ensure_future(asyncio.to_thread(next, events))
+        finally:
+            await asyncio.to_thread(stop_bus, proc)
+        with pytest.raises(IycloError, match=r"^lost the connection to the bus at unix:path="):
+            await waiting
+        with pytest.raises(IycloError, match=r"^lost the connection to the bus at unix:path="):
+            await call(dbus_client, "list")
+        await asyncio.to_thread(dbus_client.close)
+
+        async def logged() -> bool:
+            return any(e["event"].startswith("lost the D-Bus connection") for e in logs)
+
+        await eventually(logged)
+        await unexport()
 
 
 async def test_a_second_daemon_is_refused(served: FakeService, address: str) -> None:

@@ -452,6 +452,7 @@ class _Exporter:
         self._dirty: dict[str, None] = {}  # an ordered set of names to re-read
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._watch: asyncio.Task[None] | None = None
         self._subscription = contextlib.ExitStack()
         self._closed = False
 
@@ -466,6 +467,10 @@ class _Exporter:
             asyncio.create_task(self._forward(queue), name="iyclo-dbus-forward"),
             asyncio.create_task(self._refresh_dirty(), name="iyclo-dbus-refresh"),
         ]
+        # Not cancelled on close: cancelling a waiter would cancel dbus-fast's own future.
+        self._watch = asyncio.create_task(
+            self._watch_connection(bus_label), name="iyclo-dbus-watch"
+        )
         log.info("D-Bus interface exported", bus=bus_label, name=BUS_NAME, pods=len(self.pods))
 
     async def _request_name(self, bus_label: str) -> None:
@@ -540,6 +545,13 @@ class _Exporter:
                 except Exception:
                     log.exception("cannot refresh pod object", pod=name)
 
+    async def _watch_connection(self, bus_label: str) -> None:
+        """A bus daemon that goes away takes the interface with it: say so, loudly."""
+        with contextlib.suppress(Exception):
+            await self.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+        if not self._closed:
+            log.error("lost the D-Bus connection; the interface is gone", bus=bus_label)
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -558,7 +570,10 @@ class _Exporter:
         self.bus.disconnect()
         with contextlib.suppress(Exception):
             async with asyncio.timeout(BUS_TIMEOUT):
-                await self.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+                if self._watch is not None:
+                    await self._watch
+                else:
+                    await self.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
 
 
 async def export_service(

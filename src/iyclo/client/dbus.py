@@ -91,6 +91,7 @@ class DBusClient:
         self.timeout = timeout
         self._loop = asyncio.new_event_loop()
         self._events: asyncio.Queue[dict[str, Any]] | None = None
+        self._gone: asyncio.Task[None] | None = None
         self._closed = False
         try:
             self._bus = self._loop.run_until_complete(self._connect(bus, bus_address))
@@ -150,6 +151,8 @@ class DBusClient:
         """
         if self._events is None:
             self._events = asyncio.Queue()
+            # One waiter for the client's life: cancelling one would cancel dbus-fast's future.
+            self._gone = self._loop.create_task(self._disconnected())
             self._bus.add_message_handler(self._on_message)
             self._run(
                 self._send(
@@ -170,8 +173,9 @@ class DBusClient:
             return
         self._closed = True
         self._bus.disconnect()
-        with contextlib.suppress(Exception):
-            self._loop.run_until_complete(asyncio.wait_for(self._disconnected(), CLOSE_TIMEOUT))
+        waiter = self._gone or self._loop.create_task(self._disconnected())
+        self._loop.run_until_complete(asyncio.wait({waiter}, timeout=CLOSE_TIMEOUT))
+        waiter.cancel()
         self._loop.run_until_complete(self._loop.shutdown_asyncgens())
         self._loop.close()
 
@@ -192,6 +196,8 @@ class DBusClient:
     async def _send(self, message: Message) -> list[Any]:
         """Send one call and wait for its reply under the client's timeout."""
         member = message.member
+        if not self._bus.connected:  # sending on a dead connection only fails later, unseen
+            raise IycloError(f"lost the connection to {self.label}")
         try:
             async with asyncio.timeout(self.timeout):
                 reply = await self._bus.call(message)
@@ -219,7 +225,9 @@ class DBusClient:
         )
 
     async def _disconnected(self) -> None:
-        await self._bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+        """Until the connection is gone, however it went (the reason is not ours to show)."""
+        with contextlib.suppress(Exception):
+            await self._bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
 
     def _error(self, member: str, name: str, body: list[Any]) -> IycloError:
         text = str(body[0]) if body and isinstance(body[0], str) else ""
@@ -272,20 +280,17 @@ class DBusClient:
     async def _next_event(self, queue: asyncio.Queue[dict[str, Any]]) -> dict[str, Any]:
         if not queue.empty():
             return queue.get_nowait()
+        assert self._gone is not None
         getter = asyncio.ensure_future(queue.get())
-        gone = asyncio.ensure_future(self._disconnected())
         try:
-            await asyncio.wait({getter, gone}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({getter, self._gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for future in (getter, gone):
-                if not future.done():
-                    future.cancel()
-            with contextlib.suppress(BaseException):
-                await gone
+            if not getter.done():
+                getter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await getter
         if getter.done() and not getter.cancelled():
             return getter.result()
-        with contextlib.suppress(BaseException):
-            await getter
         raise IycloError(f"lost the connection to {self.label}")
 
     # -- the methods ----------------------------------------------------------------------
