@@ -1149,6 +1149,29 @@ def test_activation_file() -> None:
     }
 
 
+CTRL_C = """
+import os, signal, sys, threading
+from iyclo.client.dbus import DBusClient
+client = DBusClient(bus_address=sys.argv[1], timeout=10)
+events = client.events()
+threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    next(events)
+except KeyboardInterrupt:
+    print("interrupted")
+client.close()
+print("closed")
+"""
+
+
+async def test_client_closes_cleanly_after_ctrl_c(served: FakeService, address: str) -> None:
+    """`iyclo events` ends with Ctrl-C: closing then must leave nothing half-done behind."""
+    code, out, err = await run(
+        sys.executable, "-W", "error", "-c", CTRL_C, address, env=python_env()
+    )
+    assert (code, out.split(), err) == (0, ["interrupted", "closed"], "")
+
+
 # -- the client stays lean ----------------------------------------------------------------
 
 MEASURE = """

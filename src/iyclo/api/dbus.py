@@ -486,6 +486,8 @@ class _Exporter:
                     f"install dbus/io.github.iyclo1.conf as {POLICY_FILE} and run iyclod as root"
                 ) from None
             raise IycloError(f"cannot own {BUS_NAME} on the {bus_label} bus: {exc.text}") from None
+        except Exception as exc:  # the connection broke
+            raise IycloError(f"cannot own {BUS_NAME} on the {bus_label} bus: {exc}") from None
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
             raise ConflictError(
                 f"{BUS_NAME} is already owned on the {bus_label} bus: is another iyclod running?"

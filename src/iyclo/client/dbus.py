@@ -75,6 +75,14 @@ def _manifest_text(manifest: str | dict[str, Any]) -> str:
     return manifest if isinstance(manifest, str) else json.dumps(manifest)
 
 
+async def _cancel_the_rest(keep: asyncio.Task[None] | None = None) -> None:
+    """What a Ctrl-C left half-done, cancelled as ``asyncio.run`` does before closing."""
+    tasks = asyncio.all_tasks() - {asyncio.current_task(), keep}
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class DBusClient:
     """Blocking calls to iyclod over D-Bus; one connection for the client's life."""
 
@@ -172,10 +180,11 @@ class DBusClient:
         if self._closed:
             return
         self._closed = True
-        self._bus.disconnect()
         waiter = self._gone or self._loop.create_task(self._disconnected())
+        self._loop.run_until_complete(_cancel_the_rest(keep=waiter))
+        self._bus.disconnect()
         self._loop.run_until_complete(asyncio.wait({waiter}, timeout=CLOSE_TIMEOUT))
-        waiter.cancel()
+        self._loop.run_until_complete(_cancel_the_rest())
         self._loop.run_until_complete(self._loop.shutdown_asyncgens())
         self._loop.close()
 
