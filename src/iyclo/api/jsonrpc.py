@@ -57,6 +57,10 @@ def methods(service: Service) -> dict[str, Handler]:
     async def apply(manifest: str | dict[str, Any]) -> dict[str, Any]:
         return (await service.apply(manifest)).to_json()
 
+    async def diff(manifest: str | dict[str, Any]) -> str:
+        # Service.diff names its parameter manifest_in; clients send "manifest".
+        return await service.diff(manifest)
+
     async def reconcile() -> dict[str, Any]:
         return (await service.reconcile()).to_json()
 
@@ -66,7 +70,7 @@ def methods(service: Service) -> dict[str, Handler]:
     return {
         "apply": apply,
         "validate": service.validate,
-        "diff": service.diff,
+        "diff": diff,
         "remove": service.remove,
         "start": service.start,
         "stop": service.stop,

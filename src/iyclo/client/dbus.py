@@ -1,0 +1,391 @@
+"""A small blocking client of iyclod's D-Bus interface (the CLI's default transport).
+
+It speaks the JSON socket's method names and returns the JSON socket's shapes, so the
+CLI does not care which transport it has; typed D-Bus errors come back as the matching
+``IycloError``. It imports only dbus-fast, the stdlib and ``iyclo.errors`` so that a
+CLI command stays quick to start. The asyncio parts run on a private event loop that
+lives as long as the client; each public method runs it until its answer is in.
+
+Shapes that need more than one D-Bus call, and why:
+- ``list``: ``List`` gives the names, ``Get`` each pod's full status (the struct of
+  ``List`` is for ``busctl`` users and cannot carry nested containers); a pod removed in
+  between is left out, as ``Service.list`` does.
+- ``apply``: name and kind are read back from the returned object path
+  (``/io/github/iyclo1/<kind>/<label>``); the rest is in the reply.
+- ``events``: ``at`` is when the signal arrived (signals carry no timestamp).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+from dbus_fast import BusType, Message, MessageType
+from dbus_fast.aio import MessageBus
+
+from iyclo.errors import (
+    DBUS_ERROR_PREFIX,
+    AccessDeniedError,
+    InvalidError,
+    IycloError,
+    NotFoundError,
+    error_from_dbus_name,
+)
+
+BUS_NAME = "io.github.iyclo1"
+MANAGER_PATH = "/io/github/iyclo1"
+MANAGER_INTERFACE = "io.github.iyclo1.Manager"
+PROPERTIES_INTERFACE = "org.freedesktop.DBus.Properties"
+EVENT_MATCH = (
+    f"type='signal',sender='{BUS_NAME}',path='{MANAGER_PATH}',interface='{MANAGER_INTERFACE}'"
+)
+NOT_RUNNING = {
+    "org.freedesktop.DBus.Error.ServiceUnknown",
+    "org.freedesktop.DBus.Error.NameHasNoOwner",
+}
+CLOSE_TIMEOUT = 5.0
+_UINT32_MAX = 2**32 - 1
+
+
+def bus_label_unescape(label: str) -> str:
+    """The inverse of sd-bus's ``bus_label_escape`` (``_`` alone is the empty string)."""
+    if label == "_":
+        return ""
+    out = bytearray()
+    index = 0
+    while index < len(label):
+        if label[index] == "_" and _is_hex(label[index + 1 : index + 3]):
+            out.append(int(label[index + 1 : index + 3], 16))
+            index += 3
+        else:
+            out.extend(label[index].encode())
+            index += 1
+    return out.decode(errors="replace")
+
+
+def _is_hex(text: str) -> bool:
+    return len(text) == 2 and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def _manifest_text(manifest: str | dict[str, Any]) -> str:
+    return manifest if isinstance(manifest, str) else json.dumps(manifest)
+
+
+async def _cancel_the_rest(keep: asyncio.Task[None] | None = None) -> None:
+    """What a Ctrl-C left half-done, cancelled as ``asyncio.run`` does before closing."""
+    tasks = asyncio.all_tasks() - {asyncio.current_task(), keep}
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class DBusClient:
+    """Blocking calls to iyclod over D-Bus; one connection for the client's life."""
+
+    def __init__(
+        self,
+        bus: str = "system",
+        *,
+        bus_address: str | None = None,
+        timeout: float | None = 300.0,
+    ) -> None:
+        if bus_address is None and bus not in ("system", "session"):
+            raise InvalidError(f'bus: "{bus}" is not "system" or "session"')
+        self.label = f"the {bus} bus" if bus_address is None else f"the bus at {bus_address}"
+        self.timeout = timeout
+        self._loop = asyncio.new_event_loop()
+        self._events: asyncio.Queue[dict[str, Any]] | None = None
+        self._gone: asyncio.Task[None] | None = None
+        self._closed = False
+        try:
+            self._bus = self._loop.run_until_complete(self._connect(bus, bus_address))
+        except BaseException:
+            self._loop.close()
+            raise
+        self._methods: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
+            "apply": self._apply,
+            "validate": self._validate,
+            "diff": self._diff,
+            "remove": self._remove,
+            "start": self._start,
+            "stop": self._stop,
+            "restart": self._restart,
+            "list": self._list,
+            "get": self._get,
+            "get_manifest": self._get_manifest,
+            "history": self._history,
+            "reconcile": self._reconcile,
+            "version": self._version,
+            "run_job": self._run_job,
+        }
+
+    async def _connect(self, bus: str, bus_address: str | None) -> MessageBus:
+        if bus_address is not None:
+            message_bus = MessageBus(bus_address=bus_address)
+        else:
+            kind = BusType.SYSTEM if bus == "system" else BusType.SESSION
+            message_bus = MessageBus(bus_type=kind)
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await message_bus.connect()
+        except TimeoutError:
+            raise IycloError(f"cannot reach {self.label}: no answer") from None
+        except Exception as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise IycloError(f"cannot reach {self.label}: {reason}") from None
+
+    # -- the transport protocol ----------------------------------------------------------
+
+    def call(self, method: str, **params: Any) -> Any:
+        """Call ``method`` (a JSON socket method name); typed errors raise their class."""
+        handler = self._methods.get(method)
+        if handler is None:
+            raise IycloError(f"unknown method '{method}'")
+        try:
+            coroutine = handler(**params)
+        except TypeError as exc:
+            raise IycloError(f"{method}: {exc}") from None
+        return self._run(coroutine)
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        """Subscribe now, then yield each ``PodChanged``/``JobFinished`` signal as a dict.
+
+        The subscription is in place when this returns, so nothing that happens after
+        it is missed.
+        """
+        if self._events is None:
+            self._events = asyncio.Queue()
+            # One waiter for the client's life: cancelling one would cancel dbus-fast's future.
+            self._gone = self._loop.create_task(self._disconnected())
+            self._bus.add_message_handler(self._on_message)
+            self._run(
+                self._send(
+                    Message(
+                        destination="org.freedesktop.DBus",
+                        path="/org/freedesktop/DBus",
+                        interface="org.freedesktop.DBus",
+                        member="AddMatch",
+                        signature="s",
+                        body=[EVENT_MATCH],
+                    )
+                )
+            )
+        return self._iterate_events(self._events)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        waiter = self._gone or self._loop.create_task(self._disconnected())
+        self._loop.run_until_complete(_cancel_the_rest(keep=waiter))
+        self._bus.disconnect()
+        self._loop.run_until_complete(asyncio.wait({waiter}, timeout=CLOSE_TIMEOUT))
+        self._loop.run_until_complete(_cancel_the_rest())
+        self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+        self._loop.close()
+
+    def __enter__(self) -> DBusClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        if self._closed:
+            coroutine.close()
+            raise IycloError("the D-Bus client is closed")
+        return self._loop.run_until_complete(coroutine)
+
+    async def _send(self, message: Message) -> list[Any]:
+        """Send one call and wait for its reply under the client's timeout."""
+        member = message.member
+        if not self._bus.connected:  # sending on a dead connection only fails later, unseen
+            raise IycloError(f"lost the connection to {self.label}")
+        try:
+            async with asyncio.timeout(self.timeout):
+                reply = await self._bus.call(message)
+        except TimeoutError:
+            raise IycloError(
+                f"iyclod did not answer {member} within {self.timeout:g} seconds"
+            ) from None
+        except Exception as exc:
+            raise IycloError(f"cannot call {member} on {self.label}: {exc}") from None
+        if reply.message_type is MessageType.ERROR:
+            raise self._error(str(member), reply.error_name or "", reply.body)
+        body: list[Any] = reply.body
+        return body
+
+    async def _manager(self, member: str, signature: str = "", *args: Any) -> list[Any]:
+        return await self._send(
+            Message(
+                destination=BUS_NAME,
+                path=MANAGER_PATH,
+                interface=MANAGER_INTERFACE,
+                member=member,
+                signature=signature,
+                body=list(args),
+            )
+        )
+
+    async def _disconnected(self) -> None:
+        """Until the connection is gone, however it went (the reason is not ours to show)."""
+        with contextlib.suppress(Exception):
+            await self._bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+
+    def _error(self, member: str, name: str, body: list[Any]) -> IycloError:
+        text = str(body[0]) if body and isinstance(body[0], str) else ""
+        if name.startswith(f"{DBUS_ERROR_PREFIX}."):
+            lines = text.split("\n")
+            exc = error_from_dbus_name(name, lines[0])
+            if isinstance(exc, InvalidError):
+                exc.details = lines
+            return exc
+        if name in NOT_RUNNING:
+            return IycloError(f"the iyclo daemon is not running on {self.label} ({text})")
+        if name == "org.freedesktop.DBus.Error.AccessDenied":
+            return AccessDeniedError(
+                f"{self.label} refuses {member} to this user (only root may change pods)"
+            )
+        if name == "org.freedesktop.DBus.Error.NoReply":
+            return IycloError(f"iyclod did not answer {member}: {text}")
+        return IycloError(f"{member} failed: {name}: {text}")
+
+    def _on_message(self, message: Message) -> None:
+        """Queue the daemon's signals; returning None leaves the message to others too."""
+        if (
+            self._events is None
+            or message.message_type is not MessageType.SIGNAL
+            or message.path != MANAGER_PATH
+            or message.interface != MANAGER_INTERFACE
+        ):
+            return
+        at = time.time()
+        if message.member == "PodChanged" and message.signature == "ss":
+            name, state = message.body
+            self._events.put_nowait({"event": "PodChanged", "name": name, "state": state, "at": at})
+        elif message.member == "JobFinished" and message.signature == "suis":
+            name, run, exit_code, result = message.body
+            self._events.put_nowait(
+                {
+                    "event": "JobFinished",
+                    "name": name,
+                    "state": result,
+                    "at": at,
+                    "run": run,
+                    "exit_code": exit_code,
+                }
+            )
+
+    def _iterate_events(self, queue: asyncio.Queue[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        while True:
+            yield self._run(self._next_event(queue))
+
+    async def _next_event(self, queue: asyncio.Queue[dict[str, Any]]) -> dict[str, Any]:
+        if not queue.empty():
+            return queue.get_nowait()
+        assert self._gone is not None
+        getter = asyncio.ensure_future(queue.get())
+        try:
+            await asyncio.wait({getter, self._gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not getter.done():
+                getter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await getter
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+        raise IycloError(f"lost the connection to {self.label}")
+
+    # -- the methods ----------------------------------------------------------------------
+
+    async def _apply(self, manifest: str | dict[str, Any]) -> dict[str, Any]:
+        path, generation, changed, state = await self._manager(
+            "Apply", "s", _manifest_text(manifest)
+        )
+        collection, _, label = str(path).removeprefix(f"{MANAGER_PATH}/").partition("/")
+        return {
+            "name": bus_label_unescape(label),
+            "kind": collection.capitalize(),
+            "generation": generation,
+            "changed": changed,
+            "state": state,
+        }
+
+    async def _validate(self, manifest: str | dict[str, Any]) -> list[str]:
+        (errors,) = await self._manager("Validate", "s", _manifest_text(manifest))
+        return list(errors)
+
+    async def _diff(self, manifest: str | dict[str, Any]) -> str:
+        (diff,) = await self._manager("Diff", "s", _manifest_text(manifest))
+        return str(diff)
+
+    async def _remove(self, name: str) -> None:
+        await self._manager("Remove", "s", name)
+
+    async def _start(self, name: str) -> str:
+        (state,) = await self._manager("Start", "s", name)
+        return str(state)
+
+    async def _stop(self, name: str) -> str:
+        (state,) = await self._manager("Stop", "s", name)
+        return str(state)
+
+    async def _restart(self, name: str) -> str:
+        (state,) = await self._manager("Restart", "s", name)
+        return str(state)
+
+    async def _list(self) -> list[dict[str, Any]]:
+        (rows,) = await self._manager("List")
+
+        async def status(name: str) -> dict[str, Any] | None:
+            try:
+                return await self._get(name)
+            except NotFoundError:
+                return None
+
+        found = await asyncio.gather(*(status(row[0]) for row in rows))
+        return [s for s in found if s is not None]
+
+    async def _get(self, name: str) -> dict[str, Any]:
+        (text,) = await self._manager("Get", "s", name)
+        status: dict[str, Any] = json.loads(text)
+        return status
+
+    async def _get_manifest(self, name: str, generation: int = 0) -> dict[str, Any]:
+        if not isinstance(generation, int) or not 0 <= generation <= _UINT32_MAX:
+            raise InvalidError(f"generation: {generation!r} is not a generation number")
+        (text,) = await self._manager("GetManifest", "su", name, generation)
+        manifest: dict[str, Any] = json.loads(text)
+        return manifest
+
+    async def _history(self, name: str) -> list[dict[str, Any]]:
+        (text,) = await self._manager("History", "s", name)
+        history: list[dict[str, Any]] = json.loads(text)
+        return history
+
+    async def _reconcile(self) -> dict[str, Any]:
+        (text,) = await self._manager("Reconcile")
+        report: dict[str, Any] = json.loads(text)
+        return report
+
+    async def _version(self) -> str:
+        (variant,) = await self._send(
+            Message(
+                destination=BUS_NAME,
+                path=MANAGER_PATH,
+                interface=PROPERTIES_INTERFACE,
+                member="Get",
+                signature="ss",
+                body=[MANAGER_INTERFACE, "Version"],
+            )
+        )
+        return str(variant.value)
+
+    async def _run_job(self, name: str) -> None:
+        await self._manager("RunJob", "s", name)

@@ -1,0 +1,1205 @@
+"""iyclod's D-Bus interface and the CLI's D-Bus client, over real buses.
+
+Each test module run spawns private ``dbus-daemon``s under a temporary directory; the
+service behind the interface is ``tests.fakes.service.FakeService`` (no systemd, no
+Podman). Calls go through ``DBusClient``, through ``busctl`` and ``gdbus``, and through a
+raw dbus-fast connection that also watches the signals. The synchronous client runs in
+worker threads so the event loop serving the interface stays free; every test that
+serves the interface also checks that loop was never blocked for more than 0.2 s.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import configparser
+import contextlib
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from dbus_fast import Message, MessageType
+from dbus_fast.aio import MessageBus
+
+import iyclo
+from iyclo.api.dbus import (
+    BUS_NAME,
+    MANAGER_INTERFACE,
+    MANAGER_PATH,
+    POD_INTERFACE,
+    bus_label_escape,
+    export_service,
+    pod_path,
+)
+from iyclo.client.dbus import DBusClient, bus_label_unescape
+from iyclo.errors import (
+    AccessDeniedError,
+    ConflictError,
+    InvalidError,
+    IycloError,
+    NotFoundError,
+    PodmanError,
+    StoreError,
+    SystemdError,
+)
+from tests.fakes.service import FakeService
+
+ROOT = Path(__file__).parent.parent
+SRC_DIR = Path(iyclo.__file__).parent.parent
+DBUS_DIR = ROOT / "dbus"
+WEB = (ROOT / "examples" / "web.json").read_text()
+BAD_NAME = (ROOT / "tests" / "manifests" / "broken" / "05-bad-name.json").read_text()
+MAX_LAG = 0.2
+NOBODY = 65534
+
+
+def manifest(name: str = "web", **changes: Any) -> str:
+    """examples/web.json under another name, or with other top-level fields."""
+    data = json.loads(WEB)
+    data["name"] = name
+    data.update(changes)
+    return json.dumps(data)
+
+
+# -- buses --------------------------------------------------------------------------------
+
+
+def spawn_bus(*args: str) -> tuple[subprocess.Popen[str], str]:
+    """A private dbus-daemon in the foreground; returns it and its address."""
+    if shutil.which("dbus-daemon") is None:
+        pytest.fail("dbus-daemon is missing: install package 'dbus' (scripts/bootstrap does)")
+    proc = subprocess.Popen(
+        ["dbus-daemon", "--nofork", "--print-address=1", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    address = proc.stdout.readline().strip()
+    if not address:
+        proc.wait(5)
+        proc.stdout.close()
+        pytest.fail(f"dbus-daemon {' '.join(args)} did not start (exit {proc.returncode})")
+    return proc, address
+
+
+def stop_bus(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    proc.wait(10)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def bus_dir() -> Iterator[Path]:
+    """World-traversable, so a bus socket in it can be used by uid nobody too."""
+    path = Path(tempfile.mkdtemp(prefix="iyclo-dbus-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def address(bus_dir: Path) -> Iterator[str]:
+    """A private session bus, shared by the tests of this module."""
+    proc, bus_address = spawn_bus("--session", f"--address=unix:path={bus_dir}/session")
+    yield bus_address
+    stop_bus(proc)
+
+
+SYSTEM_LIKE_CONFIG = """<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <!-- the default policy of /usr/share/dbus-1/system.conf -->
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus.Introspectable"/>
+  </policy>
+  <include>{policy}</include>
+</busconfig>
+"""
+
+
+@pytest.fixture(scope="module")
+def system_address(bus_dir: Path) -> Iterator[str]:
+    """A bus with the system bus's default policy plus dbus/io.github.iyclo1.conf."""
+    config = bus_dir / "system.conf"
+    config.write_text(
+        SYSTEM_LIKE_CONFIG.format(
+            socket=bus_dir / "system", policy=DBUS_DIR / "io.github.iyclo1.conf"
+        )
+    )
+    proc, bus_address = spawn_bus(f"--config-file={config}")
+    yield bus_address
+    stop_bus(proc)
+
+
+# -- the loop watch, the served interface, the clients ------------------------------------
+
+
+class LagWatch:
+    """How late the event loop woke a sleeper: a blocked loop shows up here."""
+
+    period = 0.01
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(self.period)
+            self.worst = max(self.worst, loop.time() - start - self.period)
+
+
+@pytest.fixture
+async def lag() -> AsyncIterator[LagWatch]:
+    watch = LagWatch()
+    task = asyncio.create_task(watch.run())
+    yield watch
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert watch.worst < MAX_LAG, f"the event loop was blocked for {watch.worst:.3f}s"
+
+
+@pytest.fixture
+def fake() -> FakeService:
+    return FakeService()
+
+
+@pytest.fixture
+async def served(address: str, fake: FakeService, lag: LagWatch) -> AsyncIterator[FakeService]:
+    unexport = await export_service(fake, bus_address=address)
+    yield fake
+    await unexport()
+
+
+@pytest.fixture
+async def client(address: str) -> AsyncIterator[DBusClient]:
+    dbus_client = await asyncio.to_thread(DBusClient, bus_address=address, timeout=30)
+    yield dbus_client
+    await asyncio.to_thread(dbus_client.close)
+
+
+async def call(client: DBusClient, method: str, **params: Any) -> Any:
+    """The blocking client, off the loop that serves the interface."""
+    return await asyncio.to_thread(client.call, method, **params)
+
+
+class Observer:
+    """A raw dbus-fast connection on the test's loop: calls methods, records signals."""
+
+    def __init__(self, bus: MessageBus) -> None:
+        self.bus = bus
+        self.signals: list[Message] = []
+        self._arrived = asyncio.Event()
+        bus.add_message_handler(self._record)
+
+    def _record(self, message: Message) -> None:
+        if message.message_type is MessageType.SIGNAL:
+            self.signals.append(message)
+            self._arrived.set()
+
+    async def call(
+        self,
+        path: str,
+        interface: str,
+        member: str,
+        signature: str = "",
+        body: list[Any] | None = None,
+        *,
+        destination: str = BUS_NAME,
+    ) -> Message:
+        message = Message(
+            destination=destination,
+            path=path,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=body or [],
+        )
+        async with asyncio.timeout(10):
+            return await self.bus.call(message)
+
+    async def get_all(self, path: str, interface: str) -> dict[str, Any] | None:
+        """The properties of an object, or None when it is not exported."""
+        reply = await self.call(path, "org.freedesktop.DBus.Properties", "GetAll", "s", [interface])
+        if reply.message_type is MessageType.ERROR:
+            return None
+        return {key: variant.value for key, variant in reply.body[0].items()}
+
+    async def wait_for(self, predicate: Callable[[Message], bool], since: int = 0) -> Message:
+        """The first signal from index ``since`` on that matches (5 s at most)."""
+        async with asyncio.timeout(5):
+            while True:
+                for message in self.signals[since:]:
+                    if predicate(message):
+                        return message
+                self._arrived.clear()
+                await self._arrived.wait()
+
+    def properties_changed(self, path: str, interface: str, since: int = 0) -> list[dict[str, Any]]:
+        return [
+            {key: variant.value for key, variant in m.body[1].items()}
+            for m in self.signals[since:]
+            if m.path == path and m.member == "PropertiesChanged" and m.body[0] == interface
+        ]
+
+
+@pytest.fixture
+async def observer(address: str) -> AsyncIterator[Observer]:
+    bus = await MessageBus(bus_address=address).connect()
+    watcher = Observer(bus)
+    reply = await watcher.call(
+        "/org/freedesktop/DBus",
+        "org.freedesktop.DBus",
+        "AddMatch",
+        "s",
+        [f"type='signal',sender='{BUS_NAME}'"],
+        destination="org.freedesktop.DBus",
+    )
+    assert reply.message_type is MessageType.METHOD_RETURN
+    yield watcher
+    bus.disconnect()
+    await bus.wait_for_disconnect()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
+    """Poll ``check`` until it holds (5 s at most): objects follow events asynchronously."""
+    async with asyncio.timeout(5):
+        while not await check():  # noqa: ASYNC110 (the condition lives on the bus)
+            await asyncio.sleep(0.02)
+
+
+# -- tools --------------------------------------------------------------------------------
+
+
+async def run(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def as_nobody(*argv: str) -> list[str]:
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv]
+
+
+async def busctl(address: str, *args: str, prefix: tuple[str, ...] = ()) -> tuple[int, str, str]:
+    """busctl, logging at debug level: that is where it names a D-Bus error."""
+    env = {**os.environ, "SYSTEMD_LOG_LEVEL": "debug"}
+    return await run(*prefix, "busctl", f"--address={address}", *args, env=env)
+
+
+async def busctl_call(
+    address: str, member: str, *args: str, path: str = MANAGER_PATH, iface: str = MANAGER_INTERFACE
+) -> Any:
+    """A successful call's out-arguments as busctl's JSON sees them (None: no reply body)."""
+    code, out, err = await busctl(
+        address, "--json=short", "call", BUS_NAME, path, iface, member, *args
+    )
+    assert code == 0, err[-2000:]
+    return json.loads(out)["data"] if out.strip() else None
+
+
+def busctl_error(stderr: str) -> tuple[str, str]:
+    """(error name, message) of a failed ``busctl call``."""
+    name = re.search(r"type=error .* error-name=(\S+) error-message=", stderr)
+    message = re.search(r"^Call failed: (.*)$", stderr, re.MULTILINE)
+    assert name, stderr[-2000:]
+    assert message, stderr[-2000:]
+    return name.group(1), message.group(1)
+
+
+GDBUS = shutil.which("gdbus")
+needs_gdbus = pytest.mark.skipif(
+    GDBUS is None, reason="gdbus is not installed (Debian/Ubuntu package libglib2.0-bin)"
+)
+
+
+async def gdbus_call(
+    address: str, member: str, *args: str, path: str = MANAGER_PATH, iface: str = MANAGER_INTERFACE
+) -> tuple[int, str, str]:
+    assert GDBUS is not None
+    return await run(
+        GDBUS, "call", "--address", address, "--dest", BUS_NAME, "--object-path", path,
+        "--method", f"{iface}.{member}", *args,
+    )  # fmt: skip
+
+
+def gvariant_strings(text: str) -> tuple[str, ...]:
+    """A GVariant text tuple of strings, e.g. ``('a', 'b')``: same quoting as Python's."""
+    value = ast.literal_eval(text.strip())
+    assert isinstance(value, tuple)
+    return value
+
+
+def wire(value: Any) -> Any:
+    """What a value looks like after the JSON socket's encoding: the shape both must return."""
+    return json.loads(json.dumps(value, default=str))
+
+
+# -- names --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "label"),
+    [
+        ("web", "web"),
+        ("web-1", "web_2d1"),
+        ("1web", "_31web"),
+        ("", "_"),
+        ("a_b", "a_5fb"),
+        ("a.b/c", "a_2eb_2fc"),
+        ("é", "_c3_a9"),
+        ("Z9", "Z9"),
+    ],
+)
+def test_object_path_labels_follow_sd_bus(name: str, label: str) -> None:
+    assert bus_label_escape(name) == label
+    assert bus_label_unescape(label) == name
+    assert pod_path(name) == f"/io/github/iyclo1/pod/{label}"
+
+
+# -- every method, three ways -------------------------------------------------------------
+
+
+async def test_client_speaks_every_manager_method(served: FakeService, client: DBusClient) -> None:
+    fake = served
+    assert await call(client, "version") == iyclo.__version__
+    assert await call(client, "validate", manifest=WEB) == []
+    assert await call(client, "validate", manifest=BAD_NAME) == await fake.validate(BAD_NAME)
+    assert len(await call(client, "validate", manifest=BAD_NAME)) == 2
+    assert (await call(client, "diff", manifest=WEB)).startswith("--- (none)\n")
+
+    applied = await call(client, "apply", manifest=WEB)
+    assert applied == {
+        "name": "web",
+        "kind": "Pod",
+        "generation": 1,
+        "changed": True,
+        "state": "running",
+    }
+    assert fake.called("apply") == [(WEB,)]  # the text reaches the service untouched
+    assert (await call(client, "apply", manifest=WEB))["changed"] is False
+    assert await call(client, "diff", manifest=WEB) == ""
+    changed = json.loads(manifest(labels={"app": "web", "tier": "front"}))
+    assert await call(client, "apply", manifest=changed) == {
+        "name": "web",
+        "kind": "Pod",
+        "generation": 2,
+        "changed": True,
+        "state": "running",
+    }
+
+    assert await call(client, "list") == wire(await fake.list())
+    status = await call(client, "get", name="web")
+    assert status == wire(await fake.status("web"))
+    assert status["containers"][0]["name"] == "heartbeat"
+    current = await call(client, "get_manifest", name="web")
+    first = await call(client, "get_manifest", name="web", generation=1)
+    assert fake.called("manifest") == [("web", 0), ("web", 1)]
+    assert current == wire(await fake.manifest("web")) != first
+    assert first == wire(await fake.manifest("web", 1))
+    assert current["labels"] == changed["labels"]
+    assert await call(client, "history", name="web") == wire(await fake.history("web"))
+    assert [h["current"] for h in await call(client, "history", name="web")] == [False, True]
+
+    assert await call(client, "stop", name="web") == "stopped"
+    assert (await call(client, "get", name="web"))["state"] == "stopped"
+    assert await call(client, "start", name="web") == "running"
+    assert await call(client, "restart", name="web") == "running"
+    assert await call(client, "reconcile") == {
+        "adopted": ["web"],
+        "recreated": [],
+        "removed": [],
+        "failed": [],
+    }
+    with pytest.raises(InvalidError, match=r"^jobs are not supported yet$"):
+        await call(client, "run_job", name="web")
+    assert await call(client, "remove", name="web") is None
+    assert await call(client, "list") == []
+    assert fake.called("remove") == [("web",)]
+    # The name comes back from the object path's label: one that needs escaping.
+    assert (await call(client, "apply", manifest=manifest("9-lives")))["name"] == "9-lives"
+
+
+async def test_client_list_leaves_out_a_pod_removed_meanwhile(
+    served: FakeService, client: DBusClient
+) -> None:
+    await served.apply(manifest("a"))
+    await served.apply(manifest("b"))
+    list_pods = served.list
+
+    async def list_then_lose_a() -> list[dict[str, Any]]:
+        rows = await list_pods()
+        del served.pods["a"]  # removed between the client's List and its Get
+        return rows
+
+    served.list = list_then_lose_a  # type: ignore[method-assign]
+    assert [p["name"] for p in await call(client, "list")] == ["b"]
+
+
+async def test_same_results_as_the_json_socket(
+    address: str, client: DBusClient, tmp_path: Path, lag: LagWatch
+) -> None:
+    """The same calls on two identical fakes, one behind each front, give equal results."""
+    try:
+        from iyclo.api.jsonrpc import JsonRpcServer
+        from iyclo.client.jsonrpc import JsonRpcClient
+    except ImportError as exc:  # iyclo.core.service needs the systemd adapter
+        pytest.skip(f"the JSON socket cannot be imported yet: {exc}")
+
+    def clock() -> str:
+        return "2024-05-01T12:00:00.000Z"
+
+    behind_json, behind_dbus = FakeService(now=clock), FakeService(now=clock)
+    server = JsonRpcServer(behind_json, tmp_path / "iyclo.sock")  # type: ignore[arg-type]
+    await server.start()
+    unexport = await export_service(behind_dbus, bus_address=address)
+    json_client = await asyncio.to_thread(JsonRpcClient, tmp_path / "iyclo.sock")
+    try:
+        for method, params in [
+            ("apply", {"manifest": WEB}),
+            ("apply", {"manifest": WEB}),
+            ("apply", {"manifest": json.loads(manifest(labels={"x": "y"}))}),
+            ("validate", {"manifest": BAD_NAME}),
+            ("diff", {"manifest": WEB}),
+            ("list", {}),
+            ("get", {"name": "web"}),
+            ("get_manifest", {"name": "web", "generation": 1}),
+            ("get_manifest", {"name": "web"}),
+            ("history", {"name": "web"}),
+            ("stop", {"name": "web"}),
+            ("start", {"name": "web"}),
+            ("restart", {"name": "web"}),
+            ("reconcile", {}),
+            ("version", {}),
+            ("remove", {"name": "web"}),
+            ("list", {}),
+        ]:
+            via_json = await asyncio.to_thread(json_client.call, method, **params)
+            via_dbus = await call(client, method, **params)
+            assert via_dbus == via_json, method
+        for method, params in [("get", {"name": "web"}), ("apply", {"manifest": BAD_NAME})]:
+            with pytest.raises(IycloError) as from_json:
+                await asyncio.to_thread(json_client.call, method, **params)
+            with pytest.raises(IycloError) as from_dbus:
+                await call(client, method, **params)
+            assert type(from_dbus.value) is type(from_json.value)
+            assert from_dbus.value.message == from_json.value.message
+            assert getattr(from_dbus.value, "details", None) == getattr(
+                from_json.value, "details", None
+            )
+    finally:
+        await asyncio.to_thread(json_client.close)
+        await unexport()
+        await server.close()
+
+
+async def test_busctl_speaks_every_manager_method(served: FakeService, address: str) -> None:
+    fake = served
+    assert await busctl_call(address, "Validate", "s", WEB) == [[]]
+    assert await busctl_call(address, "Validate", "s", BAD_NAME) == [await fake.validate(BAD_NAME)]
+    assert (await busctl_call(address, "Diff", "s", WEB))[0].startswith("--- (none)")
+    assert await busctl_call(address, "Apply", "s", manifest("web-1")) == [
+        "/io/github/iyclo1/pod/web_2d1",
+        1,
+        True,
+        "running",
+    ]
+    assert await busctl_call(address, "Apply", "s", manifest("web-1")) == [
+        "/io/github/iyclo1/pod/web_2d1",
+        1,
+        False,
+        "running",
+    ]
+    running = ["web-1", "Pod", "running", 1, 0, 2, "iyclo-pod-web-1.service"]
+    assert await busctl_call(address, "List") == [[running]]
+    (text,) = await busctl_call(address, "Get", "s", "web-1")
+    assert json.loads(text) == wire(await fake.status("web-1"))
+    (text,) = await busctl_call(address, "GetManifest", "su", "web-1", "0")
+    assert json.loads(text) == json.loads(manifest("web-1"))
+    (text,) = await busctl_call(address, "History", "s", "web-1")
+    assert [h["generation"] for h in json.loads(text)] == [1]
+    assert await busctl_call(address, "Stop", "s", "web-1") == ["stopped"]
+    assert (await busctl_call(address, "List"))[0][0][2] == "stopped"
+    assert (await busctl_call(address, "List"))[0][0][5] == 0  # no container running
+    assert await busctl_call(address, "Start", "s", "web-1") == ["running"]
+    assert await busctl_call(address, "Restart", "s", "web-1") == ["running"]
+    (text,) = await busctl_call(address, "Reconcile")
+    assert json.loads(text)["adopted"] == ["web-1"]
+    code, _, err = await busctl(
+        address, "call", BUS_NAME, MANAGER_PATH, MANAGER_INTERFACE, "RunJob", "s", "web-1"
+    )
+    assert code != 0
+    assert busctl_error(err) == ("io.github.iyclo1.Error.Invalid", "jobs are not supported yet")
+    for prop, expected in (("Version", iyclo.__version__), ("PodCount", 1)):
+        code, out, err = await busctl(
+            address, "--json=short", "get-property", BUS_NAME, MANAGER_PATH, MANAGER_INTERFACE, prop
+        )
+        assert code == 0, err
+        assert json.loads(out)["data"] == expected
+    assert await busctl_call(address, "Remove", "s", "web-1") is None
+    assert await busctl_call(address, "List") == [[]]
+
+
+@needs_gdbus
+async def test_gdbus_speaks_every_manager_method(served: FakeService, address: str) -> None:
+    fake = served
+
+    async def ok(member: str, *args: str) -> str:
+        code, out, err = await gdbus_call(address, member, *args)
+        assert code == 0, err
+        return out.strip()
+
+    assert await ok("Validate", WEB) == "(@as [],)"
+    assert await ok("Validate", BAD_NAME) == repr((await fake.validate(BAD_NAME),))
+    assert gvariant_strings(await ok("Diff", WEB))[0].startswith("--- (none)")
+    assert (
+        await ok("Apply", WEB)
+        == "(objectpath '/io/github/iyclo1/pod/web', uint32 1, true, 'running')"
+    )
+    assert await ok("List") == (
+        "([('web', 'Pod', 'running', uint32 1, uint32 0, uint32 2, 'iyclo-pod-web.service')],)"
+    )
+    status = json.loads(gvariant_strings(await ok("Get", "web"))[0])
+    assert status == wire(await fake.status("web"))
+    manifest_text = gvariant_strings(await ok("GetManifest", "web", "0"))[0]
+    assert json.loads(manifest_text) == json.loads(WEB)
+    assert len(json.loads(gvariant_strings(await ok("History", "web"))[0])) == 1
+    assert await ok("Stop", "web") == "('stopped',)"
+    assert await ok("Start", "web") == "('running',)"
+    assert await ok("Restart", "web") == "('running',)"
+    assert json.loads(gvariant_strings(await ok("Reconcile"))[0])["adopted"] == ["web"]
+    code, _, err = await gdbus_call(address, "RunJob", "web")
+    assert code != 0
+    assert "GDBus.Error:io.github.iyclo1.Error.Invalid: jobs are not supported yet" in err
+    assert await ok("Remove", "web") == "()"
+    code, out, err = await run(
+        GDBUS or "gdbus", "call", "--address", address, "--dest", BUS_NAME, "--object-path",
+        MANAGER_PATH, "--method", "org.freedesktop.DBus.Properties.GetAll", MANAGER_INTERFACE,
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.strip() == f"({{'PodCount': <uint32 0>, 'Version': <'{iyclo.__version__}'>}},)"
+
+
+# -- errors -------------------------------------------------------------------------------
+
+ERRORS: list[IycloError] = [
+    NotFoundError("no pod or job named 'web'"),
+    InvalidError("name: bad", ["name: bad", "containers[0].image: missing"]),
+    ConflictError("cannot apply pod 'web': a job with that name exists"),
+    PodmanError("podman: image localhost/nope not found"),
+    SystemdError("unit iyclo-pod-web.service did not start (failed)"),
+    AccessDeniedError("not allowed"),
+    StoreError("/var/lib/iyclo: read-only file system"),
+    IycloError("something failed"),
+]
+
+
+@pytest.mark.parametrize("error", ERRORS, ids=lambda e: type(e).__name__)
+async def test_errors_reach_the_client_typed(
+    served: FakeService, client: DBusClient, error: IycloError
+) -> None:
+    served.fail_next("stop", copy.copy(error))
+    with pytest.raises(IycloError) as caught:
+        await call(client, "stop", name="web")
+    assert type(caught.value) is type(error)
+    assert caught.value.message == error.message
+    if isinstance(error, InvalidError):
+        assert isinstance(caught.value, InvalidError)
+        assert caught.value.details == error.details
+
+
+@pytest.mark.parametrize("error", ERRORS, ids=lambda e: type(e).__name__)
+async def test_errors_reach_busctl_and_gdbus_by_name(
+    served: FakeService, address: str, error: IycloError
+) -> None:
+    served.fail_next("status", copy.copy(error))
+    code, _, err = await busctl(
+        address, "call", BUS_NAME, MANAGER_PATH, MANAGER_INTERFACE, "Get", "s", "web"
+    )
+    assert code != 0
+    name, message = busctl_error(err)
+    assert (name, message) == (error.dbus_name, error.message)
+    if GDBUS is not None:
+        served.fail_next("status", copy.copy(error))
+        code, _, err = await gdbus_call(address, "Get", "web")
+        assert code != 0
+        assert f"GDBus.Error:{error.dbus_name}: {error.message}" in err
+
+
+async def test_invalid_manifest_lists_every_problem(
+    served: FakeService, client: DBusClient, address: str
+) -> None:
+    expected = await served.validate(BAD_NAME)
+    with pytest.raises(InvalidError) as caught:
+        await call(client, "apply", manifest=BAD_NAME)
+    assert caught.value.details == expected
+    assert caught.value.message == expected[0]
+    code, _, err = await busctl(
+        address, "call", BUS_NAME, MANAGER_PATH, MANAGER_INTERFACE, "Apply", "s", BAD_NAME
+    )
+    assert code != 0
+    assert busctl_error(err) == ("io.github.iyclo1.Error.Invalid", expected[0])
+    assert "\n".join(expected) in err
+
+
+async def test_unexpected_exception_is_failed_and_logged(
+    served: FakeService, client: DBusClient, address: str
+) -> None:
+    served.fail_next("list", RuntimeError("disk on fire\ntraceback-ish detail"))
+    # Captured, the logs are not rendered: the console renderer is slow with tracebacks.
+    with structlog.testing.capture_logs() as logs:
+        with pytest.raises(IycloError) as caught:
+            await call(client, "list")
+        served.fail_next("list", KeyError("x"))
+        code, _, err = await busctl(
+            address, "call", BUS_NAME, MANAGER_PATH, MANAGER_INTERFACE, "List"
+        )
+    assert type(caught.value) is IycloError
+    assert caught.value.message == "internal error: disk on fire"
+    assert code != 0
+    assert busctl_error(err) == ("io.github.iyclo1.Error.Failed", "internal error: 'x'")
+    errors = [e for e in logs if e["log_level"] == "error"]
+    assert [(e["event"], e["method"]) for e in errors] == [
+        ("D-Bus method failed", "ManagerInterface.list_")
+    ] * 2
+    assert all(e["exc_info"] for e in errors)
+
+
+async def test_client_errors_without_a_daemon(address: str, client: DBusClient) -> None:
+    with pytest.raises(IycloError, match="not running on the bus at"):
+        await call(client, "list")
+    with pytest.raises(IycloError, match=r"^unknown method 'frobnicate'$"):
+        await call(client, "frobnicate")
+    with pytest.raises(IycloError, match=r"^get: "):
+        await call(client, "get", nam="web")
+
+
+def test_client_cannot_reach_a_missing_bus(tmp_path: Path) -> None:
+    with pytest.raises(IycloError, match="cannot reach the bus at unix:path="):
+        DBusClient(bus_address=f"unix:path={tmp_path}/none", timeout=5)
+
+
+# -- signals and objects ------------------------------------------------------------------
+
+
+async def test_pod_changed_signals_in_order(served: FakeService, client: DBusClient) -> None:
+    events = await asyncio.to_thread(client.events)
+    before = time.time()
+    await call(client, "apply", manifest=WEB)
+    await call(client, "stop", name="web")
+    await call(client, "remove", name="web")
+    served.events.publish("JobFinished", "backup", "success", run=3, exit_code=0)
+    received = [await asyncio.to_thread(next, events) for _ in range(6)]
+    assert [(e["event"], e["name"], e["state"]) for e in received] == [
+        ("PodChanged", "web", "applying"),
+        ("PodChanged", "web", "running"),
+        ("PodChanged", "web", "stopped"),
+        ("PodChanged", "web", "removing"),
+        ("PodChanged", "web", "removed"),
+        ("JobFinished", "backup", "success"),
+    ]
+    assert set(received[0]) == {"event", "name", "state", "at"}
+    assert received[5]["run"] == 3
+    assert received[5]["exit_code"] == 0
+    times = [e["at"] for e in received]
+    assert before <= times[0]
+    assert times == sorted(times)
+
+
+async def test_events_wait_for_what_comes_next(served: FakeService, client: DBusClient) -> None:
+    events = await asyncio.to_thread(client.events)
+    for state in ("starting", "running", "stopping", "stopped"):
+        waiting = asyncio.ensure_future(asyncio.to_thread(next, events))
+        await asyncio.sleep(0.05)  # the client now waits on an empty queue
+        served.events.publish("PodChanged", "web", state)
+        assert (await waiting)["state"] == state
+    assert await call(client, "version") == iyclo.__version__
+
+
+async def test_pod_objects_follow_the_pods(served: FakeService, observer: Observer) -> None:
+    path = pod_path("web-1")
+    assert path == "/io/github/iyclo1/pod/web_2d1"
+    assert await observer.get_all(path, POD_INTERFACE) is None
+
+    await served.apply(manifest("web-1"))
+
+    async def exported() -> bool:
+        return await observer.get_all(path, POD_INTERFACE) is not None
+
+    await eventually(exported)
+    props = await observer.get_all(path, POD_INTERFACE)
+    assert props is not None
+    status = await served.status("web-1")
+    assert props == {
+        "Name": "web-1",
+        "Kind": "Pod",
+        "State": "running",
+        "Generation": 1,
+        "Unit": "iyclo-pod-web-1.service",
+        "Restarts": 0,
+        "Containers": [(c["name"], "running", c["id"]) for c in status["containers"]],
+    }
+
+    # A crash systemd restarts: State and Restarts change, nothing else is announced.
+    mark = len(observer.signals)
+    served.set_state("web-1", "restarting", restarts=1)
+    await observer.wait_for(lambda m: m.member == "PropertiesChanged" and m.path == path, mark)
+    assert observer.properties_changed(path, POD_INTERFACE, mark) == [
+        {"State": "restarting", "Restarts": 1}
+    ]
+
+    # The pod object's own methods go to the service.
+    mark = len(observer.signals)
+    reply = await observer.call(path, POD_INTERFACE, "Stop")
+    assert reply.body == ["stopped"]
+    await observer.wait_for(lambda m: m.member == "PropertiesChanged" and m.path == path, mark)
+    changed = observer.properties_changed(path, POD_INTERFACE, mark)[0]
+    assert changed["State"] == "stopped"
+    assert [c[1] for c in changed["Containers"]] == ["exited", "exited"]
+    assert (await observer.call(path, POD_INTERFACE, "Start")).body == ["running"]
+    assert (await observer.call(path, POD_INTERFACE, "Restart")).body == ["running"]
+    assert served.called("stop") == [("web-1",)]
+    assert served.called("restart") == [("web-1",)]
+
+    reply = await observer.call(path, POD_INTERFACE, "Remove")
+    assert reply.message_type is MessageType.METHOD_RETURN
+
+    async def gone() -> bool:
+        return await observer.get_all(path, POD_INTERFACE) is None
+
+    await eventually(gone)
+    assert served.called("remove") == [("web-1",)]
+
+
+async def test_pod_method_errors_are_typed(served: FakeService, observer: Observer) -> None:
+    await served.apply(WEB)
+
+    async def exported() -> bool:
+        return await observer.get_all(pod_path("web"), POD_INTERFACE) is not None
+
+    await eventually(exported)
+    served.fail_next("start", SystemdError("unit iyclo-pod-web.service did not start (failed)"))
+    reply = await observer.call(pod_path("web"), POD_INTERFACE, "Start")
+    assert reply.message_type is MessageType.ERROR
+    assert reply.error_name == "io.github.iyclo1.Error.Systemd"
+    assert reply.body == ["unit iyclo-pod-web.service did not start (failed)"]
+
+
+async def test_pod_count_follows_the_pods(served: FakeService, observer: Observer) -> None:
+    async def pod_count() -> int:
+        reply = await observer.call(
+            MANAGER_PATH,
+            "org.freedesktop.DBus.Properties",
+            "Get",
+            "ss",
+            [MANAGER_INTERFACE, "PodCount"],
+        )
+        value: int = reply.body[0].value
+        return value
+
+    def count_changed(m: Message) -> bool:
+        return (
+            m.path == MANAGER_PATH and m.member == "PropertiesChanged" and "PodCount" in m.body[1]
+        )
+
+    assert await pod_count() == 0
+    for change, expected in (
+        (served.apply(manifest("a")), 1),
+        (served.apply(manifest("b")), 2),
+        (served.remove("a"), 1),
+    ):
+        mark = len(observer.signals)
+        await change
+        message = await observer.wait_for(count_changed, mark)
+        assert message.body[1]["PodCount"].value == expected
+        assert await pod_count() == expected
+    assert observer.properties_changed(MANAGER_PATH, MANAGER_INTERFACE) == [
+        {"PodCount": 1},
+        {"PodCount": 2},
+        {"PodCount": 1},
+    ]
+
+
+async def test_pods_present_at_start_are_exported_at_once(
+    address: str, fake: FakeService, observer: Observer, lag: LagWatch
+) -> None:
+    await fake.apply(WEB)
+    await fake.stop("web")
+    unexport = await export_service(fake, bus_address=address)
+    try:
+        props = await observer.get_all(pod_path("web"), POD_INTERFACE)
+        assert props is not None
+        assert props["State"] == "stopped"
+        manager = await observer.get_all(MANAGER_PATH, MANAGER_INTERFACE)
+        assert manager == {"PodCount": 1, "Version": iyclo.__version__}
+    finally:
+        await unexport()
+
+
+# -- introspection ------------------------------------------------------------------------
+
+
+def interface_shape(xml_text: str, name: str) -> dict[str, Any]:
+    """What a client can rely on: members with arg names, types, directions; access."""
+    root = ET.fromstring(xml_text)
+    found = [i for i in root.iter("interface") if i.get("name") == name]
+    assert len(found) == 1, f"{name} is not described exactly once"
+    interface = found[0]
+    return {
+        "methods": {
+            m.get("name"): [
+                (a.get("name"), a.get("type"), a.get("direction", "in")) for a in m.findall("arg")
+            ]
+            for m in interface.findall("method")
+        },
+        "signals": {
+            s.get("name"): [(a.get("name"), a.get("type")) for a in s.findall("arg")]
+            for s in interface.findall("signal")
+        },
+        "properties": {
+            p.get("name"): (p.get("type"), p.get("access")) for p in interface.findall("property")
+        },
+    }
+
+
+def own_interfaces(xml_text: str) -> set[str]:
+    names = {i.get("name") or "" for i in ET.fromstring(xml_text).iter("interface")}
+    return {n for n in names if not n.startswith("org.freedesktop.DBus.")}
+
+
+async def test_introspection_xml_files_match_what_is_exported(
+    served: FakeService, observer: Observer
+) -> None:
+    await served.apply(WEB)
+
+    async def introspect(path: str) -> str:
+        reply = await observer.call(path, "org.freedesktop.DBus.Introspectable", "Introspect")
+        assert reply.message_type is MessageType.METHOD_RETURN
+        text: str = reply.body[0]
+        return text
+
+    async def exported() -> bool:
+        return POD_INTERFACE in own_interfaces(await introspect(pod_path("web")))
+
+    await eventually(exported)
+    for path, interface in ((MANAGER_PATH, MANAGER_INTERFACE), (pod_path("web"), POD_INTERFACE)):
+        live = await introspect(path)
+        documented = (DBUS_DIR / f"{interface}.xml").read_text()
+        assert own_interfaces(live) == {interface}
+        assert interface_shape(live, interface) == interface_shape(documented, interface)
+    assert "pod" in {n.get("name") for n in ET.fromstring(await introspect(MANAGER_PATH))}
+
+
+# -- the bus is never blocked -------------------------------------------------------------
+
+
+async def test_a_slow_apply_does_not_block_the_bus(
+    served: FakeService, client: DBusClient, address: str, lag: LagWatch
+) -> None:
+    gate = served.hold("apply")
+    applying = asyncio.ensure_future(call(client, "apply", manifest=WEB))
+    await asyncio.wait_for(served.entered["apply"].wait(), 10)
+    other = await asyncio.to_thread(DBusClient, bus_address=address, timeout=10)
+    try:
+        started = time.monotonic()
+        assert await call(other, "version") == iyclo.__version__
+        assert await call(other, "list") == []
+        assert await busctl_call(address, "Validate", "s", WEB) == [[]]
+        assert time.monotonic() - started < 5
+        assert not applying.done()
+    finally:
+        gate.set()
+        await asyncio.to_thread(other.close)
+    assert (await applying)["changed"] is True
+    assert lag.worst < MAX_LAG
+
+
+# -- the bus name, and the system bus policy ----------------------------------------------
+
+
+async def test_unexport_releases_the_name(
+    address: str, fake: FakeService, observer: Observer, lag: LagWatch
+) -> None:
+    async def owned() -> bool:
+        reply = await observer.call(
+            "/org/freedesktop/DBus", "org.freedesktop.DBus", "NameHasOwner", "s", [BUS_NAME],
+            destination="org.freedesktop.DBus",
+        )  # fmt: skip
+        value: bool = reply.body[0]
+        return value
+
+    unexport = await export_service(fake, bus_address=address)
+    assert await owned()
+    await unexport()
+    assert not await owned()
+    await unexport()  # twice is harmless
+    fake.events.publish("PodChanged", "web", "running")  # nobody listens any more
+
+
+async def test_losing_the_bus(bus_dir: Path, fake: FakeService, lag: LagWatch) -> None:
+    """The daemon logs it; a client streaming events, or calling, gets a one-line error."""
+    proc, doomed = spawn_bus("--session", f"--address=unix:path={bus_dir}/doomed")
+    with structlog.testing.capture_logs() as logs:
+        try:
+            unexport = await export_service(fake, bus_address=doomed)
+            dbus_client = await asyncio.to_thread(DBusClient, bus_address=doomed, timeout=10)
+            events = await asyncio.to_thread(dbus_client.events)
+            waiting = asyncio.ensure_future(asyncio.to_thread(next, events))
+        finally:
+            await asyncio.to_thread(stop_bus, proc)
+        with pytest.raises(IycloError, match=r"^lost the connection to the bus at unix:path="):
+            await waiting
+        with pytest.raises(IycloError, match=r"^lost the connection to the bus at unix:path="):
+            await call(dbus_client, "list")
+        await asyncio.to_thread(dbus_client.close)
+
+        async def logged() -> bool:
+            return any(e["event"].startswith("lost the D-Bus connection") for e in logs)
+
+        await eventually(logged)
+        await unexport()
+
+
+async def test_a_second_daemon_is_refused(served: FakeService, address: str) -> None:
+    with pytest.raises(ConflictError, match=r"already owned .* is another iyclod running"):
+        await export_service(FakeService(), bus_address=address)
+
+
+async def test_name_refused_by_bus_policy(bus_dir: Path, fake: FakeService) -> None:
+    config = bus_dir / "deny.conf"
+    config.write_text(
+        f"""<busconfig>
+  <type>session</type>
+  <listen>unix:path={bus_dir}/deny</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+    <deny own="{BUS_NAME}"/>
+  </policy>
+</busconfig>
+"""
+    )
+    proc, deny_address = spawn_bus(f"--config-file={config}")
+    try:
+        with pytest.raises(AccessDeniedError) as caught:
+            await export_service(fake, bus_address=deny_address)
+    finally:
+        stop_bus(proc)
+    assert "\n" not in caught.value.message
+    assert "io.github.iyclo1.conf" in caught.value.message
+    assert "/usr/share/dbus-1/system.d/" in caught.value.message
+
+
+NOBODY_CLIENT = """
+import json, sys
+from iyclo.client.dbus import DBusClient
+from iyclo.errors import IycloError
+client = DBusClient(bus_address=sys.argv[1], timeout=10)
+for line in sys.stdin:
+    method, params = json.loads(line)
+    try:
+        print(json.dumps({"ok": client.call(method, **params)}))
+    except IycloError as exc:
+        print(json.dumps({"error": type(exc).__name__, "message": exc.message}))
+client.close()
+"""
+
+NOBODY_DAEMON = """
+import asyncio, sys
+from iyclo.api.dbus import export_service
+from iyclo.errors import IycloError
+from tests.fakes.service import FakeService
+try:
+    asyncio.run(export_service(FakeService(), bus_address=sys.argv[1]))
+except IycloError as exc:
+    print(type(exc).__name__, exc.message)
+"""
+
+
+def python_env() -> dict[str, str]:
+    path = f"{SRC_DIR}{os.pathsep}{ROOT}"
+    return {**os.environ, "PYTHONPATH": path, "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+async def test_system_bus_policy_file(
+    system_address: str, fake: FakeService, lag: LagWatch
+) -> None:
+    """dbus/io.github.iyclo1.conf on a bus with the system bus's default policy."""
+    if os.geteuid() != 0:
+        with pytest.raises(AccessDeniedError):
+            await export_service(fake, bus_address=system_address)
+        pytest.skip("the rest needs root: it checks what root and uid nobody may do")
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed to act as uid nobody")
+
+    # Nobody but root owns the name.
+    code, out, err = await run(
+        *as_nobody(sys.executable, "-c", NOBODY_DAEMON, system_address), env=python_env()
+    )
+    assert code == 0, err
+    assert out.startswith("AccessDeniedError the ")
+    assert "io.github.iyclo1.conf" in out
+
+    unexport = await export_service(fake, bus_address=system_address)
+    try:
+        await fake.apply(WEB)
+        requests = [
+            ("list", {}),
+            ("get", {"name": "web"}),
+            ("get_manifest", {"name": "web", "generation": 0}),
+            ("history", {"name": "web"}),
+            ("diff", {"manifest": WEB}),
+            ("validate", {"manifest": WEB}),
+            ("version", {}),
+            ("apply", {"manifest": WEB}),
+            ("stop", {"name": "web"}),
+            ("start", {"name": "web"}),
+            ("restart", {"name": "web"}),
+            ("remove", {"name": "web"}),
+            ("reconcile", {}),
+            ("run_job", {"name": "web"}),
+        ]
+        proc = await asyncio.create_subprocess_exec(
+            *as_nobody(sys.executable, "-c", NOBODY_CLIENT, system_address),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=python_env(),
+        )
+        stdin = "".join(json.dumps(r) + "\n" for r in requests).encode()
+        out_bytes, err_bytes = await asyncio.wait_for(proc.communicate(stdin), 60)
+        assert proc.returncode == 0, err_bytes.decode()
+        replies = [json.loads(line) for line in out_bytes.decode().splitlines()]
+        answers = dict(zip([m for m, _ in requests], replies, strict=True))
+        for method in ("list", "get", "get_manifest", "history", "diff", "validate", "version"):
+            assert "ok" in answers[method], (method, answers[method])
+        assert [p["name"] for p in answers["list"]["ok"]] == ["web"]
+        for method in ("apply", "stop", "start", "restart", "remove", "reconcile", "run_job"):
+            assert answers[method]["error"] == "AccessDeniedError", (method, answers[method])
+        assert fake.called("stop") == fake.called("remove") == []
+
+        # busctl as nobody: introspection and properties are open, the Pod methods are not.
+        code, out, err = await busctl(
+            system_address, "--json=short", "get-property", BUS_NAME, pod_path("web"),
+            POD_INTERFACE, "State", prefix=tuple(as_nobody()),
+        )  # fmt: skip
+        assert code == 0, err
+        assert json.loads(out)["data"] == "running"
+        code, out, err = await busctl(
+            system_address, "introspect", BUS_NAME, MANAGER_PATH, prefix=tuple(as_nobody())
+        )
+        assert code == 0, err
+        assert ".Apply" in out
+        code, _, err = await busctl(
+            system_address, "call", BUS_NAME, pod_path("web"), POD_INTERFACE, "Stop",
+            prefix=tuple(as_nobody()),
+        )  # fmt: skip
+        assert code != 0
+        assert busctl_error(err)[0] == "org.freedesktop.DBus.Error.AccessDenied"
+
+        # Root may change pods.
+        assert await busctl_call(system_address, "Stop", "s", "web") == ["stopped"]
+    finally:
+        await unexport()
+
+
+def test_activation_file() -> None:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(DBUS_DIR / "io.github.iyclo1.service")
+    assert dict(parser["D-BUS Service"]) == {
+        "Name": "io.github.iyclo1",
+        "Exec": "/bin/false",
+        "User": "root",
+        "SystemdService": "iyclod.service",
+    }
+
+
+CTRL_C = """
+import os, signal, sys, threading
+from iyclo.client.dbus import DBusClient
+client = DBusClient(bus_address=sys.argv[1], timeout=10)
+events = client.events()
+threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    next(events)
+except KeyboardInterrupt:
+    print("interrupted")
+client.close()
+print("closed")
+"""
+
+
+async def test_client_closes_cleanly_after_ctrl_c(served: FakeService, address: str) -> None:
+    """`iyclo events` ends with Ctrl-C: closing then must leave nothing half-done behind."""
+    code, out, err = await run(
+        sys.executable, "-W", "error", "-c", CTRL_C, address, env=python_env()
+    )
+    assert (code, out.split(), err) == (0, ["interrupted", "closed"], "")
+
+
+# -- the client stays lean ----------------------------------------------------------------
+
+MEASURE = """
+import json, sys, time
+t0 = time.perf_counter()
+from iyclo.client.dbus import DBusClient
+t1 = time.perf_counter()
+client = DBusClient(bus_address=sys.argv[1], timeout=10)
+version = client.call("version")
+pods = client.call("list")
+client.close()
+t2 = time.perf_counter()
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("structlog", "attrs", "attr",
+    "cattrs", "tinydb", "podman", "rich", "rich_click", "click") or m.split(".")[:2] in (
+    ["iyclo", p] for p in ("core", "api", "manifest", "cli", "store", "podman", "systemd")))
+print(json.dumps({"import": t1 - t0, "call": t2 - t1, "version": version, "pods": len(pods),
+                  "heavy": heavy}))
+"""
+
+
+async def test_client_import_and_call_are_quick_and_lean(served: FakeService, address: str) -> None:
+    await served.apply(WEB)
+    code, out, err = await run(sys.executable, "-c", MEASURE, address, env=python_env())
+    assert code == 0, err
+    measured = json.loads(out)
+    print(f"\nDBusClient import {measured['import'] * 1000:.0f} ms, "
+          f"connect + version + list + close {measured['call'] * 1000:.0f} ms")  # fmt: skip
+    assert measured["heavy"] == []
+    assert measured["version"] == iyclo.__version__
+    assert measured["pods"] == 1
+    assert measured["import"] + measured["call"] < 1.5
