@@ -59,7 +59,17 @@ from tests.fakes.service import FakeService
 ROOT = Path(__file__).parent.parent
 SRC_DIR = Path(iyclo.__file__).parent.parent
 DBUS_DIR = ROOT / "dbus"
-WEB = (ROOT / "examples" / "web.json").read_text()
+
+
+def _web_text() -> str:
+    """examples/web.json, its shell one-liner swapped for a plain command: gdbus parses
+    arguments as GVariant text first, and a JSON string with escaped quotes trips it."""
+    data = json.loads((ROOT / "examples" / "web.json").read_text())
+    data["containers"][1]["command"] = ["sleep", "1000"]
+    return json.dumps(data, indent=2)
+
+
+WEB = _web_text()
 BAD_NAME = (ROOT / "tests" / "manifests" / "broken" / "05-bad-name.json").read_text()
 MAX_LAG = 0.2
 NOBODY = 65534
@@ -420,10 +430,10 @@ async def test_client_speaks_every_manager_method(served: FakeService, client: D
         "state": "running",
     }
 
-    assert await call(client, "list") == wire(await fake.list())
+    assert await call(client, "list") == wire(await fake.list_all())
     status = await call(client, "get", name="web")
     assert status == wire(await fake.status("web"))
-    assert status["containers"][0]["name"] == "heartbeat"
+    assert status["containers"][0]["name"] == "httpd"
     current = await call(client, "get_manifest", name="web")
     first = await call(client, "get_manifest", name="web", generation=1)
     assert fake.called("manifest") == [("web", 0), ("web", 1)]
@@ -457,14 +467,14 @@ async def test_client_list_leaves_out_a_pod_removed_meanwhile(
 ) -> None:
     await served.apply(manifest("a"))
     await served.apply(manifest("b"))
-    list_pods = served.list
+    list_pods = served.list_all
 
     async def list_then_lose_a() -> list[dict[str, Any]]:
         rows = await list_pods()
         del served.pods["a"]  # removed between the client's List and its Get
         return rows
 
-    served.list = list_then_lose_a  # type: ignore[method-assign]
+    served.list_all = list_then_lose_a  # type: ignore[method-assign]
     assert [p["name"] for p in await call(client, "list")] == ["b"]
 
 

@@ -314,7 +314,7 @@ class FakeService:
         self.calls.append(Call("version"))
         return __version__
 
-    async def list(self) -> list[dict[str, Any]]:
+    async def list_all(self) -> list[dict[str, Any]]:
         await self._enter("list")
         out = []
         for name in sorted(self.pods):

@@ -118,7 +118,7 @@ class ServiceApi(Protocol):
     async def reconcile(self) -> JsonResult: ...
     def version(self) -> str: ...
     # Last: below it, ``list`` in this class body would name the method, not the type.
-    async def list(self) -> list[dict[str, Any]]: ...
+    async def list_all(self) -> list[dict[str, Any]]: ...
 
 
 # -- names ------------------------------------------------------------------------------
@@ -280,7 +280,7 @@ class ManagerInterface(_Interface):
     @dbus_method(name="List")
     @translated
     async def list_(self) -> ListReply:
-        return [pod_row(status) for status in await self._service.list()]
+        return [pod_row(status) for status in await self._service.list_all()]
 
     @dbus_method(name="Get")
     @translated
@@ -460,7 +460,7 @@ class _Exporter:
         # Subscribe before reading the initial list: nothing published in between is lost.
         queue = self._subscription.enter_context(self.service.events.subscription())
         self.bus.export(MANAGER_PATH, self.manager)
-        for status in await self.service.list():
+        for status in await self.service.list_all():
             self._put(status)
         await self._request_name(bus_label)
         self._tasks = [
