@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from iyclo.client.dbus import DBusClient
 from iyclo.client.jsonrpc import JsonRpcClient
 from iyclo.testhost import Host
 
@@ -82,9 +83,21 @@ class Daemon:
         with self.client() as client:
             return client.call(method, **params)
 
-    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        """The real `iyclo` CLI, run on the machine, reaching the daemon over its socket."""
-        env = {**os.environ, "IYCLO_SOCKET": str(self.socket), "COLUMNS": "200"}
+    def dbus(self, timeout: float = 240) -> DBusClient:
+        """A D-Bus client on the host's system bus, from outside its namespaces."""
+        return DBusClient(bus_address=self.host.system_bus_address, timeout=timeout)
+
+    def cli(
+        self, *args: str, stdin: str | None = None, via: str = "socket"
+    ) -> subprocess.CompletedProcess[str]:
+        """The real `iyclo` CLI, run on the machine, reaching the daemon over its
+        JSON socket (`via="socket"`) or over the host's system bus (`via="dbus"`)."""
+        env = {**os.environ, "COLUMNS": "200"}
+        env.pop("IYCLO_SOCKET", None)
+        if via == "socket":
+            env["IYCLO_SOCKET"] = str(self.socket)
+        else:
+            env["DBUS_SYSTEM_BUS_ADDRESS"] = self.host.system_bus_address
         return subprocess.run(
             [sys.executable, "-m", "iyclo.cli", *args],
             capture_output=True, text=True, input=stdin, env=env, timeout=300, check=False,
@@ -135,8 +148,9 @@ def wait_for(
 
 @pytest.fixture(scope="session")
 def daemon(testhost: Host) -> Iterator[Daemon]:
-    """The session's daemon inside the session's test host."""
-    instance = Daemon(testhost, ("--no-dbus",))
+    """The session's daemon inside the session's test host, on its system bus too."""
+    testhost.install_dbus_policy(ROOT / "dbus" / "io.github.iyclo1.conf")
+    instance = Daemon(testhost, ("--idle-timeout", "5"))
     instance.start()
     yield instance
     instance.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import socket
@@ -9,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from iyclo.errors import IycloError, error_from_rpc_code
+from iyclo.errors import AccessDeniedError, IycloError, error_from_rpc_code
 
 PROTOCOL_CODES = {-32700, -32600, -32601, -32602, -32603}
 
@@ -22,6 +23,10 @@ class JsonRpcClient:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._sock.settimeout(timeout)
             self._sock.connect(self.path)
+        except PermissionError:
+            raise AccessDeniedError(
+                f"not allowed to use the iyclo socket {self.path} (root or its group only)"
+            ) from None
         except OSError as exc:
             raise IycloError(
                 f"cannot reach the iyclo daemon at {self.path}: {exc.strerror or exc}"
@@ -29,7 +34,8 @@ class JsonRpcClient:
         self._file = self._sock.makefile("rwb")
 
     def close(self) -> None:
-        self._file.close()
+        with contextlib.suppress(OSError):  # the daemon may have dropped us already
+            self._file.close()
         self._sock.close()
 
     def __enter__(self) -> JsonRpcClient:

@@ -1,0 +1,312 @@
+"""One service, three fronts: D-Bus, the JSON socket and the CLI agree on every method,
+every typed error and the order of events, against one real daemon on the test host."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from iyclo.errors import (
+    AccessDeniedError,
+    InvalidError,
+    IycloError,
+    NotFoundError,
+    PodmanError,
+    SystemdError,
+)
+from iyclo.manifest.convert import dump_manifest, parse_manifest
+from tests.daemon_fixtures import Daemon, pod_manifest, wait_for
+
+pytestmark = [pytest.mark.host, pytest.mark.timeout(300)]
+
+
+def fast(manifest: dict[str, Any]) -> dict[str, Any]:
+    for container in manifest["containers"]:
+        container["stopTimeout"] = "1s"
+    return manifest
+
+
+def stable(status: Any) -> Any:
+    """A status without the fields that may tick between two reads."""
+    if isinstance(status, list):
+        return [stable(s) for s in status]
+    if isinstance(status, dict):
+        return {k: v for k, v in status.items() if k not in ("since",)}
+    return status
+
+
+def test_every_method_agrees_on_every_front(daemon: Daemon) -> None:
+    text = json.dumps(fast(pod_manifest("fronts")))
+    with daemon.client() as rpc, daemon.dbus() as bus:
+        applied = bus.call("apply", manifest=text)
+        assert applied == {
+            "name": "fronts", "kind": "Pod", "generation": 1, "changed": True, "state": "running"
+        }  # fmt: skip
+        assert rpc.call("apply", manifest=text) == {**applied, "changed": False}
+        cli = daemon.cli("apply", "-f", "-", "--json", stdin=text)
+        assert cli.returncode == 0, cli.stderr
+        assert json.loads(cli.stdout) == {**applied, "changed": False}
+        try:
+            calls: list[tuple[str, dict[str, Any]]] = [
+                ("version", {}),
+                ("get", {"name": "fronts"}),
+                ("list", {}),
+                ("history", {"name": "fronts"}),
+                ("get_manifest", {"name": "fronts", "generation": 0}),
+                ("get_manifest", {"name": "fronts", "generation": 1}),
+                ("diff", {"manifest": text}),
+                ("validate", {"manifest": text}),
+                ("validate", {"manifest": '{"kind": "Pod"}'}),
+            ]
+            for method, params in calls:
+                assert stable(rpc.call(method, **params)) == stable(bus.call(method, **params)), (
+                    method
+                )
+            status = rpc.call("get", name="fronts")
+            assert status["state"] == "running"
+
+            for via in ("socket", "dbus"):
+                ps = daemon.cli("ps", "--json", via=via)
+                assert ps.returncode == 0, ps.stderr
+                assert stable(json.loads(ps.stdout)) == stable(rpc.call("list"))
+                inspect = daemon.cli("inspect", "fronts", via=via)
+                canonical = dump_manifest(parse_manifest(json.loads(text)))
+                assert json.loads(inspect.stdout)["manifest"] == canonical
+                history = daemon.cli("history", "fronts", "--json", via=via)
+                assert json.loads(history.stdout) == rpc.call("history", name="fronts")
+                diff = daemon.cli("diff", "-f", "-", stdin=text, via=via)
+                assert (diff.returncode, diff.stdout) == (0, "")
+                table = daemon.cli("ps", via=via)
+                assert "fronts" in table.stdout
+                assert "running" in table.stdout
+
+            assert bus.call("stop", name="fronts") == "stopped"
+            assert rpc.call("get", name="fronts")["state"] == "stopped"
+            assert rpc.call("start", name="fronts") == "running"
+            restart = daemon.cli("restart", "fronts", via="dbus")
+            assert restart.returncode == 0, restart.stderr
+            assert bus.call("get", name="fronts")["state"] == "running"
+            report = bus.call("reconcile")
+            assert "fronts" in report["adopted"]
+            assert rpc.call("reconcile")["adopted"] == report["adopted"]
+        finally:
+            removed = daemon.cli("rm", "fronts", via="dbus")
+        assert removed.returncode == 0, removed.stderr
+        with pytest.raises(NotFoundError):
+            rpc.call("get", name="fronts")
+
+
+def _broken_port_pair(daemon: Daemon) -> dict[str, Any]:
+    holder = fast(pod_manifest("holder"))
+    holder["containers"][0]["ports"] = [
+        {"containerPort": 80, "hostPort": 18111, "hostIp": "127.0.0.1"}
+    ]
+    daemon.call("apply", manifest=holder)
+    clash = fast(pod_manifest("clash"))
+    clash["containers"][0]["ports"] = [
+        {"containerPort": 81, "hostPort": 18111, "hostIp": "127.0.0.1"}
+    ]
+    return clash
+
+
+CASES: list[tuple[str, type[IycloError], int, str]] = [
+    ("not-found", NotFoundError, 3, "no pod or job named 'nope'"),
+    ("invalid", InvalidError, 2, 'name: "Bad Name" is not a valid name'),
+    ("podman", PodmanError, 5, 'image "localhost/missing:1" is not present'),
+    ("systemd", SystemdError, 6, "address already in use"),
+]
+
+
+def test_every_error_reaches_every_front_typed(daemon: Daemon) -> None:
+    bad_name = fast(pod_manifest("x"))
+    bad_name["name"] = "Bad Name"
+    no_image = fast(pod_manifest("imageless"))
+    no_image["containers"][0]["image"] = "localhost/missing:1"
+    clash = _broken_port_pair(daemon)
+    requests: dict[str, tuple[str, dict[str, Any], list[str]]] = {
+        "not-found": ("get", {"name": "nope"}, ["inspect", "nope"]),
+        "invalid": ("apply", {"manifest": json.dumps(bad_name)}, ["apply", "-f", "-"]),
+        "podman": ("apply", {"manifest": json.dumps(no_image)}, ["apply", "-f", "-"]),
+        "systemd": ("apply", {"manifest": json.dumps(clash)}, ["apply", "-f", "-"]),
+    }
+    try:
+        with daemon.dbus() as bus:
+            for case, error_type, exit_code, text in CASES:
+                method, params, argv = requests[case]
+                for client in (daemon, bus):  # the daemon's call: one socket connection each
+                    with pytest.raises(error_type, match=text.replace("(", r"\(")):
+                        client.call(method, **params)
+                stdin = params.get("manifest")
+                for via in ("socket", "dbus"):
+                    cli = daemon.cli(*argv, stdin=stdin, via=via)
+                    assert cli.returncode == exit_code, (case, via, cli.stderr)
+                    first = cli.stderr.splitlines()[0]
+                    assert first.startswith("iyclo: error: "), first
+                    assert text in first, (case, via, first)
+                    assert "Traceback" not in cli.stderr
+        # nothing half-made by any of them
+        assert daemon.call("list") == [s for s in daemon.call("list") if s["name"] == "holder"]
+    finally:
+        with contextlib.suppress(NotFoundError):
+            daemon.call("remove", name="holder")
+
+
+def test_access_denied_for_unprivileged_callers(daemon: Daemon) -> None:
+    host = daemon.host
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    read = host.run(
+        [*nobody, "busctl", "call", "io.github.iyclo1", "/io/github/iyclo1",
+         "io.github.iyclo1.Manager", "List"], check=False,
+    )  # fmt: skip
+    assert read.returncode == 0, read.stderr  # reads are open to everyone
+    write = host.run(
+        [*nobody, "busctl", "call", "io.github.iyclo1", "/io/github/iyclo1",
+         "io.github.iyclo1.Manager", "Remove", "s", "anything"], check=False,
+        env={"SYSTEMD_LOG_LEVEL": "debug"},
+    )  # fmt: skip
+    assert write.returncode != 0
+    assert "Access denied" in write.stderr or "AccessDenied" in write.stderr
+    sock = host.run(
+        [*nobody, "socat", "-", "UNIX-CONNECT:/var/lib/iyclo/iyclo.sock"],
+        check=False, input="{}\n",
+    )  # fmt: skip
+    assert sock.returncode != 0
+    assert "Permission denied" in sock.stderr
+    # and the client names it as the typed error
+    assert AccessDeniedError.dbus_name == "io.github.iyclo1.Error.AccessDenied"
+
+
+def test_events_arrive_in_order_on_cli_and_dbus(daemon: Daemon) -> None:
+    env_cmd = [
+        sys.executable,
+        "-m",
+        "iyclo.cli",
+        "--socket",
+        str(daemon.socket),
+        "events",
+        "--json",
+    ]
+    cli = subprocess.Popen(env_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    signals: list[dict[str, Any]] = []
+    bus = daemon.dbus()
+    ready = threading.Event()
+
+    def listen() -> None:
+        stream = bus.events()
+        ready.set()
+        with contextlib.suppress(IycloError):
+            for event in stream:
+                signals.append(event)
+                if event["name"] == "herald" and event["state"] == "removed":
+                    return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    ready.wait(10)
+    time.sleep(1.0)  # both subscriptions are in place before the first event
+    try:
+        daemon.call("apply", manifest=fast(pod_manifest("herald")))
+        daemon.call("stop", name="herald")
+        daemon.call("remove", name="herald")
+        lines: list[dict[str, Any]] = []
+        assert cli.stdout is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = cli.stdout.readline()
+            if not line:
+                break
+            event = json.loads(line)
+            if event["name"] == "herald":
+                lines.append(event)
+                if event["state"] == "removed":
+                    break
+        listener.join(30)
+    finally:
+        cli.kill()
+        cli.communicate()  # reaps it and closes its pipes
+        bus.close()
+    expected = ["applying", "running", "stopped", "removing", "removed"]
+    cli_states = [e["state"] for e in lines]
+    bus_states = [e["state"] for e in signals if e["name"] == "herald"]
+    assert cli_states == expected
+    assert bus_states == expected
+
+
+def _connect(daemon: Daemon) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(20)
+    sock.connect(str(daemon.socket))
+    return sock
+
+
+def _exchange(sock: socket.socket, payload: bytes) -> dict[str, Any]:
+    sock.sendall(payload)
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    reply: dict[str, Any] = json.loads(data)
+    return reply
+
+
+def test_json_socket_survives_bad_clients(daemon: Daemon) -> None:
+    idle = _connect(daemon)  # connects and never writes
+    try:
+        abuser = _connect(daemon)
+        reply = _exchange(abuser, b"{this is not json\n")
+        assert reply["error"]["code"] == -32700
+        reply = _exchange(abuser, b'{"jsonrpc": "2.0", "id": 7, "method": "fly"}\n')
+        assert reply == {
+            "jsonrpc": "2.0", "id": 7,
+            "error": {"code": -32601, "message": "unknown method 'fly'"},
+        }  # fmt: skip
+        reply = _exchange(abuser, b'{"jsonrpc": "2.0", "id": 8, "method": "version"}\n')
+        assert reply["result"] == daemon.call("version")  # the same connection still works
+        reply = _exchange(abuser, b"[1, 2]\n")
+        assert reply["error"]["code"] == -32600
+        abuser.close()
+
+        huge = _connect(daemon)
+        answer: dict[str, Any] = {}
+
+        def flood() -> None:
+            payload = b'{"jsonrpc": "2.0", "id": 9, "method": "validate", "params": {"manifest": "'
+            payload += b"x" * (10 * 1024 * 1024) + b'"}}\n'
+            with contextlib.suppress(OSError):
+                answer.update(_exchange(huge, payload))
+
+        flooder = threading.Thread(target=flood, daemon=True)
+        flooder.start()
+        # others are served while the flood and the idle client are connected
+        started = time.monotonic()
+        for _ in range(20):
+            assert daemon.call("version")
+        assert time.monotonic() - started < 20
+        flooder.join(30)
+        assert not flooder.is_alive()
+        huge.settimeout(5)
+        rest = b""
+        with contextlib.suppress(OSError):
+            while chunk := huge.recv(65536):  # ends at EOF: the daemon dropped us
+                rest += chunk
+        replies = [answer] if answer else []
+        replies += [json.loads(line) for line in rest.splitlines() if line.strip()]
+        assert [r["error"]["code"] for r in replies] == [-32600]
+        assert "longer than" in replies[0]["error"]["message"]
+        huge.close()
+
+        # the idle client is dropped after the daemon's idle timeout (5 s here)
+        idle.settimeout(15)
+        assert wait_for(lambda: idle.recv(1) == b"", timeout=20, what="idle client dropped")
+    finally:
+        idle.close()
