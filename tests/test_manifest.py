@@ -19,7 +19,7 @@ from iyclo.manifest.convert import (
 from iyclo.manifest.model import Job, Pod
 from iyclo.manifest.policy import Policy
 from iyclo.manifest.schema import manifest_schema
-from iyclo.manifest.values import parse_cpu_quota, parse_duration, parse_size
+from iyclo.manifest.values import parse_cpu_quota, parse_duration, parse_size, parse_ulimit
 
 ROOT = Path(__file__).parent.parent
 BROKEN = sorted((ROOT / "tests/manifests/broken").glob("*.json"))
@@ -135,3 +135,49 @@ def test_cpu_quota() -> None:
     assert parse_cpu_quota("150%") == 1.5
     with pytest.raises(ValueError, match="is not a CPU quota"):
         parse_cpu_quota("0%")
+
+
+def _pod(**overrides: object) -> dict[str, object]:
+    return {"apiVersion": "iyclo/v1", "kind": "Pod", "name": "p",
+            "containers": [{"name": "a", "image": "i"}], **overrides}  # fmt: skip
+
+
+def test_policy_allows_capabilities_and_profiles_it_lists() -> None:
+    security = {"capAdd": ["SYS_PTRACE", "NET_RAW"], "seccompProfile": "/srv/profiles/x.json"}
+    data = _pod(containers=[{"name": "a", "image": "i", "security": security}])
+    with pytest.raises(InvalidError) as info:
+        parse_manifest(data)
+    assert [line.split(":")[0] for line in info.value.details] == [
+        "containers[0].security.seccompProfile",
+        "containers[0].security.capAdd[0]",
+    ]
+    relaxed = Policy(cap_add_allow=("CAP_SYS_PTRACE",), seccomp_profile_allow=("/srv/profiles",))
+    assert parse_manifest(data, relaxed).containers[0].security.cap_add == ("SYS_PTRACE", "NET_RAW")
+    # the tree's root is not a prefix match: /srv/profiles2 is outside /srv/profiles
+    security["seccompProfile"] = "/srv/profiles2/x.json"
+    with pytest.raises(InvalidError, match="outside the allowed profile directories"):
+        parse_manifest(data, relaxed)
+
+
+def test_protect_kernel_tunables_is_fine_without_a_bridge() -> None:
+    for network in ("none", "host"):
+        data = _pod(network=network, systemd={"protectKernelTunables": True})
+        assert parse_manifest(data, Policy(allow_host_network=True)).systemd.protect_kernel_tunables
+
+
+def test_user_namespace_must_fit_below_the_last_id() -> None:
+    with pytest.raises(InvalidError) as info:
+        parse_manifest(_pod(userns={"hostId": 2**32 - 65536, "size": 65536}))
+    assert info.value.details == [
+        "userns.size: host IDs 4294901760-4294967295 go beyond 4294967294"
+    ]
+    fits = parse_manifest(_pod(userns={"hostId": 2**32 - 65537}))
+    assert fits.userns is not None
+    assert fits.userns.size == 65536
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("1024", (1024, 1024)), ("512:4096", (512, 4096)), ("0:0", (0, 0))]
+)
+def test_ulimits(text: str, expected: tuple[int, int]) -> None:
+    assert parse_ulimit(text) == expected

@@ -13,11 +13,35 @@ LABEL_GENERATION = f"{LABEL_PREFIX}generation"
 LABEL_HASH = f"{LABEL_PREFIX}hash"
 LABEL_CONTAINER = f"{LABEL_PREFIX}container"
 SLICE = "iyclo.slice"
+"""The parent of every pod's own slice, so one limit there bounds everything iyclo runs."""
+SLICE_PREFIX = "iyclo-"
 RUN_DIR = "/run/iyclo"
 
 
 def unit_name(kind: str, name: str, suffix: str = "service") -> str:
     return f"iyclo-{kind.lower()}-{name}.{suffix}"
+
+
+def slice_name(name: str) -> str:
+    """The pod's own slice, a child of iyclo.slice holding its unit and its containers.
+
+    A "-" in a slice name means a level of the tree ("iyclo-a-b.slice" is a child of
+    "iyclo-a.slice"), so the pod name's dashes are escaped as systemd-escape does:
+    pod "a-b" gets "iyclo-a\\x2db.slice", a sibling of pod "a"'s slice, not its child.
+    """
+    escaped = name.replace("-", "\\x2d")
+    return f"{SLICE_PREFIX}{escaped}.slice"
+
+
+def parse_slice_name(unit: str) -> str | None:
+    """The pod name of one of our pod slices, or None (for iyclo.slice, Podman's pod
+    slices "iyclo-<name>-libpod_pod_<id>.slice" and any other unit)."""
+    if not unit.startswith(SLICE_PREFIX) or not unit.endswith(".slice"):
+        return None
+    stem = unit[len(SLICE_PREFIX) : -len(".slice")]
+    if not stem or "-" in stem:
+        return None
+    return stem.replace("\\x2d", "-")
 
 
 def podman_pod_name(name: str, generation: int) -> str:

@@ -12,11 +12,17 @@ from typing import Any
 from attrs import frozen
 
 from iyclo.core import naming
-from iyclo.manifest.model import Container, Job, Pod, SystemdSandbox
-from iyclo.manifest.values import parse_cpu_quota, parse_duration, parse_size
+from iyclo.manifest.model import Container, Job, Pod, Security, SystemdSandbox
+from iyclo.manifest.policy import ALWAYS_DROPPED_CAPS, bare_capability
+from iyclo.manifest.values import parse_cpu_quota, parse_duration, parse_size, parse_ulimit
 
 USEC = 1_000_000
 CPU_PERIOD_USEC = 100_000
+UNSET = 2**64 - 1
+"""systemd's "infinity" for limits and "[not set]" for weights, as a ``t`` property."""
+READ_ONLY_TMPFS = ("/tmp", "/var/tmp", "/run")
+"""Writable tmpfs a read-only container gets, as `podman run --read-only` gives them (the
+REST API does not: measured on Podman 4.3, /tmp stayed read-only)."""
 
 
 @frozen
@@ -36,9 +42,11 @@ class PodPlan:
     digest: str
     pod_name: str
     unit: str
+    slice: str
     pod_spec: dict[str, Any]
     containers: tuple[ContainerPlan, ...]
     unit_properties: tuple[tuple[str, Any], ...]
+    slice_properties: tuple[tuple[str, Any], ...]
 
 
 def podman_binary() -> str:
@@ -62,6 +70,21 @@ def _seconds(duration: str) -> int:
 def pod_stop_timeout(manifest: Pod | Job) -> int:
     """The pod stops in parallel, so it needs the longest grace of its containers."""
     return max(_seconds(c.stop_timeout) for c in manifest.containers)
+
+
+def capabilities(sec: Security) -> tuple[list[str], list[str]]:
+    """(cap_drop, cap_add) for Podman: the manifest's, plus iyclo's baseline drops.
+
+    A baseline capability listed in capAdd is kept (the way to re-grant it); a privileged
+    container gets no baseline drops, since the operator allowed it everything.
+    """
+    adds = list(dict.fromkeys(bare_capability(c) for c in sec.cap_add))
+    drops = {bare_capability(c) for c in sec.cap_drop}
+    if "ALL" in drops:
+        return ["ALL"], adds
+    if not sec.privileged:
+        drops |= ALWAYS_DROPPED_CAPS - set(adds)
+    return sorted(drops), adds
 
 
 def _container_spec(
@@ -89,11 +112,14 @@ def _container_spec(
     if container.user:
         spec["user"] = container.user
     sec = container.security
-    if sec.cap_drop:
-        spec["cap_drop"] = list(sec.cap_drop)
-    if sec.cap_add:
-        spec["cap_add"] = list(sec.cap_add)
+    cap_drop, cap_add = capabilities(sec)
+    if cap_drop:
+        spec["cap_drop"] = cap_drop
+    if cap_add:
+        spec["cap_add"] = cap_add
     spec["no_new_privileges"] = sec.no_new_privileges
+    if sec.masked_paths:
+        spec["masked_paths"] = list(sec.masked_paths)
     if sec.read_only_rootfs:
         spec["read_only"] = True
     if sec.privileged:
@@ -110,6 +136,13 @@ def _container_spec(
         spec["cpu_quota"] = int(res.cpus * CPU_PERIOD_USEC)
     if res.pids:
         spec["pids_limit"] = res.pids
+    if res.ulimits:
+        spec["ulimits"] = [
+            {"Name": name, "Soft": soft, "Hard": hard}
+            for name, (soft, hard) in sorted(
+                (name, parse_ulimit(value)) for name, value in res.ulimits.items()
+            )
+        ]
     mounts: list[dict[str, Any]] = []
     volumes: dict[str, dict[str, Any]] = {}
     for volume in container.volumes:
@@ -123,7 +156,11 @@ def _container_spec(
                 "bind": volume.target,
                 "mode": "ro" if volume.read_only else "rw",
             }
-    for target in container.tmpfs:
+    tmpfs: list[str] = list(container.tmpfs)
+    if sec.read_only_rootfs and sec.read_only_tmpfs:
+        taken = {v.target for v in container.volumes} | set(tmpfs)
+        tmpfs += [target for target in READ_ONLY_TMPFS if target not in taken]
+    for target in tmpfs:
         mounts.append({"type": "tmpfs", "source": "tmpfs", "target": target})
     if mounts:
         spec["mounts"] = mounts
@@ -141,7 +178,9 @@ def _container_spec(
     return spec
 
 
-def _pod_spec(manifest: Pod | Job, labels: dict[str, str], pod_name: str) -> dict[str, Any]:
+def _pod_spec(
+    manifest: Pod | Job, labels: dict[str, str], pod_name: str, cgroup_parent: str = naming.SLICE
+) -> dict[str, Any]:
     portmappings = [
         {
             "container_port": port.container_port,
@@ -156,16 +195,27 @@ def _pod_spec(manifest: Pod | Job, labels: dict[str, str], pod_name: str) -> dic
     spec: dict[str, Any] = {
         "labels": labels,
         "infra_conmon_pid_file": naming.pid_file(pod_name),
-        "cgroup_parent": naming.SLICE,
+        "cgroup_parent": cgroup_parent,
         "netns": {"nsmode": manifest.network},
     }
     if portmappings:
         spec["portmappings"] = portmappings
+    if manifest.userns is not None:
+        # Pod-wide: Podman 4.3 refuses a container's own ID map inside a pod with an infra
+        # container ("cannot specify a new uid/gid map when entering a pod").
+        ids = [{"container_id": 0, "host_id": manifest.userns.host_id,
+                "size": manifest.userns.size}]  # fmt: skip
+        spec["userns"] = {"nsmode": "private"}
+        spec["idmappings"] = {"UIDMap": ids, "GIDMap": ids}
     return spec
 
 
-def sandbox_properties(block: SystemdSandbox) -> list[tuple[str, Any]]:
-    """systemd directives of the manifest's `systemd` block, as unit properties."""
+def sandbox_properties(block: SystemdSandbox, *, resources: bool = True) -> list[tuple[str, Any]]:
+    """systemd directives of the manifest's `systemd` block, as unit properties.
+
+    With ``resources=False`` only the sandboxing directives: a pod's resource limits go
+    on its slice (`slice_properties`), since its containers' cgroups are not in its unit.
+    """
     props: list[tuple[str, Any]] = []
     flags = {
         "PrivateTmp": block.private_tmp,
@@ -173,7 +223,6 @@ def sandbox_properties(block: SystemdSandbox) -> list[tuple[str, Any]]:
         "ProtectKernelModules": block.protect_kernel_modules,
         "ProtectKernelLogs": block.protect_kernel_logs,
         "ProtectClock": block.protect_clock,
-        "ProtectHostname": block.protect_hostname,
         "RestrictRealtime": block.restrict_realtime,
         "LockPersonality": block.lock_personality,
         "RestrictSUIDSGID": block.restrict_suid_sgid,
@@ -181,6 +230,8 @@ def sandbox_properties(block: SystemdSandbox) -> list[tuple[str, Any]]:
     props.extend((key, value) for key, value in flags.items() if value is not None)
     if block.protect_home is not None:
         props.append(("ProtectHome", block.protect_home))
+    if not resources:
+        return props
     if block.memory_max:
         props.append(("MemoryMax", parse_size(block.memory_max)))
     if block.memory_high:
@@ -196,6 +247,25 @@ def sandbox_properties(block: SystemdSandbox) -> list[tuple[str, Any]]:
     return props
 
 
+def slice_properties(block: SystemdSandbox) -> list[tuple[str, Any]]:
+    """Every resource property of a pod's slice; one not in the manifest is systemd's
+    "no limit", so the same list creates the slice and, set again on a running one,
+    also lifts a limit the new manifest dropped."""
+
+    def size(value: str | None) -> int:
+        return parse_size(value) if value else UNSET
+
+    quota = block.cpu_quota
+    return [
+        ("MemoryMax", size(block.memory_max)),
+        ("MemoryHigh", size(block.memory_high)),
+        ("CPUQuotaPerSecUSec", int(parse_cpu_quota(quota) * USEC) if quota else UNSET),
+        ("TasksMax", UNSET if block.tasks_max is None else block.tasks_max),
+        ("IOWeight", UNSET if block.io_weight is None else block.io_weight),
+        ("CPUWeight", UNSET if block.cpu_weight is None else block.cpu_weight),
+    ]
+
+
 def pod_unit_properties(manifest: Pod, pod_name: str, unit: str) -> list[tuple[str, Any]]:
     """A transient service that systemd launches, watches and restarts, as Quadlet would."""
     podman = podman_binary()
@@ -205,7 +275,7 @@ def pod_unit_properties(manifest: Pod, pod_name: str, unit: str) -> list[tuple[s
     restart = manifest.restart
     props: list[tuple[str, Any]] = [
         ("Description", f"iyclo pod {manifest.name}"),
-        ("Slice", naming.SLICE),
+        ("Slice", naming.slice_name(manifest.name)),
         ("Type", "forking"),
         ("PIDFile", naming.pid_file(main_container)),
         ("ExecStart", [(podman, [podman, "pod", "start", pod_name], False)]),
@@ -223,14 +293,20 @@ def pod_unit_properties(manifest: Pod, pod_name: str, unit: str) -> list[tuple[s
         ("TimeoutStopUSec", (grace + 30) * USEC),
         ("Environment", [f"PODMAN_SYSTEMD_UNIT={unit}"]),
     ]
-    props.extend(sandbox_properties(manifest.systemd))
+    props.extend(sandbox_properties(manifest.systemd, resources=False))
     return props
 
 
-def plan_pod(manifest: Pod, generation: int, digest: str) -> PodPlan:
-    pod_name = naming.podman_pod_name(manifest.name, generation)
+def plan_pod(
+    manifest: Pod, generation: int, digest: str, *, pod_generation: int | None = None
+) -> PodPlan:
+    """One generation of a pod. ``pod_generation`` names the Podman pod it runs in when
+    that is an earlier generation's, kept by an update in place (see ``core.update``)."""
+    pod_generation = pod_generation or generation
+    pod_name = naming.podman_pod_name(manifest.name, pod_generation)
     unit = naming.unit_name("Pod", manifest.name)
-    labels = labels_for(manifest, generation, digest)
+    slice_ = naming.slice_name(manifest.name)
+    labels = labels_for(manifest, pod_generation, digest)
     containers = tuple(
         ContainerPlan(
             name=c.name,
@@ -246,7 +322,9 @@ def plan_pod(manifest: Pod, generation: int, digest: str) -> PodPlan:
         digest=digest,
         pod_name=pod_name,
         unit=unit,
-        pod_spec=_pod_spec(manifest, labels, pod_name),
+        slice=slice_,
+        pod_spec=_pod_spec(manifest, labels, pod_name, cgroup_parent=slice_),
         containers=containers,
         unit_properties=tuple(pod_unit_properties(manifest, pod_name, unit)),
+        slice_properties=tuple(slice_properties(manifest.systemd)),
     )

@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
-from typing import Any, Literal, cast, get_args, get_origin
+from typing import Any, Literal, TypeVar, cast, get_args, get_origin
 
 import attrs
 import cattrs
@@ -30,6 +30,7 @@ from iyclo.manifest.policy import DEFAULT_POLICY, REFUSED_SYSTEMD_DIRECTIVES, Po
 from iyclo.manifest.values import VALUE_RULES
 
 Manifest = Pod | Job
+T = TypeVar("T")
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -222,6 +223,19 @@ def parse_manifest(data: Any, policy: Policy = DEFAULT_POLICY) -> Manifest:
     if errors:
         raise InvalidError(errors[0], errors)
     return manifest
+
+
+def structure(data: Any, cls: type[T]) -> T:
+    """One of iyclo's attrs types (e.g. the daemon's config) from decoded JSON, with the
+    manifest's strictness and path-qualified messages; InvalidError lists every problem."""
+    if not isinstance(data, dict):
+        raise InvalidError(f"expected an object, got {_show(data)}")
+    try:
+        result: T = CONVERTER.structure(data, cls)
+    except (ClassValidationError, IterableValidationError) as exc:
+        errors = _messages(exc, "")
+        raise InvalidError(errors[0], errors) from None
+    return result
 
 
 def parse_manifest_text(text: str | bytes, source: str = "manifest") -> Manifest:

@@ -24,6 +24,8 @@ from iyclo.manifest.values import (
     Name,
     Port,
     Size,
+    Ulimit,
+    UlimitName,
     VolumeSource,
 )
 
@@ -57,21 +59,53 @@ class Resources:
     cpus: float | None = doc("CPU limit in CPUs, e.g. 0.5.", None)
     memory: Size | None = doc("Memory limit, e.g. 256M.", None)
     memory_swap: Size | None = doc("Memory plus swap limit.", None)
-    pids: int | None = doc("Maximum number of processes.", None)
+    pids: int | None = doc("Maximum number of processes (Podman's default is 2048).", None)
+    ulimits: dict[UlimitName, Ulimit] = doc(
+        'POSIX resource limits, e.g. {"nofile": "1024:4096"} (soft:hard, or one number for '
+        "both). Setting any replaces containers.conf's default_ulimits: Podman then raises "
+        "an unset nofile or nproc to its own maximum.",
+        factory=dict,
+    )
 
 
 @frozen
 class Security:
-    cap_drop: tuple[Capability, ...] = doc("Capabilities to drop.", factory=tuple)
-    cap_add: tuple[Capability, ...] = doc("Capabilities to add.", factory=tuple)
+    cap_drop: tuple[Capability, ...] = doc(
+        "Capabilities to drop, beyond the ones iyclo always drops (SETPCAP, SETFCAP, "
+        'SYS_CHROOT, NET_RAW, MKNOD, AUDIT_WRITE); "ALL" drops every one.',
+        factory=tuple,
+    )
+    cap_add: tuple[Capability, ...] = doc(
+        "Capabilities to add; one iyclo drops by default is kept when listed here. Any beyond "
+        "Docker's default set needs the daemon's permission.",
+        factory=tuple,
+    )
     seccomp_profile: str | None = doc(
-        'Seccomp profile: absolute path, "default", or "unconfined" (needs the daemon\'s '
-        "permission).",
+        "Seccomp profile: \"default\" (Podman's), an absolute path under the daemon's profile "
+        'directories, or "unconfined" (needs the daemon\'s permission).',
         None,
     )
     read_only_rootfs: bool = doc("Mount the root filesystem read-only.", False)
+    read_only_tmpfs: bool = doc(
+        "With readOnlyRootfs, mount writable tmpfs on /tmp, /var/tmp and /run (where no "
+        "volume or tmpfs is mounted already), as `podman run --read-only` does.",
+        True,
+    )
+    masked_paths: tuple[AbsPath, ...] = doc(
+        "Paths made inaccessible in the container, in addition to Podman's defaults "
+        "(/proc/kcore, /sys/firmware, ...).",
+        factory=tuple,
+    )
     no_new_privileges: bool = doc("Forbid gaining privileges through execve.", True)
     privileged: bool = doc("Run privileged; refused unless the daemon allows it.", False)
+
+
+@frozen
+class UserNamespace:
+    """A private user namespace for the whole pod: root inside is not root on the host."""
+
+    host_id: int = doc("First host UID and GID that container ID 0 maps to; not 0.")
+    size: int = doc("How many IDs are mapped (container IDs 0 to size-1).", 65536)
 
 
 @frozen
@@ -115,28 +149,36 @@ class Restart:
 
 @frozen
 class SystemdSandbox:
-    """Directives systemd applies to the unit that runs podman.
+    """Directives systemd applies around podman: sandboxing of the unit, limits of the slice.
 
-    Only directives proven safe around podman are accepted; see ``policy`` for the
-    ones refused and why.
+    The sandboxing directives apply to the unit that runs podman (and so to conmon and
+    runc); only those measured to be safe around podman are accepted, see ``policy`` for
+    the ones refused and why. For a pod, the resource directives apply to its own slice,
+    iyclo-<name>.slice, which holds the unit *and* the containers' cgroups: on the unit
+    alone they would bound only conmon (measured).
     """
 
     protect_home: Literal["yes", "no", "read-only", "tmpfs"] | None = doc("ProtectHome=.", None)
     private_tmp: bool | None = doc("PrivateTmp=.", None)
-    protect_kernel_tunables: bool | None = doc("ProtectKernelTunables=.", None)
+    protect_kernel_tunables: bool | None = doc(
+        'ProtectKernelTunables=; only with network "none" or "host" (netavark writes '
+        "/proc/sys when it sets up a bridge).",
+        None,
+    )
     protect_kernel_modules: bool | None = doc("ProtectKernelModules=.", None)
     protect_kernel_logs: bool | None = doc("ProtectKernelLogs=.", None)
     protect_clock: bool | None = doc("ProtectClock=.", None)
-    protect_hostname: bool | None = doc("ProtectHostname=.", None)
     restrict_realtime: bool | None = doc("RestrictRealtime=.", None)
     lock_personality: bool | None = doc("LockPersonality=.", None)
     restrict_suid_sgid: bool | None = doc("RestrictSUIDSGID=.", None)
-    memory_max: Size | None = doc("MemoryMax= of the whole unit.", None)
-    memory_high: Size | None = doc("MemoryHigh= of the whole unit.", None)
-    cpu_quota: CPUQuota | None = doc('CPUQuota= of the whole unit, e.g. "150%".', None)
-    tasks_max: int | None = doc("TasksMax= of the whole unit.", None)
-    io_weight: int | None = doc("IOWeight= (1-10000).", None)
-    cpu_weight: int | None = doc("CPUWeight= (1-10000).", None)
+    memory_max: Size | None = doc(
+        "MemoryMax= of the pod's slice: all its containers and podman together.", None
+    )
+    memory_high: Size | None = doc("MemoryHigh= of the pod's slice.", None)
+    cpu_quota: CPUQuota | None = doc('CPUQuota= of the pod\'s slice, e.g. "150%".', None)
+    tasks_max: int | None = doc("TasksMax= of the pod's slice.", None)
+    io_weight: int | None = doc("IOWeight= of the pod's slice (1-10000).", None)
+    cpu_weight: int | None = doc("CPUWeight= of the pod's slice (1-10000).", None)
 
 
 @frozen
@@ -164,7 +206,13 @@ class Pod:
     )
     restart: Restart = doc("Restart policy, enforced by systemd.", factory=Restart)
     labels: dict[LabelKey, str] = doc("Labels set on the pod and its containers.", factory=dict)
-    systemd: SystemdSandbox = doc("Sandboxing of the podman process.", factory=SystemdSandbox)
+    userns: UserNamespace | None = doc(
+        "Private user namespace of the pod; the host's if unset (Podman's default).", None
+    )
+    systemd: SystemdSandbox = doc(
+        "Sandboxing of the podman process and limits of the pod's slice.",
+        factory=SystemdSandbox,
+    )
 
 
 @frozen
@@ -180,6 +228,9 @@ class Job:
         "Job network; host needs the daemon's permission.", "bridge"
     )
     labels: dict[LabelKey, str] = doc("Labels set on the pod and its containers.", factory=dict)
+    userns: UserNamespace | None = doc(
+        "Private user namespace of the job's pod; the host's if unset (Podman's default).", None
+    )
     systemd: SystemdSandbox = doc("Sandboxing of the podman process.", factory=SystemdSandbox)
 
 

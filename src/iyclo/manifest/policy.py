@@ -13,6 +13,19 @@ from collections.abc import Iterator
 from attrs import frozen
 
 from iyclo.manifest.model import Container, Job, Pod
+from iyclo.manifest.values import AbsPath, Capability
+
+# Podman 4.3's default capability set, measured: CapEff 0x800405fb in a container.
+PODMAN_DEFAULT_CAPS = frozenset(
+    "CHOWN DAC_OVERRIDE FOWNER FSETID KILL NET_BIND_SERVICE SETFCAP SETGID SETPCAP SETUID "
+    "SYS_CHROOT".split()
+)
+# Dropped from every container unless listed in capAdd: three of Podman's defaults few
+# services need (changing capability sets and file capabilities, chroot), and three that
+# Docker, Podman < 4 and some containers.conf files still grant.
+ALWAYS_DROPPED_CAPS = frozenset("SETPCAP SETFCAP SYS_CHROOT NET_RAW MKNOD AUDIT_WRITE".split())
+# capAdd may ask for these without the daemon's permission: Docker's default set.
+ADDABLE_CAPS = PODMAN_DEFAULT_CAPS | {"NET_RAW", "MKNOD", "AUDIT_WRITE"}
 
 # Directives refused in the `systemd` block, each with the reason an operator needs.
 REFUSED_SYSTEMD_DIRECTIVES: dict[str, str] = {
@@ -29,20 +42,47 @@ REFUSED_SYSTEMD_DIRECTIVES: dict[str, str] = {
     "user": "rootful podman must run as root; use a container's user instead",
     "memoryDenyWriteExecute": "it breaks runtimes that map executable memory",
     "rootDirectory": "podman must see the host's filesystem",
+    "protectHostname": "it forbids sethostname(), which runc calls to name each container",
 }
 
 
 @frozen
 class Policy:
-    """What the daemon's operator allows beyond the secure defaults."""
+    """What the daemon's operator allows beyond the secure defaults.
+
+    Read from the daemon's config file (JSON keys are the camelCase field names, under
+    "policy") and its flags; see ``iyclo.config``.
+    """
 
     allow_privileged: bool = False
     allow_unconfined_seccomp: bool = False
     allow_host_network: bool = False
-    bind_mount_allow: tuple[str, ...] = ("/srv", "/var/lib/iyclo/volumes", "/opt")
+    bind_mount_allow: tuple[AbsPath, ...] = (
+        AbsPath("/srv"), AbsPath("/var/lib/iyclo/volumes"), AbsPath("/opt"),
+    )  # fmt: skip
+    seccomp_profile_allow: tuple[AbsPath, ...] = (
+        AbsPath("/etc/iyclo/seccomp"), AbsPath("/var/lib/iyclo/seccomp"),
+    )  # fmt: skip
+    cap_add_allow: tuple[Capability, ...] = ()
 
 
 DEFAULT_POLICY = Policy()
+MAX_ID = 2**32 - 1  # (uid_t)-1 is "no ID"; a mapping must stay below it
+UNRESTRICTED = Policy(
+    allow_privileged=True,
+    allow_unconfined_seccomp=True,
+    allow_host_network=True,
+    bind_mount_allow=(AbsPath("/"),),
+    seccomp_profile_allow=(AbsPath("/"),),
+    cap_add_allow=(Capability("ALL"),),
+)
+"""For re-reading stored manifests: they were checked when applied, and an operator who
+tightens the policy later must not make the daemon unable to stop or remove them."""
+
+
+def bare_capability(name: str) -> str:
+    """``CAP_NET_RAW`` and ``NET_RAW`` are one capability; Podman takes either."""
+    return name.removeprefix("CAP_")
 
 
 def _under(path: str, roots: tuple[str, ...]) -> bool:
@@ -67,6 +107,26 @@ def _container_problems(prefix: str, container: Container, policy: Policy) -> It
             f'{prefix}.security.seccompProfile: "{sec.seccomp_profile}" is not an absolute path, '
             '"default" or "unconfined"'
         )
+    elif sec.seccomp_profile not in (None, "default", "unconfined") and not _under(
+        str(sec.seccomp_profile), policy.seccomp_profile_allow
+    ):
+        # A custom profile can allow everything, so it comes only from where the operator
+        # keeps reviewed ones.
+        allowed = ", ".join(policy.seccomp_profile_allow)
+        yield (
+            f'{prefix}.security.seccompProfile: refused: "{sec.seccomp_profile}" is outside '
+            f"the allowed profile directories ({allowed})"
+        )
+    allowed_caps = {bare_capability(c) for c in policy.cap_add_allow}
+    for index, cap in enumerate(sec.cap_add):
+        bare = bare_capability(cap)
+        if (bare == "ALL" or bare not in ADDABLE_CAPS) and not (
+            bare in allowed_caps or "ALL" in allowed_caps
+        ):
+            yield (
+                f'{prefix}.security.capAdd[{index}]: refused: "{cap}" is beyond Docker\'s '
+                "default capability set and not allowed by the daemon"
+            )
     if container.command == () and container.args is None:
         yield f"{prefix}.command: must not be empty"
     if container.healthcheck is not None and not container.healthcheck.command:
@@ -118,7 +178,26 @@ def problems(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[str]:
         found.append('network: refused: "host" is not allowed by the daemon')
     if manifest.network != "bridge" and any(c.ports for c in manifest.containers):
         found.append(f'network: ports cannot be published with network "{manifest.network}"')
+    if manifest.userns is not None:
+        userns = manifest.userns
+        if userns.host_id <= 0:
+            found.append(
+                f"userns.hostId: {userns.host_id} must be greater than 0 "
+                "(container root would be host root)"
+            )
+        if userns.size <= 0:
+            found.append(f"userns.size: {userns.size} must be greater than 0")
+        elif userns.host_id > 0 and userns.host_id + userns.size > MAX_ID:
+            found.append(
+                f"userns.size: host IDs {userns.host_id}-{userns.host_id + userns.size - 1} "
+                f"go beyond {MAX_ID - 1}"
+            )
     sd = manifest.systemd
+    if sd.protect_kernel_tunables and manifest.network == "bridge":
+        found.append(
+            'systemd.protectKernelTunables: refused with network "bridge": netavark writes '
+            "/proc/sys when it sets up the pod's bridge"
+        )
     if sd.io_weight is not None and not 1 <= sd.io_weight <= 10000:
         found.append(f"systemd.ioWeight: {sd.io_weight} is not in 1-10000")
     if sd.cpu_weight is not None and not 1 <= sd.cpu_weight <= 10000:

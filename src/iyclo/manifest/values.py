@@ -33,6 +33,10 @@ IPAddress = NewType("IPAddress", str)
 Port = NewType("Port", int)
 CPUQuota = NewType("CPUQuota", str)
 """A systemd CPU quota such as ``"50%"`` (of one CPU) or ``"150%"``."""
+UlimitName = NewType("UlimitName", str)
+"""A POSIX resource limit name as ``podman --ulimit`` spells it: ``nofile``, ``nproc``, ..."""
+Ulimit = NewType("Ulimit", str)
+"""A resource limit value ``"SOFT:HARD"``, or one number for both (``podman --ulimit``)."""
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 SIZE_RE = re.compile(r"^([0-9]+)([KMGT]?)$", re.IGNORECASE)
@@ -40,6 +44,13 @@ ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,252}$")
 VOLUME_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 CPU_QUOTA_RE = re.compile(r"^[0-9]+(\.[0-9]+)?%$")
+ULIMIT_RE = re.compile(r"^([0-9]+)(?::([0-9]+))?$")
+# setrlimit(2) resources, by the names Podman's --ulimit takes (RLIMIT_<NAME>).
+ULIMIT_NAMES = (
+    "as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
+    "nproc", "rss", "rtprio", "rttime", "sigpending", "stack",
+)  # fmt: skip
+ULIMIT_NAME_RE = re.compile(f"^({'|'.join(ULIMIT_NAMES)})$")
 RESERVED_LABEL_PREFIX = "io.github.iyclo."
 
 _SIZE_FACTORS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -100,6 +111,20 @@ def parse_cpu_quota(text: str) -> float:
     if not CPU_QUOTA_RE.match(text) or float(text[:-1]) <= 0:
         raise ValueError(f'"{text}" is not a CPU quota (use e.g. "50%" or "200%")')
     return float(text[:-1]) / 100
+
+
+def parse_ulimit(text: str) -> tuple[int, int]:
+    """(soft, hard) of a ulimit value; one number sets both, as ``podman --ulimit`` does."""
+    match = ULIMIT_RE.match(text)
+    if not match:
+        raise ValueError(
+            f'"{text}" is not a ulimit (use "SOFT:HARD" or one number, e.g. "1024:4096")'
+        )
+    soft = int(match.group(1))
+    hard = soft if match.group(2) is None else int(match.group(2))
+    if soft > hard:
+        raise ValueError(f'"{text}" has a soft limit above its hard limit')
+    return soft, hard
 
 
 @dataclass(frozen=True)
@@ -169,6 +194,11 @@ def _check_abs_path(value: str) -> None:
         raise ValueError(f'"{value}" is not an absolute path')
 
 
+def _check_ulimit_name(value: str) -> None:
+    if not ULIMIT_NAME_RE.match(value):
+        raise ValueError(f'"{value}" is not a ulimit name (e.g. "nofile", "nproc", "core")')
+
+
 def _check_volume_source(value: str) -> None:
     if value.startswith("/"):
         _check_abs_path(value)
@@ -210,4 +240,6 @@ VALUE_RULES: dict[object, ValueRule] = {
     IPAddress: ValueRule(str, _check_ip, {"description": "IPv4 or IPv6 address"}),
     Port: ValueRule(int, _check_port, {"minimum": 1, "maximum": 65535}),
     CPUQuota: ValueRule(str, parse_cpu_quota, {"pattern": CPU_QUOTA_RE.pattern}),
+    UlimitName: ValueRule(str, _check_ulimit_name, {"pattern": ULIMIT_NAME_RE.pattern}),
+    Ulimit: ValueRule(str, parse_ulimit, {"pattern": ULIMIT_RE.pattern}),
 }
