@@ -182,6 +182,17 @@ def test_drop_generation_goes_back_to_the_previous_one(store: Store) -> None:
     assert store.apply("web", "pod", {"v": 3}, "d3").generation == 3  # 2 is not reused
 
 
+def test_generation_updated_in_place_names_the_pod_it_runs_in(store: Store) -> None:
+    assert store.apply("web", "pod", {"v": 1}, "d1").pod_generation == 1
+    store.apply("web", "pod", {"v": 2}, "d2")
+    updated = store.apply("web", "pod", {"v": 3}, "d3", pod_generation=2)
+    assert (updated.generation, updated.pod_generation) == (3, 2)
+    assert [g.pod_generation for g in store.history("web")] == [1, 2, 2]
+    store.drop_generation("web", 3)  # a failed update in place
+    assert store.get("web").pod_generation == 2
+    assert store.apply("web", "pod", {"v": 4}, "d4").pod_generation == 4
+
+
 def test_drop_the_only_generation_removes_everything(store: Store) -> None:
     store.apply("nightly", "job", {}, "d1")
     store.add_run("nightly", {"state": "failed"})

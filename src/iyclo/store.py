@@ -16,10 +16,14 @@ On disk (`<state_dir>/state.json`, TinyDB layout, one document per name)::
      "deployments": {"1": {"name": "web", "kind": "pod", "lastGeneration": 3,
                            "generations": [{"generation": 3, "digest": "...",
                                             "manifest": {...},
-                                            "appliedAt": "2024-05-01T12:00:00.000Z"}],
+                                            "appliedAt": "2024-05-01T12:00:00.000Z",
+                                            "podGeneration": 2}],
                            "status": {"unit": "...", "state": "running"}}},
      "runs": {"1": {"job": "backup", "lastRun": 7,
                     "runs": [{"number": 7, "state": "succeeded"}]}}}
+
+`podGeneration` is present only on a generation applied in place (its resources changed
+on the running pod): it names the generation whose Podman pod it runs in.
 
 `lastGeneration` and `lastRun` are counters kept apart from the lists so that
 numbers are never reused after old entries are trimmed.
@@ -143,6 +147,7 @@ class Generation:
     digest: str
     manifest: JSONDict
     applied_at: datetime
+    pod_generation: int
 
 
 @attrs.frozen
@@ -157,6 +162,8 @@ class Deployment:
     applied_at: datetime
     status: JSONDict
     generations: list[int]
+    pod_generation: int
+    """The generation whose Podman pod runs this one: itself, unless updated in place."""
 
 
 def _now() -> str:
@@ -169,6 +176,7 @@ def _generation(entry: Mapping[str, Any]) -> Generation:
         digest=entry["digest"],
         manifest=entry["manifest"],
         applied_at=datetime.fromisoformat(entry["appliedAt"]),
+        pod_generation=entry.get("podGeneration", entry["generation"]),
     )
 
 
@@ -183,6 +191,7 @@ def _deployment(doc: Mapping[str, Any]) -> Deployment:
         applied_at=current.applied_at,
         status=doc["status"],
         generations=[entry["generation"] for entry in doc["generations"]],
+        pod_generation=current.pod_generation,
     )
 
 
@@ -285,11 +294,20 @@ class Store:
 
     # -- deployments -------------------------------------------------------
 
-    def apply(self, name: str, kind: str, manifest: JSONDict, digest: str) -> Deployment:
+    def apply(
+        self,
+        name: str,
+        kind: str,
+        manifest: JSONDict,
+        digest: str,
+        *,
+        pod_generation: int | None = None,
+    ) -> Deployment:
         """Record `manifest` as the newest generation of `name`.
 
         Re-applying the current digest writes nothing, so the daemon can apply
-        on every reconcile without growing the history.
+        on every reconcile without growing the history. `pod_generation` is given
+        for a generation that keeps running in an earlier generation's Podman pod.
         """
         with self._mutex:
             table = self._table("deployments")
@@ -307,6 +325,8 @@ class Store:
                 "manifest": manifest,
                 "appliedAt": _now(),
             }
+            if pod_generation is not None:
+                entry["podGeneration"] = pod_generation
             if doc is None:
                 table.insert(
                     {
