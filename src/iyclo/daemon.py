@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+import attrs
 import structlog
 
 from iyclo import __version__
@@ -25,6 +26,7 @@ from iyclo.core import naming
 from iyclo.errors import IycloError
 
 if TYPE_CHECKING:
+    from iyclo.manifest.policy import Policy
     from iyclo.store import Store
 
 DEFAULT_SOCKET = Path("/run/iyclo/iyclo.sock")
@@ -109,8 +111,80 @@ def build_parser() -> argparse.ArgumentParser:
         default=300.0,
         help="drop JSON socket clients silent this long (seconds)",
     )
+    policy = parser.add_argument_group(
+        "policy",
+        "what manifests may ask for beyond the secure defaults (flags only loosen "
+        "what the config file says)",
+    )
+    policy.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="JSON config file [/etc/iyclo/iyclo.json, if it exists]",
+    )
+    policy.add_argument("--allow-privileged", action="store_true", help="allow security.privileged")
+    policy.add_argument(
+        "--allow-unconfined", action="store_true", help='allow security.seccompProfile "unconfined"'
+    )
+    policy.add_argument("--allow-host-network", action="store_true", help='allow network "host"')
+    policy.add_argument(
+        "--bind-mount-root",
+        action="append",
+        default=[],
+        type=_abs_path,
+        metavar="PATH",
+        help="allow bind mounts of host paths under PATH",
+    )
+    policy.add_argument(
+        "--seccomp-profile-root",
+        action="append",
+        default=[],
+        type=_abs_path,
+        metavar="PATH",
+        help="allow seccomp profiles under PATH",
+    )
+    policy.add_argument(
+        "--allow-cap",
+        action="append",
+        default=[],
+        type=_capability,
+        metavar="CAP",
+        help="allow capAdd of CAP beyond Docker's default set",
+    )
     parser.add_argument("--version", action="version", version=f"iyclod {__version__}")
     return parser  # fmt: skip
+
+
+def _abs_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise argparse.ArgumentTypeError(f'"{value}" is not an absolute path')
+    return value.rstrip("/") or "/"
+
+
+def _capability(value: str) -> str:
+    from iyclo.manifest.values import VALUE_RULES, Capability
+
+    try:
+        VALUE_RULES[Capability].check(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def build_policy(args: argparse.Namespace) -> Policy:
+    """The Policy from the config file, loosened by the flags; InvalidError if the file is bad."""
+    from iyclo.config import DEFAULT_CONFIG, load_config, loosen
+
+    config = load_config(args.config or DEFAULT_CONFIG, required=args.config is not None)
+    return loosen(
+        config.policy,
+        allow_privileged=args.allow_privileged,
+        allow_unconfined=args.allow_unconfined,
+        allow_host_network=args.allow_host_network,
+        bind_mount_roots=args.bind_mount_root,
+        seccomp_profile_roots=args.seccomp_profile_root,
+        allow_caps=args.allow_cap,
+    )
 
 
 def prepare(state_dir: Path) -> Store:
@@ -134,6 +208,7 @@ async def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
+    policy = build_policy(args)
     store = prepare(args.state_dir)
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(store.close)
@@ -141,7 +216,7 @@ async def run(args: argparse.Namespace) -> int:
         stack.push_async_callback(systemd.close)
         podman = PodmanClient(args.podman_url)
         stack.callback(podman.close)
-        service = Service(store, systemd, podman)
+        service = Service(store, systemd, podman, policy=policy)
         try:
             await podman.ping()
             report = await service.reconcile()
@@ -153,7 +228,8 @@ async def run(args: argparse.Namespace) -> int:
             log.info("reconciled at start", **report.to_json())
         await service.start_monitoring()
         stack.push_async_callback(service.close)
-        log.info("started", version=__version__, state_dir=str(args.state_dir))
+        log.info("started", version=__version__, state_dir=str(args.state_dir),
+                 policy=attrs.asdict(policy))  # fmt: skip
 
         server = JsonRpcServer(service, args.socket, idle_timeout=args.idle_timeout)
         await server.start()

@@ -1,0 +1,89 @@
+"""iyclod's configuration: what the operator allows beyond the secure defaults.
+
+The file (``--config``, default ``/etc/iyclo/iyclo.json``) is JSON with the camelCase keys
+of ``Policy``, every one optional; shown here with their defaults::
+
+    {"policy": {"allowPrivileged": false,
+                "allowUnconfinedSeccomp": false,
+                "allowHostNetwork": false,
+                "bindMountAllow": ["/srv", "/var/lib/iyclo/volumes", "/opt"],
+                "seccompProfileAllow": ["/etc/iyclo/seccomp", "/var/lib/iyclo/seccomp"],
+                "capAddAllow": []}}
+
+A list in the file replaces the default list. A missing default file means the defaults; a
+missing file given with ``--config``, an unknown key or a wrongly typed value stops the
+daemon with the key's path: a typo in a security setting must never pass silently.
+
+Flags only loosen what the file says: ``--allow-privileged``, ``--allow-unconfined``,
+``--allow-host-network`` switch a permission on, and ``--bind-mount-root``,
+``--seccomp-profile-root`` and ``--allow-cap`` (each repeatable) add to the lists.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+from attrs import frozen
+
+from iyclo.errors import InvalidError
+from iyclo.manifest.convert import structure
+from iyclo.manifest.policy import Policy
+from iyclo.manifest.values import AbsPath, Capability
+
+DEFAULT_CONFIG = Path("/etc/iyclo/iyclo.json")
+
+
+@frozen
+class DaemonConfig:
+    policy: Policy = attrs.field(factory=Policy)
+
+
+def load_config(path: Path, *, required: bool) -> DaemonConfig:
+    """The config in ``path``; the defaults when it is missing and not ``required``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if required:
+            raise InvalidError(f"{path}: no such file") from None
+        return DaemonConfig()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidError(f"{path}: cannot read it ({exc})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidError(
+            f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
+    try:
+        return structure(data, DaemonConfig)
+    except InvalidError as exc:
+        details = [f"{path}: {line}" for line in exc.details]
+        raise InvalidError(details[0], details) from None
+
+
+def loosen(
+    policy: Policy,
+    *,
+    allow_privileged: bool = False,
+    allow_unconfined: bool = False,
+    allow_host_network: bool = False,
+    bind_mount_roots: Sequence[str] = (),
+    seccomp_profile_roots: Sequence[str] = (),
+    allow_caps: Sequence[str] = (),
+) -> Policy:
+    """``policy`` with the daemon's flags applied: they can only allow more."""
+    return attrs.evolve(
+        policy,
+        allow_privileged=policy.allow_privileged or allow_privileged,
+        allow_unconfined_seccomp=policy.allow_unconfined_seccomp or allow_unconfined,
+        allow_host_network=policy.allow_host_network or allow_host_network,
+        bind_mount_allow=(*policy.bind_mount_allow, *map(AbsPath, bind_mount_roots)),
+        seccomp_profile_allow=(
+            *policy.seccomp_profile_allow,
+            *map(AbsPath, seccomp_profile_roots),
+        ),
+        cap_add_allow=(*policy.cap_add_allow, *map(Capability, allow_caps)),
+    )

@@ -1,0 +1,75 @@
+"""iyclod's policy: the config file, the flags, and how they combine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from iyclo.config import DaemonConfig, load_config
+from iyclo.daemon import build_parser, build_policy
+from iyclo.errors import InvalidError
+from iyclo.manifest.policy import DEFAULT_POLICY, Policy
+
+
+def _write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "iyclo.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_missing_default_file_means_defaults(tmp_path: Path) -> None:
+    assert load_config(tmp_path / "absent.json", required=False) == DaemonConfig()
+    with pytest.raises(InvalidError, match=r"absent\.json: no such file"):
+        load_config(tmp_path / "absent.json", required=True)
+
+
+def test_file_replaces_lists_and_sets_permissions(tmp_path: Path) -> None:
+    path = _write(tmp_path, {"policy": {"allowHostNetwork": True, "bindMountAllow": ["/data"]}})
+    policy = load_config(path, required=True).policy
+    assert policy == Policy(allow_host_network=True, bind_mount_allow=("/data",))
+
+
+def test_every_mistake_is_reported_with_its_path(tmp_path: Path) -> None:
+    policy = {"allowPrivileged": "yes", "capAddAllow": ["NOPE"],
+              "seccompProfileAllow": ["rel"], "allowEverything": 1}  # fmt: skip
+    path = _write(tmp_path, {"policy": policy})
+    with pytest.raises(InvalidError) as info:
+        load_config(path, required=True)
+    assert info.value.details == [
+        f'{path}: policy.allowPrivileged: expected true or false, got "yes"',
+        f'{path}: policy.seccompProfileAllow[0]: "rel" is not an absolute path',
+        f'{path}: policy.capAddAllow[0]: "NOPE" is not a Linux capability '
+        '(e.g. "CAP_NET_RAW" or "ALL")',
+        f"{path}: policy.allowEverything: unknown field",
+    ]
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(InvalidError, match=r"bad\.json: invalid JSON at line 1 column 2"):
+        load_config(tmp_path / "bad.json", required=True)
+    _write(tmp_path, ["policy"])
+    with pytest.raises(InvalidError, match=r"iyclo\.json: expected an object"):
+        load_config(path, required=True)
+
+
+def test_flags_only_loosen_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, {"policy": {"allowPrivileged": True, "bindMountAllow": ["/data"]}})
+    args = build_parser().parse_args(
+        ["--config", str(path), "--allow-host-network", "--bind-mount-root", "/mnt/",
+         "--seccomp-profile-root", "/srv/seccomp", "--allow-cap", "NET_ADMIN"]
+    )  # fmt: skip
+    assert build_policy(args) == Policy(
+        allow_privileged=True,
+        allow_host_network=True,
+        bind_mount_allow=("/data", "/mnt"),
+        seccomp_profile_allow=(*DEFAULT_POLICY.seccomp_profile_allow, "/srv/seccomp"),
+        cap_add_allow=("NET_ADMIN",),
+    )
+
+
+def test_bad_flags_stop_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--bind-mount-root", "data"], ["--allow-cap", "FLY"]):
+        with pytest.raises(SystemExit) as info:
+            build_parser().parse_args(argv)
+        assert info.value.code == 2
+    assert '"data" is not an absolute path' in capsys.readouterr().err
