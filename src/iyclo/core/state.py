@@ -5,6 +5,8 @@ reads (List, Get, D-Bus properties) are answered from this cache. It is fed by
 systemd's ``PropertiesChanged`` signals for iyclo units and by Podman's event
 stream for iyclo-labelled containers; a periodic resync catches anything missed.
 
+OOM kills come from the kernel log (see ``core.oom``) and are handed to ``on_oom``.
+
 The monitor also closes a gap of pod units: systemd only watches the main
 container (the unit's main PID), so when another container of a running pod dies,
 the monitor restarts the pod's unit as its restart policy says.
@@ -23,6 +25,7 @@ import structlog
 from attrs import define, field
 
 from iyclo.core import naming
+from iyclo.core.oom import KmsgOomWatch, OomKill
 from iyclo.errors import IycloError, NotFoundError
 from iyclo.podman.client import PodmanClient
 from iyclo.systemd.manager import SystemdManager, UnitChange
@@ -73,6 +76,8 @@ class LiveState:
         self.pods: dict[str, PodState] = {}
         self.on_change: Callable[[str], Awaitable[None]] | None = None
         self.on_container_died: Callable[[str, dict[str, str]], Awaitable[None]] | None = None
+        self.on_oom: Callable[[str, OomKill], Awaitable[None]] | None = None
+        self._oom_watch: KmsgOomWatch | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pending: dict[str, asyncio.Task[None]] = {}
         self._remove_unit_cb: Callable[[], None] | None = None
@@ -146,10 +151,16 @@ class LiveState:
             target=self._podman_events, args=(loop,), name="iyclo-podman-events", daemon=True
         )
         thread.start()
+        self._oom_watch = KmsgOomWatch(
+            lambda kill: loop.call_soon_threadsafe(self._on_oom_kill, kill)
+        )
+        self._oom_watch.start()
         self._spawn(self._periodic_resync(units_of))
 
     async def close(self) -> None:
         self._stop_events.set()
+        if self._oom_watch is not None:
+            await asyncio.to_thread(self._oom_watch.close)
         if self._remove_unit_cb is not None:
             self._remove_unit_cb()
         for task in [*self._tasks, *self._pending.values()]:
@@ -212,6 +223,15 @@ class LiveState:
         if event.get("Action") == "died" and self.on_container_died is not None:
             self._spawn(self.on_container_died(name, attributes))
         self._debounce(f"containers:{name}", lambda: self._containers_changed(name))
+
+    def _on_oom_kill(self, kill: OomKill) -> None:
+        name = kill.pod or next(
+            (pod for pod, state in self.pods.items()
+             if any(row["id"] == kill.container_id for row in state.containers)),
+            None,
+        )  # fmt: skip
+        if name is not None and self.on_oom is not None:
+            self._spawn(self.on_oom(name, kill))
 
     async def _containers_changed(self, name: str) -> None:
         try:
