@@ -24,12 +24,14 @@ from iyclo import __version__
 from iyclo.core import naming
 from iyclo.core.events import EventBus
 from iyclo.core.journal import start_failure_reason
+from iyclo.core.oom import OomKill, oom_fields, record_kill
 from iyclo.core.plan import PodPlan, plan_pod
 from iyclo.core.state import LiveState
+from iyclo.core.update import IN_PLACE, live_slice_properties
 from iyclo.errors import ConflictError, InvalidError, IycloError, NotFoundError, SystemdError
 from iyclo.manifest.convert import dump_manifest, manifest_digest, parse_manifest
 from iyclo.manifest.model import Job, Pod
-from iyclo.manifest.policy import DEFAULT_POLICY, Policy
+from iyclo.manifest.policy import DEFAULT_POLICY, UNRESTRICTED, Policy
 from iyclo.podman.client import PodmanClient
 from iyclo.store import Deployment, Store
 from iyclo.systemd.manager import SystemdManager
@@ -111,6 +113,7 @@ class Service:
         self.live = LiveState(systemd, podman)
         self.live.on_change = self._observed
         self.live.on_container_died = self._container_died
+        self.live.on_oom = self._oom_killed
 
     async def start_monitoring(self) -> None:
         """Fill the live cache and keep it current from systemd's and Podman's events."""
@@ -139,10 +142,12 @@ class Service:
         return record
 
     def _plan(self, record: Deployment) -> PodPlan:
-        manifest = parse_manifest(record.manifest, Policy(True, True, True, ("/",)))
+        manifest = parse_manifest(record.manifest, UNRESTRICTED)
         if not isinstance(manifest, Pod):
             raise InvalidError(f"{record.kind} '{record.name}' is not a pod")
-        return plan_pod(manifest, record.generation, record.digest)
+        return plan_pod(
+            manifest, record.generation, record.digest, pod_generation=record.pod_generation
+        )
 
     async def _unit_state(self, unit: str) -> dict[str, Any] | None:
         """The unit's Unit+Service properties, or None when systemd has no such unit."""
@@ -181,8 +186,27 @@ class Service:
                 await self.systemd.stop_unit(unit, timeout=JOB_TIMEOUT)
         await self._wait_unit_gone(unit)
 
+    async def _ensure_slice(self, plan: PodPlan, *, update: bool) -> None:
+        """The pod's own slice, with the plan's limits if it is started or ``update``.
+
+        It must be a transient unit before anything lands in it: a slice systemd loads on
+        its own (as the parent of Podman's pod slice) cannot become transient any more.
+        """
+        properties = [prop(key, value) for key, value in plan.slice_properties]
+        state = await self._unit_state(plan.slice)
+        if state is not None and state.get("ActiveState") == "active":
+            if update:
+                await self.systemd.set_unit_properties(plan.slice, True, properties)
+            return
+        await self._wait_unit_gone(plan.slice)
+        description = prop("Description", f"iyclo pod {plan.name}: its unit and containers")
+        await self.systemd.start_transient_unit(
+            plan.slice, [description, *properties], timeout=JOB_TIMEOUT
+        )
+
     async def _start_unit(self, plan: PodPlan) -> None:
         """Hand the pod to systemd; on failure say why, from the unit's own journal."""
+        await self._ensure_slice(plan, update=True)
         await self._wait_unit_gone(plan.unit)
         properties = [prop(key, value) for key, value in plan.unit_properties]
         started = time.time()
@@ -200,6 +224,7 @@ class Service:
         """Images, pod and containers of one generation; on failure nothing stays."""
         for container in plan.containers:
             await self.podman.ensure_image(container.image)
+        await self._ensure_slice(plan, update=False)
         await self.podman.remove_pod(plan.pod_name)  # a leftover of a crashed apply
         try:
             await self.podman.create_pod(plan.pod_name, plan.pod_spec)
@@ -250,9 +275,9 @@ class Service:
         record: Deployment | None = await self._store(self.store.find, name)
         if record is None or record.kind != "pod":
             return
-        if attributes.get(naming.LABEL_GENERATION) != str(record.generation):
+        if attributes.get(naming.LABEL_GENERATION) != str(record.pod_generation):
             return
-        manifest = parse_manifest(record.manifest, Policy(True, True, True, ("/",)))
+        manifest = parse_manifest(record.manifest, UNRESTRICTED)
         if not isinstance(manifest, Pod) or attributes.get(naming.LABEL_CONTAINER) == (
             manifest.containers[0].name
         ):
@@ -274,6 +299,23 @@ class Service:
             await self._store(self.store.set_status, name, podRestarts=restarts)
             await self._refresh(name, unit)
             self._publish(name, await self._state_word(record), generation=record.generation)
+
+    async def _oom_killed(self, name: str, kill: OomKill) -> None:
+        """Count a kernel OOM kill against the container it hit, in the record's status."""
+        row = next((r for r in await self.live.containers(name) if r["id"] == kill.container_id),
+                   None)  # fmt: skip
+        if row is None:  # killed right after it started, before its event was handled
+            await self.live.refresh_containers(name)
+            row = next((r for r in await self.live.containers(name)
+                        if r["id"] == kill.container_id), None)  # fmt: skip
+        record: Deployment | None = await self._store(self.store.find, name)
+        if row is None or record is None:
+            return
+        kills = record_kill(record.status.get("oomKills") or {}, row["name"], kill, time.time())
+        await self._store(self.store.set_status, name, oomKills=kills)
+        log.warning("container OOM-killed", pod=name, container=row["name"], task=kill.task,
+                    pid=kill.pid, limit=kill.limit)  # fmt: skip
+        await self._observed(name)
 
     # -- operations -----------------------------------------------------------------
 
@@ -298,6 +340,10 @@ class Service:
             if previous is not None and previous.digest == digest:
                 state = await self._ensure_running(previous)
                 return ApplyResult(manifest.name, "Pod", previous.generation, False, state)
+            if previous is not None:
+                updated = await self._update_in_place(manifest, digest, previous)
+                if updated is not None:
+                    return updated
             record: Deployment = await self._store(
                 self.store.apply, manifest.name, "pod", dump_manifest(manifest), digest
             )
@@ -310,6 +356,8 @@ class Service:
                 state = "failed" if previous is None else await self._state_word(previous)
                 self._publish(manifest.name, state, error=str(exc))
                 if previous is None:
+                    with contextlib.suppress(IycloError):
+                        await self._stop_unit(naming.slice_name(manifest.name))
                     self.events.forget(manifest.name)
                 raise
             await self._store(self.store.set_status, manifest.name, desired="running")
@@ -317,6 +365,49 @@ class Service:
             self._publish(manifest.name, "running", generation=record.generation)
             log.info("applied", pod=manifest.name, generation=record.generation)
             return ApplyResult(manifest.name, "Pod", record.generation, True, "running")
+
+    async def _update_in_place(
+        self, manifest: Pod, digest: str, previous: Deployment
+    ) -> ApplyResult | None:
+        """Set changed slice limits on the running pod (see ``core.update``); None when the
+        change needs a new generation of the pod, or nothing runs to update."""
+        old = parse_manifest(previous.manifest, UNRESTRICTED)
+        live = live_slice_properties(old, manifest) if isinstance(old, Pod) else None
+        if live is None:
+            return None
+        plan = self._plan(previous)
+        unit = await self._unit_state(plan.unit)
+        slice_ = await self._unit_state(plan.slice)
+        if (
+            unit is None
+            or unit.get("ActiveState") != "active"
+            or unit.get("Slice") != plan.slice  # a pod from before pods had their own slice
+            or slice_ is None
+            or slice_.get("ActiveState") != "active"
+        ):
+            return None
+        record: Deployment = await self._store(
+            self.store.apply, manifest.name, "pod", dump_manifest(manifest), digest,
+            pod_generation=previous.pod_generation,
+        )  # fmt: skip
+        self._publish(manifest.name, "applying", generation=record.generation)
+        try:
+            await self.systemd.set_unit_properties(
+                plan.slice, True, [prop(key, value) for key, value in live]
+            )
+        except BaseException as exc:
+            with contextlib.suppress(IycloError):  # a property set before the failure
+                await self.systemd.set_unit_properties(
+                    plan.slice, True, [prop(k, v) for k, v in plan.slice_properties]
+                )
+            await self._store(self.store.drop_generation, manifest.name, record.generation)
+            self._publish(manifest.name, await self._state_word(previous), error=str(exc))
+            raise
+        await self._refresh(manifest.name, plan.unit)
+        self._publish(manifest.name, "running", generation=record.generation)
+        log.info("updated in place", pod=manifest.name, generation=record.generation,
+                 pod_generation=record.pod_generation)  # fmt: skip
+        return ApplyResult(manifest.name, "Pod", record.generation, True, IN_PLACE)
 
     async def _replace(
         self, manifest: Pod, record: Deployment, previous: Deployment | None
@@ -362,6 +453,7 @@ class Service:
             self._publish(name, "removing")
             await self._stop_unit(plan.unit)
             await self._remove_other_generations(name, keep=None)
+            await self._stop_unit(plan.slice)
             await self._store(self.store.remove, name)
             self.live.forget(name)
             self._publish(name, "removed")
@@ -405,10 +497,11 @@ class Service:
         record = await self._record(name)
         unit_name = naming.unit_name(record.kind, name)
         unit = await self.live.unit(name, unit_name)
+        kills = record.status.get("oomKills") or {}
         containers = [
-            {k: v for k, v in c.items() if k != "generation"}
+            {**{k: v for k, v in c.items() if k != "generation"}, **oom_fields(c, kills)}
             for c in await self.live.containers(name)
-            if c["generation"] == record.generation
+            if c["generation"] == record.pod_generation
         ]
         desired = record.status.get("desired", "running")
         return {
@@ -420,7 +513,7 @@ class Service:
             "desired": desired,
             "state": _state_word(unit, desired),
             "unit": unit_name,
-            "podmanPod": naming.podman_pod_name(name, record.generation),
+            "podmanPod": naming.podman_pod_name(name, record.pod_generation),
             "activeState": unit.get("ActiveState") or "inactive",
             "subState": unit.get("SubState") or "dead",
             "restarts": int(unit.get("NRestarts") or 0) + int(record.status.get("podRestarts", 0)),
@@ -543,6 +636,13 @@ class Service:
             if labels.get(naming.LABEL_POD) not in known:
                 await self.podman.remove_pod(str(pod["Name"]))
                 removed.append(str(pod["Name"]))
+        for unit in await self.systemd.list_units_by_patterns(
+            [], [f"{naming.SLICE_PREFIX}*.slice"]
+        ):
+            owner = naming.parse_slice_name(unit.name)
+            if owner is not None and owner not in known:
+                await self._stop_unit(unit.name)
+                removed.append(unit.name)
         return removed
 
 
