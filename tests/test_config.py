@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,17 @@ def test_bad_flags_stop_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
             build_parser().parse_args(argv)
         assert info.value.code == 2
     assert '"data" is not an absolute path' in capsys.readouterr().err
+
+
+def test_iyclod_stops_on_a_bad_config_with_one_line(tmp_path: Path) -> None:
+    config = _write(tmp_path, {"policy": {"allowPrivileged": "yes"}})
+    result = subprocess.run(
+        [sys.executable, "-m", "iyclo.daemon", "--config", str(config),
+         "--state-dir", str(tmp_path / "state"), "--log-file", str(tmp_path / "log")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == (
+        f'iyclod: error: {config}: policy.allowPrivileged: expected true or false, got "yes"\n'
+    )
+    assert not (tmp_path / "state").exists()  # stopped before it touched anything

@@ -71,7 +71,7 @@ def test_two_container_pod_runs_under_systemd(daemon: Daemon) -> None:
         }  # fmt: skip
         unit = unit_show(host, "iyclo-pod-duo.service", "ActiveState", "Slice", "Type", "MainPID")
         assert unit["ActiveState"] == "active"
-        assert unit["Slice"] == "iyclo.slice"
+        assert unit["Slice"] == "iyclo-duo.slice"  # its own, under iyclo.slice
         assert unit["Type"] == "forking"
 
         main = inspect(host, "iyclo-duo-g1-main")

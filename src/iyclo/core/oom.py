@@ -11,7 +11,9 @@ cgroup whose limit was hit and the victim's cgroup::
     oom-kill:constraint=CONSTRAINT_MEMCG,...,oom_memcg=/iyclo.slice/iyclo-web.slice/...,
     task_memcg=/iyclo.slice/iyclo-web.slice/.../libpod-<64 hex>.scope,task=sh,pid=42,uid=0
 
-cAdvisor, and so the kubelet, detects container OOM kills the same way. Kills of any process
+cAdvisor, and so the kubelet, detects container OOM kills the same way. One limit: the
+kernel rate-limits that summary line (10 per 5 s machine-wide), so in a storm of OOM kills
+some are not seen; the container's exit status (137) still shows in status. Kills of any process
 of a container count, not only of its main one; the path also says whether the container's
 own limit (``resources.memory``) or the pod's slice (``systemd.memoryMax``) was hit.
 """
@@ -36,6 +38,7 @@ log = structlog.get_logger("iyclo.oom")
 KMSG = "/dev/kmsg"
 _SCOPE_RE = re.compile(r"^libpod-([0-9a-f]{64})\.scope$")
 _FIELD_RE = re.compile(r"(?:^|,)(oom_memcg|task_memcg|task|pid)=([^,]*)")
+_KMSG_ESCAPE_RE = re.compile(r"\\x([0-9a-f]{2})")
 
 
 @frozen
@@ -56,10 +59,13 @@ def parse_kmsg_line(line: str) -> OomKill | None:
 
     A record is ``PRIORITY,SEQUENCE,TIMESTAMP,FLAGS;MESSAGE``; continuation lines (which
     start with a space) and records that do not name a container's scope are not kills.
+    The kernel escapes a backslash in the message as ``\\x5c``, so the slice of pod
+    "a-b", ``iyclo-a\\x2db.slice``, arrives as ``iyclo-a\\x5cx2db.slice`` (measured).
     """
     _, sep, message = line.partition(";")
     if not sep or not message.startswith("oom-kill:"):
         return None
+    message = _KMSG_ESCAPE_RE.sub(lambda m: chr(int(m.group(1), 16)), message)
     fields = dict(_FIELD_RE.findall(message.removeprefix("oom-kill:")))
     task_path = [part for part in fields.get("task_memcg", "").split("/") if part]
     container_id = next((m.group(1) for part in task_path if (m := _SCOPE_RE.match(part))), None)

@@ -225,7 +225,10 @@ class LiveState:
         self._debounce(f"containers:{name}", lambda: self._containers_changed(name))
 
     def _on_oom_kill(self, kill: OomKill) -> None:
-        name = kill.pod or next(
+        """Hand a kill to ``on_oom`` for the pod whose slice, or else whose cached
+        containers, hold the container."""
+        name = kill.pod if kill.pod in self.pods else None
+        name = name or next(
             (pod for pod, state in self.pods.items()
              if any(row["id"] == kill.container_id for row in state.containers)),
             None,
