@@ -81,8 +81,9 @@ def test_unit_is_supervised_by_systemd() -> None:
     stop = props["ExecStop"][0]
     assert stop[1][1:] == ["pod", "stop", "--ignore", "--time=2", "iyclo-web-g2"]
     assert props["ExecStopPost"][0][2] is True  # a failing cleanup does not fail the unit
-    assert props["ProtectHome"] == "yes"
-    assert props["ProtectKernelTunables"] is True
+    assert props["ProtectClock"] is True
+    assert props["LockPersonality"] is True
+    assert "ProtectHome" not in props
     assert props["MemoryMax"] == 256 * 2**20
     assert props["Environment"] == ["PODMAN_SYSTEMD_UNIT=iyclo-pod-web.service"]
 

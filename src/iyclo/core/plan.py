@@ -168,10 +168,6 @@ def sandbox_properties(block: SystemdSandbox) -> list[tuple[str, Any]]:
     """systemd directives of the manifest's `systemd` block, as unit properties."""
     props: list[tuple[str, Any]] = []
     flags = {
-        "PrivateTmp": block.private_tmp,
-        "ProtectKernelTunables": block.protect_kernel_tunables,
-        "ProtectKernelModules": block.protect_kernel_modules,
-        "ProtectKernelLogs": block.protect_kernel_logs,
         "ProtectClock": block.protect_clock,
         "ProtectHostname": block.protect_hostname,
         "RestrictRealtime": block.restrict_realtime,
@@ -179,8 +175,6 @@ def sandbox_properties(block: SystemdSandbox) -> list[tuple[str, Any]]:
         "RestrictSUIDSGID": block.restrict_suid_sgid,
     }
     props.extend((key, value) for key, value in flags.items() if value is not None)
-    if block.protect_home is not None:
-        props.append(("ProtectHome", block.protect_home))
     if block.memory_max:
         props.append(("MemoryMax", parse_size(block.memory_max)))
     if block.memory_high:

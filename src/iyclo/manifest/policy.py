@@ -14,13 +14,31 @@ from attrs import frozen
 
 from iyclo.manifest.model import Container, Job, Pod
 
+# Measured: `podman pod start` in a unit with its own mount namespace mounts the pod's
+# network namespace under /run/netns inside that namespace only; Podman's API and CLI then
+# fail on the pod ("unknown FS magic on /run/netns/...").
+_MOUNT_NAMESPACE = (
+    "it gives podman a private mount namespace, which hides the pod's network namespace "
+    "(/run/netns) from Podman's API"
+)
+
 # Directives refused in the `systemd` block, each with the reason an operator needs.
 REFUSED_SYSTEMD_DIRECTIVES: dict[str, str] = {
+    "protectHome": _MOUNT_NAMESPACE,
+    "privateTmp": _MOUNT_NAMESPACE,
+    "protectKernelModules": _MOUNT_NAMESPACE,
+    "protectKernelLogs": _MOUNT_NAMESPACE,
+    "readOnlyPaths": _MOUNT_NAMESPACE,
+    "inaccessiblePaths": _MOUNT_NAMESPACE,
     "privateNetwork": "it would cut podman off from the network it sets up for the pod",
     "privateDevices": "podman and runc need /dev to create container devices",
     "privateUsers": "podman needs the host's user namespace to set up containers",
     "protectSystem": "podman writes under /var/lib/containers and /etc/containers",
     "protectControlGroups": "podman creates the containers' cgroups",
+    # measured: "netavark: Sysctl error: IO Error: Read-only file system"
+    "protectKernelTunables": (
+        "netavark writes /proc/sys (e.g. ip_forward) to set up the pod network"
+    ),
     "restrictNamespaces": "containers are namespaces; podman must create them",
     "noNewPrivileges": "it would apply to podman, conmon and runc; use security.noNewPrivileges",
     "systemCallFilter": "it would filter podman itself; use security.seccompProfile",
