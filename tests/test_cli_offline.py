@@ -47,3 +47,28 @@ def test_schema_is_json() -> None:
     result = iyclo("schema")
     assert result.returncode == 0
     assert json.loads(result.stdout)["title"] == "iyclo manifest"
+
+
+def test_version_without_a_daemon_says_so() -> None:
+    result = iyclo("--socket", "/nonexistent/iyclo.sock", "version")
+    assert result.returncode == 0
+    assert result.stdout.splitlines() == [
+        "client: iyclo 0.1.0",
+        "daemon: not reachable (cannot reach the iyclo daemon at /nonexistent/iyclo.sock: "
+        "No such file or directory)",
+    ]
+
+
+def test_commands_without_a_daemon_fail_in_one_line() -> None:
+    result = iyclo("--socket", "/nonexistent/iyclo.sock", "ps")
+    assert result.returncode == 1
+    assert result.stderr == (
+        "iyclo: error: cannot reach the iyclo daemon at /nonexistent/iyclo.sock: "
+        "No such file or directory\n"
+    )
+
+
+def test_shell_completion_script() -> None:
+    result = iyclo("completion", "bash")
+    assert result.returncode == 0
+    assert "_IYCLO_COMPLETE" in result.stdout

@@ -159,12 +159,6 @@ def test_policy_allows_capabilities_and_profiles_it_lists() -> None:
         parse_manifest(data, relaxed)
 
 
-def test_protect_kernel_tunables_is_fine_without_a_bridge() -> None:
-    for network in ("none", "host"):
-        data = _pod(network=network, systemd={"protectKernelTunables": True})
-        assert parse_manifest(data, Policy(allow_host_network=True)).systemd.protect_kernel_tunables
-
-
 def test_user_namespace_must_fit_below_the_last_id() -> None:
     with pytest.raises(InvalidError) as info:
         parse_manifest(_pod(userns={"hostId": 2**32 - 65536, "size": 65536}))

@@ -85,8 +85,9 @@ def test_unit_is_supervised_by_systemd() -> None:
     stop = props["ExecStop"][0]
     assert stop[1][1:] == ["pod", "stop", "--ignore", "--time=2", "iyclo-web-g2"]
     assert props["ExecStopPost"][0][2] is True  # a failing cleanup does not fail the unit
-    assert props["ProtectHome"] == "yes"
-    assert props["ProtectKernelModules"] is True
+    assert props["ProtectClock"] is True
+    assert props["LockPersonality"] is True
+    assert "ProtectHome" not in props
     assert props["Environment"] == ["PODMAN_SYSTEMD_UNIT=iyclo-pod-web.service"]
     # limits go on the pod's slice, which also holds the containers' cgroups
     assert "MemoryMax" not in props
@@ -227,6 +228,6 @@ def test_generation_updated_in_place_keeps_its_pod() -> None:
 
 
 def test_sandbox_properties_keep_resources_for_other_callers() -> None:
-    block = _pod(systemd={"memoryMax": "1G", "protectHome": "yes"}).systemd
-    assert sandbox_properties(block) == [("ProtectHome", "yes"), ("MemoryMax", 2**30)]
-    assert sandbox_properties(block, resources=False) == [("ProtectHome", "yes")]
+    block = _pod(systemd={"memoryMax": "1G", "protectClock": True}).systemd
+    assert sandbox_properties(block) == [("ProtectClock", True), ("MemoryMax", 2**30)]
+    assert sandbox_properties(block, resources=False) == [("ProtectClock", True)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -319,3 +320,34 @@ def test_reboot_recreates_every_stored_pod(fresh_testhost_factory: Any) -> None:
     # a pod the user stopped stays stopped across the reboot
     assert second.call("get", name="sleeper")["state"] == "stopped"
     second.stop()
+
+
+def test_the_web_example_serves_its_page(daemon: Daemon) -> None:
+    """examples/web.json as the README deploys it: systemd's sandbox around podman, a
+    read-only httpd serving what its sidecar writes into a shared volume."""
+    host = daemon.host
+    manifest = json.loads((Path(__file__).parent.parent / "examples" / "web.json").read_text())
+    manifest = fast(manifest)
+    try:
+        daemon.call("apply", manifest=manifest)
+        page = wait_for(
+            lambda: (
+                host.run(
+                    ["busybox", "wget", "-q", "-O", "-", "http://127.0.0.1:18080/"], check=False
+                ).stdout
+            ),
+            timeout=30,
+            what="the web page",
+        )
+        assert "hello from iyclo" in page
+        status = daemon.call("get", name="web")
+        assert [(c["name"], c["state"]) for c in status["containers"]] == [
+            ("httpd", "running"),
+            ("writer", "running"),
+        ]
+        unit = unit_show(host, "iyclo-pod-web.service", "ProtectClock", "LockPersonality", "Slice")
+        assert unit == {"ProtectClock": "yes", "LockPersonality": "yes", "Slice": "iyclo-web.slice"}
+        # memoryMax bounds the pod's slice: the unit (conmon) and the containers together
+        assert unit_show(host, "iyclo-web.slice", "MemoryMax") == {"MemoryMax": "268435456"}
+    finally:
+        remove(daemon, "web")

@@ -23,7 +23,7 @@ def _pod(data: dict[str, Any]) -> Pod:
 BASE: dict[str, Any] = {
     "apiVersion": "iyclo/v1", "kind": "Pod", "name": "p",
     "containers": [{"name": "a", "image": "i", "resources": {"memory": "64M"}}],
-    "systemd": {"memoryMax": "128M", "tasksMax": 50, "protectHome": "yes"},
+    "systemd": {"memoryMax": "128M", "tasksMax": 50, "protectClock": True},
 }  # fmt: skip
 
 
@@ -55,7 +55,7 @@ def test_a_dropped_limit_is_lifted_in_place() -> None:
         # Podman 4.3 forgets `podman update` at the container's next start: replace
         lambda d: d["containers"][0]["resources"].update(memory="128M"),
         lambda d: d["containers"][0]["resources"].update(pids=10),
-        lambda d: d["systemd"].update(protectHome="read-only"),  # sandboxing of the unit
+        lambda d: d["systemd"].update(lockPersonality=True),  # sandboxing of the unit
         lambda d: d["containers"][0].update(image="j"),
         lambda d: d["systemd"].update(memoryMax="256M") or d.update(labels={"a": "b"}),
     ],

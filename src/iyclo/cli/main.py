@@ -108,9 +108,36 @@ def schema() -> None:
 
 
 @cli.command()
-def version() -> None:
-    """Print the client's version."""
-    click.echo(f"iyclo {__version__}")
+@click.pass_context
+def version(ctx: click.Context) -> None:
+    """Print the client's version and the daemon's, when one answers."""
+    from iyclo.cli.transport import connect
+    from iyclo.errors import IycloError
+
+    click.echo(f"client: iyclo {__version__}")
+    opts = ctx.find_root().params
+    try:
+        transport = connect(opts.get("socket"), opts.get("bus") or "system", timeout=5)
+        try:
+            click.echo(f"daemon: iyclod {transport.call('version')}")
+        finally:
+            transport.close()
+    except IycloError as exc:
+        click.echo(f"daemon: not reachable ({exc.message})")
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL.
+
+    Example: `iyclo completion bash > /etc/bash_completion.d/iyclo`
+    """
+    from click.shell_completion import get_completion_class
+
+    completer = get_completion_class(shell)
+    assert completer is not None
+    click.echo(completer(cli, {}, "iyclo", "_IYCLO_COMPLETE").source())
 
 
 def _run_daemon(args: list[str]) -> None:

@@ -2,24 +2,49 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import rich_click as click
-from rich.console import Console
-from rich.table import Table
 
 from iyclo.cli.output import fail, print_json
 from iyclo.cli.transport import Transport, connect
 from iyclo.errors import InvalidError, IycloError
 
-console = Console(stderr=True)
-out = Console()
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+
+@functools.cache
+def _console(stderr: bool) -> Console:
+    """Made on first use: importing rich.console costs ~20 ms the CLI need not pay up front."""
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def out() -> Console:
+    return _console(False)
+
+
+def console() -> Console:
+    return _console(True)
+
+
+def _table(*columns: str) -> Table:
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in columns:
+        table.add_column(column)
+    return table
 
 
 @contextmanager
@@ -71,9 +96,7 @@ def _containers_summary(status: dict[str, Any]) -> str:
 
 
 def print_status_table(rows: list[dict[str, Any]]) -> None:
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("NAME", "KIND", "STATE", "GEN", "CONTAINERS", "RESTARTS", "UP", "UNIT"):
-        table.add_column(column)
+    table = _table("NAME", "KIND", "STATE", "GEN", "CONTAINERS", "RESTARTS", "UP", "UNIT")
     for row in rows:
         state = row.get("state", "")
         style = {"running": "green", "failed": "red", "missing": "red"}.get(state, "yellow")
@@ -87,7 +110,7 @@ def print_status_table(rows: list[dict[str, Any]]) -> None:
             _age(row.get("since", "")) if state == "running" else "-",
             row.get("unit", ""),
         )
-    out.print(table)
+    out().print(table)
 
 
 def register(cli: click.Group) -> None:
@@ -107,13 +130,13 @@ def register(cli: click.Group) -> None:
         """
         text = _read_manifest(path)
         with daemon(ctx) as client:
-            with console.status("applying…", spinner="dots"):
+            with console().status("applying…", spinner="dots"):
                 result = client.call("apply", manifest=text)
             if as_json:
                 print_json(result)
                 return
             verb = "configured" if result["changed"] else "unchanged"
-            out.print(
+            out().print(
                 f"{result['kind'].lower()}/{result['name']} {verb} "
                 f"(generation {result['generation']}, {result['state']})"
             )
@@ -164,13 +187,11 @@ def register(cli: click.Group) -> None:
         if as_json:
             print_json(rows)
             return
-        table = Table(box=None, header_style="bold", pad_edge=False)
-        for column in ("GEN", "APPLIED", "DIGEST", ""):
-            table.add_column(column)
+        table = _table("GEN", "APPLIED", "DIGEST", "")
         for row in rows:
             mark = "current" if row["current"] else ""
             table.add_row(str(row["generation"]), row["appliedAt"], row["digest"][:12], mark)
-        out.print(table)
+        out().print(table)
 
     def simple(verb: str, method: str, help_text: str) -> None:
         @click.argument("names", nargs=-1, required=True)
@@ -178,9 +199,9 @@ def register(cli: click.Group) -> None:
         def command(ctx: click.Context, names: tuple[str, ...]) -> None:
             with daemon(ctx) as client:
                 for name in names:
-                    with console.status(f"{verb} {name}…", spinner="dots"):
+                    with console().status(f"{verb} {name}…", spinner="dots"):
                         client.call(method, name=name)
-                    out.print(f"{name}: {'removed' if method == 'remove' else method + 'ed'}"
+                    out().print(f"{name}: {'removed' if method == 'remove' else method + 'ed'}"
                               if method != "stop" else f"{name}: stopped")  # fmt: skip
 
         command.__doc__ = help_text
@@ -202,9 +223,9 @@ def register(cli: click.Group) -> None:
             print_json(report)
             return
         for key in ("adopted", "recreated", "removed"):
-            out.print(f"{key}: {', '.join(report[key]) or '-'}")
+            out().print(f"{key}: {', '.join(report[key]) or '-'}")
         for item in report["failed"]:
-            out.print(f"[red]failed[/]: {item['name']}: {item['error']}")
+            out().print(f"[red]failed[/]: {item['name']}: {item['error']}")
 
     @cli.command()
     @json_option
@@ -218,7 +239,7 @@ def register(cli: click.Group) -> None:
                     sys.stdout.flush()
                 else:
                     when = time.strftime("%H:%M:%S", time.localtime(event.get("at", 0)))
-                    out.print(f"{when} {event['event']} {event['name']} {event['state']}")
+                    out().print(f"{when} {event['event']} {event['name']} {event['state']}")
 
 
 def daemon_command(cli: click.Group, run_daemon: Callable[[list[str]], None]) -> None:

@@ -218,18 +218,12 @@ def sandbox_properties(block: SystemdSandbox, *, resources: bool = True) -> list
     """
     props: list[tuple[str, Any]] = []
     flags = {
-        "PrivateTmp": block.private_tmp,
-        "ProtectKernelTunables": block.protect_kernel_tunables,
-        "ProtectKernelModules": block.protect_kernel_modules,
-        "ProtectKernelLogs": block.protect_kernel_logs,
         "ProtectClock": block.protect_clock,
         "RestrictRealtime": block.restrict_realtime,
         "LockPersonality": block.lock_personality,
         "RestrictSUIDSGID": block.restrict_suid_sgid,
     }
     props.extend((key, value) for key, value in flags.items() if value is not None)
-    if block.protect_home is not None:
-        props.append(("ProtectHome", block.protect_home))
     if not resources:
         return props
     if block.memory_max:

@@ -153,20 +153,12 @@ class SystemdSandbox:
 
     The sandboxing directives apply to the unit that runs podman (and so to conmon and
     runc); only those measured to be safe around podman are accepted, see ``policy`` for
-    the ones refused and why. For a pod, the resource directives apply to its own slice,
-    iyclo-<name>.slice, which holds the unit *and* the containers' cgroups: on the unit
-    alone they would bound only conmon (measured).
+    the ones refused and why (any directive that gives the unit a private mount namespace
+    hides the pod's /run/netns mount from Podman). For a pod, the resource directives
+    apply to its own slice, iyclo-<name>.slice, which holds the unit *and* the
+    containers' cgroups: on the unit alone they would bound only conmon (measured).
     """
 
-    protect_home: Literal["yes", "no", "read-only", "tmpfs"] | None = doc("ProtectHome=.", None)
-    private_tmp: bool | None = doc("PrivateTmp=.", None)
-    protect_kernel_tunables: bool | None = doc(
-        'ProtectKernelTunables=; only with network "none" or "host" (netavark writes '
-        "/proc/sys when it sets up a bridge).",
-        None,
-    )
-    protect_kernel_modules: bool | None = doc("ProtectKernelModules=.", None)
-    protect_kernel_logs: bool | None = doc("ProtectKernelLogs=.", None)
     protect_clock: bool | None = doc("ProtectClock=.", None)
     restrict_realtime: bool | None = doc("RestrictRealtime=.", None)
     lock_personality: bool | None = doc("LockPersonality=.", None)

@@ -27,13 +27,31 @@ ALWAYS_DROPPED_CAPS = frozenset("SETPCAP SETFCAP SYS_CHROOT NET_RAW MKNOD AUDIT_
 # capAdd may ask for these without the daemon's permission: Docker's default set.
 ADDABLE_CAPS = PODMAN_DEFAULT_CAPS | {"NET_RAW", "MKNOD", "AUDIT_WRITE"}
 
+# Measured: `podman pod start` in a unit with its own mount namespace mounts the pod's
+# network namespace under /run/netns inside that namespace only; Podman's API and CLI then
+# fail on the pod ("unknown FS magic on /run/netns/...").
+_MOUNT_NAMESPACE = (
+    "it gives podman a private mount namespace, which hides the pod's network namespace "
+    "(/run/netns) from Podman's API"
+)
+
 # Directives refused in the `systemd` block, each with the reason an operator needs.
 REFUSED_SYSTEMD_DIRECTIVES: dict[str, str] = {
+    "protectHome": _MOUNT_NAMESPACE,
+    "privateTmp": _MOUNT_NAMESPACE,
+    "protectKernelModules": _MOUNT_NAMESPACE,
+    "protectKernelLogs": _MOUNT_NAMESPACE,
+    "readOnlyPaths": _MOUNT_NAMESPACE,
+    "inaccessiblePaths": _MOUNT_NAMESPACE,
     "privateNetwork": "it would cut podman off from the network it sets up for the pod",
     "privateDevices": "podman and runc need /dev to create container devices",
     "privateUsers": "podman needs the host's user namespace to set up containers",
     "protectSystem": "podman writes under /var/lib/containers and /etc/containers",
     "protectControlGroups": "podman creates the containers' cgroups",
+    # measured: "netavark: Sysctl error: IO Error: Read-only file system"
+    "protectKernelTunables": (
+        "netavark writes /proc/sys (e.g. ip_forward) to set up the pod network"
+    ),
     "restrictNamespaces": "containers are namespaces; podman must create them",
     "noNewPrivileges": "it would apply to podman, conmon and runc; use security.noNewPrivileges",
     "systemCallFilter": "it would filter podman itself; use security.seccompProfile",
@@ -42,6 +60,8 @@ REFUSED_SYSTEMD_DIRECTIVES: dict[str, str] = {
     "user": "rootful podman must run as root; use a container's user instead",
     "memoryDenyWriteExecute": "it breaks runtimes that map executable memory",
     "rootDirectory": "podman must see the host's filesystem",
+    # measured: "runc create failed: ... sethostname: operation not permitted" (systemd's
+    # seccomp filter is inherited by runc and the containers)
     "protectHostname": "it forbids sethostname(), which runc calls to name each container",
 }
 
@@ -193,11 +213,6 @@ def problems(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[str]:
                 f"go beyond {MAX_ID - 1}"
             )
     sd = manifest.systemd
-    if sd.protect_kernel_tunables and manifest.network == "bridge":
-        found.append(
-            'systemd.protectKernelTunables: refused with network "bridge": netavark writes '
-            "/proc/sys when it sets up the pod's bridge"
-        )
     if sd.io_weight is not None and not 1 <= sd.io_weight <= 10000:
         found.append(f"systemd.ioWeight: {sd.io_weight} is not in 1-10000")
     if sd.cpu_weight is not None and not 1 <= sd.cpu_weight <= 10000:

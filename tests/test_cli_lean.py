@@ -1,0 +1,39 @@
+"""The CLI stays lean: it must not pull in what only the daemon needs.
+
+A structural check, not a timing assertion (timings live in bench/): importing the
+CLI must not import podman, the daemon's core, the store or cattrs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+DAEMON_ONLY = ("podman", "requests", "tinydb", "cattrs", "structlog", "iyclo.core", "iyclo.store",
+               "iyclo.systemd", "iyclo.api", "iyclo.manifest")  # fmt: skip
+
+
+def _imported(code: str) -> set[str]:
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    names = set()
+    for line in result.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            names.add(line.rsplit("|", 1)[1].strip())
+    return names
+
+
+def test_cli_start_up_imports_nothing_the_daemon_needs() -> None:
+    names = _imported("import iyclo.cli.main")
+    assert "iyclo.cli.main" in names
+    leaked = sorted(n for n in names if n.split(".")[0] in DAEMON_ONLY or n.startswith(DAEMON_ONLY))
+    assert leaked == []
+
+
+def test_dbus_transport_stays_lean() -> None:
+    names = _imported("import iyclo.client.dbus")
+    assert "dbus_fast" in names
+    leaked = sorted(n for n in names if n.startswith(DAEMON_ONLY))
+    assert leaked == []
