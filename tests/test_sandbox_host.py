@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from iyclo.core import naming
 from iyclo.errors import InvalidError, NotFoundError
 from iyclo.testhost import Host
 from tests.daemon_fixtures import Daemon, wait_for
@@ -97,7 +98,7 @@ def assert_nothing_made(daemon: Daemon, name: str) -> None:
     assert pods.stdout.strip() == ""
     units = host.run(["systemctl", "list-units", "--all", "--plain", "--no-legend", "iyclo-*"])
     assert f"iyclo-pod-{name}.service" not in units.stdout
-    assert f"iyclo-{name}.slice" not in units.stdout
+    assert naming.slice_name(name) not in units.stdout  # iyclo-sbx\x2drefused.slice
 
 
 # -- the container layer: what a manifest gets without asking ------------------------------
