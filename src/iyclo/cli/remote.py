@@ -16,7 +16,7 @@ from rich.table import Table
 
 from iyclo.cli.output import fail, print_json
 from iyclo.cli.transport import Transport, connect
-from iyclo.errors import InvalidError, IycloError
+from iyclo.errors import InvalidError, IycloError, NotFoundError
 
 console = Console(stderr=True)
 out = Console()
@@ -155,11 +155,29 @@ def register(cli: click.Group) -> None:
 
     @cli.command()
     @click.argument("name")
+    @click.option("--generations", is_flag=True, help="For a job: its manifest generations.")
     @json_option
     @click.pass_context
-    def history(ctx: click.Context, name: str, as_json: bool) -> None:
-        """List the stored generations of a pod's manifest."""
+    def history(ctx: click.Context, name: str, generations: bool, as_json: bool) -> None:
+        """List a job's runs, or the stored generations of a pod's manifest.
+
+        A removed job's runs stay listed unless it was removed with `--purge-history`.
+        """
         with daemon(ctx) as client:
+            # -- jobs (feat/jobs): a job's history is its runs
+            try:
+                kind = client.call("get", name=name).get("kind")
+            except NotFoundError:
+                kind = None  # maybe a removed job whose runs were kept
+            if kind != "Pod" and not generations:
+                runs = client.call("runs", name=name)
+                if as_json:
+                    print_json(runs)
+                else:
+                    from iyclo.cli.jobs import print_runs_table
+
+                    print_runs_table(runs)
+                return
             rows = client.call("history", name=name)
         if as_json:
             print_json(rows)
@@ -186,10 +204,34 @@ def register(cli: click.Group) -> None:
         command.__doc__ = help_text
         cli.command(name=verb)(command)
 
-    simple("rm", "remove", "Remove pods or jobs: units, containers and records.")
-    simple("start", "start", "Start stopped pods.")
-    simple("stop", "stop", "Stop pods; they stay stopped until `iyclo start`.")
-    simple("restart", "restart", "Restart pods through systemd.")
+    @cli.command(name="rm")
+    @click.argument("names", nargs=-1, required=True)
+    @click.option(
+        "--purge-history/--keep-history",
+        default=False,
+        help="For jobs: also delete the run history [default: keep, like the journal].",
+    )
+    @click.pass_context
+    def rm(ctx: click.Context, names: tuple[str, ...], purge_history: bool) -> None:
+        """Remove pods or jobs: units, containers and records.
+
+        A job's run history is kept (numbering continues if it comes back) unless
+        `--purge-history` is given; its journal lines are journald's to keep either way.
+        """
+        params = {"purge_history": True} if purge_history else {}
+        with daemon(ctx) as client:
+            for name in names:
+                with console.status(f"rm {name}…", spinner="dots"):
+                    client.call("remove", name=name, **params)
+                out.print(f"{name}: removed")
+
+    simple("start", "start", "Start stopped pods, or schedule stopped jobs again.")
+    simple(
+        "stop",
+        "stop",
+        "Stop pods, or jobs (timer and any run going); they stay stopped until `iyclo start`.",
+    )
+    simple("restart", "restart", "Restart pods through systemd, or a job's timer.")
 
     @cli.command()
     @json_option
