@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from iyclo.core import naming
-from iyclo.core.jobs import _began, _pod_of_service, journal_lines, state_word
+from iyclo.core.jobs import _began, _pod_of_service, _unaccounted, journal_lines, state_word
 from iyclo.core.plan_job import plan_job
 from iyclo.core.runs import (
     MESSAGE_JOB_START,
@@ -281,3 +281,19 @@ def test_journal_lines_drop_podman_events_and_decode_bytes() -> None:
         {"at": "2024-05-01T03:00:00.000Z", "identifier": "podman", "message": "hello"},
         {"at": "2024-05-01T03:00:00.001Z", "identifier": "", "message": "café \ufffd"},
     ]
+
+
+def test_a_sweep_reads_the_journal_only_for_what_it_cannot_place() -> None:
+    recorded = {**started(INVOCATION, START, 1), **finished(end_from_properties(_ended()))}
+    ended = _ended()
+    assert not _unaccounted(ended, [recorded])  # the last run, settled
+    assert not _unaccounted(None, [recorded])  # a stopped job
+    live = {**ended, "ActiveState": "activating"}
+    assert not _unaccounted(live, [started(INVOCATION, START, 1)])  # the run going now
+    # a run we recorded as going, but the service has moved on (its end was missed)
+    newer = _ended(InvocationID=bytes.fromhex("e" * 32), InactiveExitTimestamp=START + 9 * SEC)
+    assert _unaccounted(newer, [started(INVOCATION, START, 1)])
+    # a run that began after the newest recorded one and was never seen
+    assert _unaccounted(newer, [recorded])
+    # a service about to start: new ID, the recorded run's timestamps
+    assert not _unaccounted(_ended(InvocationID=bytes.fromhex("e" * 32)), [recorded])

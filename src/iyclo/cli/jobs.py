@@ -171,6 +171,11 @@ def register(cli: click.Group) -> None:
         if as_json:
             print_json(result)
             return
+        if not result.get("entries") and result.get("kind") == "Job":
+            console.print(
+                f"no journal lines for run {result.get('run')} of {name} "
+                "(rotated away, or lost with a volatile journal at reboot)"
+            )
         for entry in result.get("entries", []):
             prefix = f"{entry.get('at', '')} " if timestamps else ""
             sys.stdout.write(f"{prefix}{entry.get('message', '')}\n")

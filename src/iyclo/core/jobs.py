@@ -60,7 +60,14 @@ from iyclo.core.runs import (
     started,
     usec_iso,
 )
-from iyclo.errors import ConflictError, InvalidError, IycloError, NotFoundError, SystemdError
+from iyclo.errors import (
+    ConflictError,
+    InvalidError,
+    IycloError,
+    NotFoundError,
+    PodmanError,
+    SystemdError,
+)
 from iyclo.manifest.convert import dump_manifest, manifest_digest, parse_manifest
 from iyclo.manifest.model import Job
 from iyclo.manifest.policy import Policy
@@ -73,6 +80,7 @@ from iyclo.systemd.properties import USEC_INFINITY, prop
 log = structlog.get_logger("iyclo.jobs")
 
 UNIT_GONE_TIMEOUT = 15.0
+POD_REMOVE_TIMEOUT = 10.0
 JOB_TIMEOUT = 150.0
 RUN_START_TIMEOUT = 30.0
 SWEEP_INTERVAL = 30.0
@@ -165,6 +173,21 @@ def _began(service: dict[str, Any], previous: str, previous_start: int) -> bool:
     if is_running(service):
         return True
     return is_ended(service) and int(service.get("InactiveExitTimestamp", 0)) > previous_start
+
+
+def _unaccounted(service: dict[str, Any] | None, stored: list[dict[str, Any]]) -> bool:
+    """Whether the service shows runs the store has not settled: a stored run still
+    open that is not the service's live invocation, or a run that began after the
+    newest stored one without being recorded."""
+    current = invocation_hex((service or {}).get("InvocationID"))
+    live = service is not None and is_running(service)
+    for run in stored:
+        if run.get("state") == "running" and not (live and run.get("invocationId") == current):
+            return True
+    if service is None or not current or current in {r.get("invocationId") for r in stored}:
+        return False
+    newest = max((int(r.get("startUsec", 0)) for r in stored), default=0)
+    return int(service.get("InactiveExitTimestamp", 0)) > newest
 
 
 class Jobs:
@@ -277,7 +300,21 @@ class Jobs:
         for pod in await self.podman.list_pods(f"{naming.LABEL_POD}={name}"):
             pod_name = str(pod.get("Name", ""))
             if pod_name and pod_name != keep:
+                await self._remove_pod(pod_name)
+
+    async def _remove_pod(self, pod_name: str) -> None:
+        """Remove a pod, retrying for a moment: right after a run was stopped, Podman's
+        own cleanup of the container (conmon's exit command) may still hold its mounts
+        ("device or resource busy")."""
+        deadline = time.monotonic() + POD_REMOVE_TIMEOUT
+        while True:
+            try:
                 await self.podman.remove_pod(pod_name)
+                return
+            except PodmanError:
+                if time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.25)
 
     async def _bring_up(self, plan: JobPlan) -> None:
         """Create the timer and its service in one call; on failure neither stays."""
@@ -542,7 +579,6 @@ class Jobs:
             "lastRun": last,
             "activeState": (service or {}).get("ActiveState", "inactive"),
             "subState": (service or {}).get("SubState", "dead"),
-            "restarts": 0,
             "since": last["startedAt"] if last and state == "running" else "",
             "slice": naming.SLICE,
             "containers": containers,
@@ -598,8 +634,9 @@ class Jobs:
         desired = record.status.get("desired", "scheduled")
         timer = await self._timer(plan)
         if desired == "stopped":
-            if timer is not None:
-                await self._stop(plan.timer)
+            if timer is not None or await self._service(plan) is not None:
+                await self._take_down(plan, interrupt=True)  # e.g. a crash mid-stop
+                await self._settle_after_stop(record.name)
             return "stopped"
         if timer is not None and timer.get("ActiveState") == "active":
             service = await self._service(plan)
@@ -674,7 +711,7 @@ class Jobs:
                 records: list[Deployment] = await self._store(self.store.list)
                 for record in records:
                     if record.kind == "job":
-                        await self._settle(record.name, deep=True)
+                        await self._settle(record.name)
             except IycloError as exc:
                 log.warning("run sweep failed", error=exc.message)
             except Exception:
@@ -725,20 +762,23 @@ class Jobs:
             await asyncio.sleep(JOURNAL_SETTLE_PAUSE)
         await self._settle(name, deep=True, final=True)
 
-    async def _settle(self, name: str, *, deep: bool = False, final: bool = False) -> None:
+    async def _settle(self, name: str, *, deep: bool | None = None, final: bool = False) -> None:
         async with self._settle_lock:
             await self._settle_locked(name, deep=deep, final=final)
 
-    async def _settle_locked(self, name: str, *, deep: bool, final: bool = False) -> None:
+    async def _settle_locked(self, name: str, *, deep: bool | None, final: bool = False) -> None:
         """Bring stored runs in line with systemd: the current invocation from the unit's
-        properties, earlier ones from the journal (``deep``). ``final`` (reconcile) marks
-        runs neither can account for as lost."""
+        properties, earlier ones from the journal (``deep``; None: only when the unit
+        shows something the store cannot place). ``final`` (reconcile) marks runs
+        neither can account for as lost."""
         record: Deployment | None = await self._store(self.store.find, name)
         if record is None or record.kind != "job":
             return
         service = await self._props(naming.unit_name("Job", name), IFACE_SERVICE)
         current = invocation_hex((service or {}).get("InvocationID"))
         stored = await self._runs(name)
+        if deep is None:
+            deep = _unaccounted(service, stored)
         if deep:
             await self._settle_from_journal(record, stored, service)
             stored = await self._runs(name)
