@@ -14,7 +14,7 @@ Bus name ``io.github.iyclo1``. Two kinds of object:
     ``GetManifest(s name, u generation) -> (s manifest_json)`` — generation 0 is the current one
     ``History(s name) -> (s history_json)``
     ``Reconcile() -> (s report_json)``
-    ``RunJob(s name)``
+    ``RunJob(s name) -> s run_json``
     properties ``Version`` (s), ``PodCount`` (u, emits PropertiesChanged)
     signals ``PodChanged(s name, s state)``, ``JobFinished(s name, u run, i exit_code, s result)``
 
@@ -116,6 +116,7 @@ class ServiceApi(Protocol):
     async def manifest(self, name: str, generation: int = 0, /) -> dict[str, Any]: ...
     async def history(self, name: str, /) -> list[dict[str, Any]]: ...
     async def reconcile(self) -> JsonResult: ...
+    async def run_job(self, name: str, /) -> dict[str, Any]: ...
     def version(self) -> str: ...
     # Last: below it, ``list`` in this class body would name the method, not the type.
     async def list_all(self) -> list[dict[str, Any]]: ...
@@ -225,6 +226,7 @@ class ManagerInterface(_Interface):
         "GetManifest": ("manifest_json",),
         "History": ("history_json",),
         "Reconcile": ("report_json",),
+        "RunJob": ("run_json",),
         "PodChanged": ("name", "state"),
         "JobFinished": ("name", "run", "exit_code", "result"),
     }
@@ -304,12 +306,8 @@ class ManagerInterface(_Interface):
 
     @dbus_method(name="RunJob")
     @translated
-    async def run_job(self, name: DBusStr) -> NoReply:
-        # Part of the interface already so it stays stable when jobs arrive.
-        run = getattr(self._service, "run_job", None)
-        if run is None:
-            raise InvalidError("jobs are not supported yet")
-        await run(name)
+    async def run_job(self, name: DBusStr) -> DBusStr:
+        return _json(await self._service.run_job(name))
 
     @dbus_property(access=PropertyAccess.READ, name="Version")
     def version(self) -> DBusStr:

@@ -387,5 +387,7 @@ class DBusClient:
         )
         return str(variant.value)
 
-    async def _run_job(self, name: str) -> None:
-        await self._manager("RunJob", "s", name)
+    async def _run_job(self, name: str) -> dict[str, Any]:
+        (text,) = await self._manager("RunJob", "s", name)
+        run: dict[str, Any] = json.loads(text)
+        return run
