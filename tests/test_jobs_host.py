@@ -500,3 +500,31 @@ def test_logs_of_a_pod_are_its_units_journal(daemon: Daemon) -> None:
         assert "pod 'chatty' is not a job" in refused.stderr
     finally:
         remove(daemon, "chatty")
+
+
+def test_job_operations_agree_over_dbus_socket_and_cli(daemon: Daemon) -> None:
+    """RunJob, Runs, Logs and Purge on D-Bus give what the JSON socket gives."""
+    manifest = job("courier", "2099-01-01", "echo delivered-$((6*7))")
+    daemon.call("apply", manifest=manifest)
+    try:
+        with daemon.dbus() as bus:
+            started = bus.call("run_job", name="courier")
+            assert started["run"] == 1
+            wait_for(lambda: finished_runs(daemon, "courier"), timeout=20, what="the run")
+            assert bus.call("runs", name="courier") == daemon.call("runs", name="courier")
+            assert bus.call("runs", name="courier")[0]["result"] == "success"
+            by_bus = bus.call("logs", name="courier", run=1)
+            assert by_bus == daemon.call("logs", name="courier", run=1)
+            assert "delivered-42" in json.dumps(by_bus)
+            for via in ("socket", "dbus"):
+                logs = daemon.cli("logs", "courier", "--run", "1", via=via)
+                assert logs.returncode == 0, logs.stderr
+                assert "delivered-42" in logs.stdout
+                jobs = daemon.cli("jobs", via=via)
+                assert "courier" in jobs.stdout
+        purged = daemon.cli("rm", "courier", "--purge-history", via="dbus")
+        assert purged.returncode == 0, purged.stderr
+        with pytest.raises(NotFoundError):
+            daemon.call("runs", name="courier")
+    finally:
+        remove(daemon, "courier")

@@ -108,7 +108,11 @@ class ServiceApi(Protocol):
     async def validate(self, manifest: str | dict[str, Any], /) -> list[str]: ...
     async def apply(self, manifest: str | dict[str, Any], /) -> JsonResult: ...
     async def diff(self, manifest: str | dict[str, Any], /) -> str: ...
-    async def remove(self, name: str, /) -> None: ...
+    async def remove(self, name: str, /, purge_history: bool = False) -> None: ...
+    async def runs(self, name: str, /) -> list[dict[str, Any]]: ...
+    async def logs(
+        self, name: str, run: int = 0, lines: int | None = None, /
+    ) -> dict[str, Any]: ...
     async def start(self, name: str, /) -> str: ...
     async def stop(self, name: str, /) -> str: ...
     async def restart(self, name: str, /) -> str: ...
@@ -227,6 +231,8 @@ class ManagerInterface(_Interface):
         "History": ("history_json",),
         "Reconcile": ("report_json",),
         "RunJob": ("run_json",),
+        "Runs": ("runs_json",),
+        "Logs": ("logs_json",),
         "PodChanged": ("name", "state"),
         "JobFinished": ("name", "run", "exit_code", "result"),
     }
@@ -298,6 +304,21 @@ class ManagerInterface(_Interface):
     @translated
     async def history(self, name: DBusStr) -> DBusStr:
         return _json(await self._service.history(name))
+
+    @dbus_method(name="Runs")
+    @translated
+    async def runs(self, name: DBusStr) -> DBusStr:
+        return _json(await self._service.runs(name))
+
+    @dbus_method(name="Logs")
+    @translated
+    async def logs(self, name: DBusStr, run: DBusUInt32, lines: DBusUInt32) -> DBusStr:
+        return _json(await self._service.logs(name, run, lines or None))
+
+    @dbus_method(name="Purge")
+    @translated
+    async def purge(self, name: DBusStr) -> NoReply:
+        await self._service.remove(name, purge_history=True)
 
     @dbus_method(name="Reconcile")
     @translated
