@@ -453,7 +453,7 @@ async def test_client_speaks_every_manager_method(served: FakeService, client: D
         "removed": [],
         "failed": [],
     }
-    with pytest.raises(InvalidError, match=r"^jobs are not supported yet$"):
+    with pytest.raises(InvalidError, match=r"^pod 'web' is not a job$"):
         await call(client, "run_job", name="web")
     assert await call(client, "remove", name="web") is None
     assert await call(client, "list") == []
@@ -571,7 +571,7 @@ async def test_busctl_speaks_every_manager_method(served: FakeService, address: 
         address, "call", BUS_NAME, MANAGER_PATH, MANAGER_INTERFACE, "RunJob", "s", "web-1"
     )
     assert code != 0
-    assert busctl_error(err) == ("io.github.iyclo1.Error.Invalid", "jobs are not supported yet")
+    assert busctl_error(err) == ("io.github.iyclo1.Error.Invalid", "pod 'web-1' is not a job")
     for prop, expected in (("Version", iyclo.__version__), ("PodCount", 1)):
         code, out, err = await busctl(
             address, "--json=short", "get-property", BUS_NAME, MANAGER_PATH, MANAGER_INTERFACE, prop
@@ -612,7 +612,7 @@ async def test_gdbus_speaks_every_manager_method(served: FakeService, address: s
     assert json.loads(gvariant_strings(await ok("Reconcile"))[0])["adopted"] == ["web"]
     code, _, err = await gdbus_call(address, "RunJob", "web")
     assert code != 0
-    assert "GDBus.Error:io.github.iyclo1.Error.Invalid: jobs are not supported yet" in err
+    assert "GDBus.Error:io.github.iyclo1.Error.Invalid: pod 'web' is not a job" in err
     assert await ok("Remove", "web") == "()"
     code, out, err = await run(
         GDBUS or "gdbus", "call", "--address", address, "--dest", BUS_NAME, "--object-path",

@@ -217,6 +217,9 @@ async def run(args: argparse.Namespace) -> int:
         podman = PodmanClient(args.podman_url)
         stack.callback(podman.close)
         service = Service(store, systemd, podman, policy=policy)
+        # Job runs are recorded from systemd's signals: watch before the first reconcile.
+        await service.jobs.start()
+        stack.push_async_callback(service.jobs.close)
         try:
             await podman.ping()
             report = await service.reconcile()

@@ -17,7 +17,9 @@ What is private to a host, and why:
   would have to create it in the real `/etc`; the whole directory is overlaid instead.)
 - `/var/lib/containers`, `/var/lib/iyclo` and `/etc/containers/networks` are bind mounts of
   directories under `root/`: they survive a "reboot" (kill the host, boot another on the same
-  root) like a disk does, while `/run` does not, so Podman sees a real reboot.
+  root) like a disk does, while `/run` does not, so Podman sees a real reboot. So is
+  `/var/lib/systemd/timers`, where systemd keeps `Persistent=` timers' last trigger times:
+  without it they would land on the machine's real disk and be shared by every host.
 - The network namespace is private, so netavark's bridge and iptables rules never touch the
   machine's network. Never send test traffic to the 10.88.0.0/16 bridge anyway.
 - Each host gets its own cgroup (`iyclo-testhost.<name>`) under the launching process's cgroup
@@ -239,6 +241,7 @@ overlay_dir "$root/boot/containers-etc" /etc/containers
 mount --bind "$root/containers-networks" /etc/containers/networks
 mount --bind "$root/containers" /var/lib/containers
 mount --bind "$root/iyclo" /var/lib/iyclo
+mount --bind "$root/systemd-timers" /var/lib/systemd/timers
 mount --bind "$root/boot/console.log" /dev/console
 # journalctl would also read the machine's persistent journal (same machine id): hide it.
 if [ -d /var/log/journal ]; then mount -t tmpfs -o mode=0755 tmpfs /var/log/journal; fi
@@ -649,11 +652,12 @@ def boot(
 
 def _stage(root: Path, extra_dbus_policies: Sequence[Path]) -> None:
     """Create root's persistent dirs and regenerate `root/boot/`, the files this boot mounts."""
-    for d in ("containers", "iyclo", "containers-networks"):
+    for d in ("containers", "iyclo", "containers-networks", "systemd-timers"):
         (root / d).mkdir(parents=True, exist_ok=True)
     # Mount points on the real filesystem. /var/lib/containers exists wherever Podman is
-    # installed; /var/lib/iyclo is the only directory this may have to create on the machine.
-    for mountpoint in ("/var/lib/containers", "/var/lib/iyclo"):
+    # installed; /var/lib/iyclo and /var/lib/systemd/timers (systemd's own place for timer
+    # stamps) are the only directories this may have to create on the machine, empty.
+    for mountpoint in ("/var/lib/containers", "/var/lib/iyclo", "/var/lib/systemd/timers"):
         Path(mountpoint).mkdir(parents=True, exist_ok=True)
     boot_dir = root / "boot"
     shutil.rmtree(boot_dir, ignore_errors=True)

@@ -205,7 +205,23 @@ class FakeService:
         self._publish(pod.name, "running", generation=generation)
         return ApplyResult(pod.name, "Pod", generation, True, "running")
 
-    async def remove(self, name: str) -> None:
+    async def run_job(self, name: str) -> dict[str, Any]:
+        """The fake holds pods only, so a known name is not a job, as the real one says."""
+        await self._enter("run_job", name)
+        self._pod(name)
+        raise InvalidError(f"pod '{name}' is not a job")
+
+    async def runs(self, name: str) -> list[dict[str, Any]]:
+        await self._enter("runs", name)
+        self._pod(name)
+        return []
+
+    async def logs(self, name: str, run: int = 0, lines: int | None = None) -> dict[str, Any]:
+        await self._enter("logs", name, run, lines)
+        self._pod(name)
+        return {"name": name, "entries": []}
+
+    async def remove(self, name: str, purge_history: bool = False) -> None:
         await self._enter("remove", name)
         self._pod(name)
         self._publish(name, "removing")

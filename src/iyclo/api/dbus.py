@@ -14,7 +14,7 @@ Bus name ``io.github.iyclo1``. Two kinds of object:
     ``GetManifest(s name, u generation) -> (s manifest_json)`` — generation 0 is the current one
     ``History(s name) -> (s history_json)``
     ``Reconcile() -> (s report_json)``
-    ``RunJob(s name)``
+    ``RunJob(s name) -> s run_json``
     properties ``Version`` (s), ``PodCount`` (u, emits PropertiesChanged)
     signals ``PodChanged(s name, s state)``, ``JobFinished(s name, u run, i exit_code, s result)``
 
@@ -108,7 +108,11 @@ class ServiceApi(Protocol):
     async def validate(self, manifest: str | dict[str, Any], /) -> list[str]: ...
     async def apply(self, manifest: str | dict[str, Any], /) -> JsonResult: ...
     async def diff(self, manifest: str | dict[str, Any], /) -> str: ...
-    async def remove(self, name: str, /) -> None: ...
+    async def remove(self, name: str, /, purge_history: bool = False) -> None: ...
+    async def runs(self, name: str, /) -> list[dict[str, Any]]: ...
+    async def logs(
+        self, name: str, run: int = 0, lines: int | None = None, /
+    ) -> dict[str, Any]: ...
     async def start(self, name: str, /) -> str: ...
     async def stop(self, name: str, /) -> str: ...
     async def restart(self, name: str, /) -> str: ...
@@ -116,6 +120,7 @@ class ServiceApi(Protocol):
     async def manifest(self, name: str, generation: int = 0, /) -> dict[str, Any]: ...
     async def history(self, name: str, /) -> list[dict[str, Any]]: ...
     async def reconcile(self) -> JsonResult: ...
+    async def run_job(self, name: str, /) -> dict[str, Any]: ...
     def version(self) -> str: ...
     # Last: below it, ``list`` in this class body would name the method, not the type.
     async def list_all(self) -> list[dict[str, Any]]: ...
@@ -225,6 +230,9 @@ class ManagerInterface(_Interface):
         "GetManifest": ("manifest_json",),
         "History": ("history_json",),
         "Reconcile": ("report_json",),
+        "RunJob": ("run_json",),
+        "Runs": ("runs_json",),
+        "Logs": ("logs_json",),
         "PodChanged": ("name", "state"),
         "JobFinished": ("name", "run", "exit_code", "result"),
     }
@@ -297,6 +305,21 @@ class ManagerInterface(_Interface):
     async def history(self, name: DBusStr) -> DBusStr:
         return _json(await self._service.history(name))
 
+    @dbus_method(name="Runs")
+    @translated
+    async def runs(self, name: DBusStr) -> DBusStr:
+        return _json(await self._service.runs(name))
+
+    @dbus_method(name="Logs")
+    @translated
+    async def logs(self, name: DBusStr, run: DBusUInt32, lines: DBusUInt32) -> DBusStr:
+        return _json(await self._service.logs(name, run, lines or None))
+
+    @dbus_method(name="Purge")
+    @translated
+    async def purge(self, name: DBusStr) -> NoReply:
+        await self._service.remove(name, purge_history=True)
+
     @dbus_method(name="Reconcile")
     @translated
     async def reconcile(self) -> DBusStr:
@@ -304,12 +327,8 @@ class ManagerInterface(_Interface):
 
     @dbus_method(name="RunJob")
     @translated
-    async def run_job(self, name: DBusStr) -> NoReply:
-        # Part of the interface already so it stays stable when jobs arrive.
-        run = getattr(self._service, "run_job", None)
-        if run is None:
-            raise InvalidError("jobs are not supported yet")
-        await run(name)
+    async def run_job(self, name: DBusStr) -> DBusStr:
+        return _json(await self._service.run_job(name))
 
     @dbus_property(access=PropertyAccess.READ, name="Version")
     def version(self) -> DBusStr:

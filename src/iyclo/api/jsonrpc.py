@@ -81,6 +81,10 @@ def methods(service: Service) -> dict[str, Handler]:
         "history": service.history,
         "reconcile": reconcile,
         "version": version,
+        # jobs (feat/jobs)
+        "run_job": service.run_job,
+        "runs": service.runs,
+        "logs": service.logs,
     }
 
 

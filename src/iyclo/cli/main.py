@@ -14,7 +14,7 @@ from typing import Any
 import rich_click as click
 
 from iyclo import __version__
-from iyclo.cli import remote
+from iyclo.cli import jobs, remote
 from iyclo.cli.output import die, print_json, set_debug
 from iyclo.errors import InvalidError
 
@@ -147,6 +147,7 @@ def _run_daemon(args: list[str]) -> None:
 
 
 remote.register(cli)
+jobs.register(cli)
 remote.daemon_command(cli, _run_daemon)
 
 

@@ -15,7 +15,7 @@ import rich_click as click
 
 from iyclo.cli.output import fail, print_json
 from iyclo.cli.transport import Transport, connect
-from iyclo.errors import InvalidError, IycloError
+from iyclo.errors import InvalidError, IycloError, NotFoundError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -38,13 +38,20 @@ def console() -> Console:
     return _console(True)
 
 
-def _table(*columns: str) -> Table:
+def make_table(*columns: str) -> Table:
     from rich.table import Table
 
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in columns:
         table.add_column(column)
     return table
+
+
+def escape(text: str) -> str:
+    """rich markup escaping, imported on use like the rest of rich."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 
 @contextmanager
@@ -96,7 +103,7 @@ def _containers_summary(status: dict[str, Any]) -> str:
 
 
 def print_status_table(rows: list[dict[str, Any]]) -> None:
-    table = _table("NAME", "KIND", "STATE", "GEN", "CONTAINERS", "RESTARTS", "UP", "UNIT")
+    table = make_table("NAME", "KIND", "STATE", "GEN", "CONTAINERS", "RESTARTS", "UP", "UNIT")
     for row in rows:
         state = row.get("state", "")
         style = {"running": "green", "failed": "red", "missing": "red"}.get(state, "yellow")
@@ -178,16 +185,34 @@ def register(cli: click.Group) -> None:
 
     @cli.command()
     @click.argument("name")
+    @click.option("--generations", is_flag=True, help="For a job: its manifest generations.")
     @json_option
     @click.pass_context
-    def history(ctx: click.Context, name: str, as_json: bool) -> None:
-        """List the stored generations of a pod's manifest."""
+    def history(ctx: click.Context, name: str, generations: bool, as_json: bool) -> None:
+        """List a job's runs, or the stored generations of a pod's manifest.
+
+        A removed job's runs stay listed unless it was removed with `--purge-history`.
+        """
         with daemon(ctx) as client:
+            # -- jobs (feat/jobs): a job's history is its runs
+            try:
+                kind = client.call("get", name=name).get("kind")
+            except NotFoundError:
+                kind = None  # maybe a removed job whose runs were kept
+            if kind != "Pod" and not generations:
+                runs = client.call("runs", name=name)
+                if as_json:
+                    print_json(runs)
+                else:
+                    from iyclo.cli.jobs import print_runs_table
+
+                    print_runs_table(runs)
+                return
             rows = client.call("history", name=name)
         if as_json:
             print_json(rows)
             return
-        table = _table("GEN", "APPLIED", "DIGEST", "")
+        table = make_table("GEN", "APPLIED", "DIGEST", "")
         for row in rows:
             mark = "current" if row["current"] else ""
             table.add_row(str(row["generation"]), row["appliedAt"], row["digest"][:12], mark)
@@ -207,10 +232,34 @@ def register(cli: click.Group) -> None:
         command.__doc__ = help_text
         cli.command(name=verb)(command)
 
-    simple("rm", "remove", "Remove pods or jobs: units, containers and records.")
-    simple("start", "start", "Start stopped pods.")
-    simple("stop", "stop", "Stop pods; they stay stopped until `iyclo start`.")
-    simple("restart", "restart", "Restart pods through systemd.")
+    @cli.command(name="rm")
+    @click.argument("names", nargs=-1, required=True)
+    @click.option(
+        "--purge-history/--keep-history",
+        default=False,
+        help="For jobs: also delete the run history [default: keep, like the journal].",
+    )
+    @click.pass_context
+    def rm(ctx: click.Context, names: tuple[str, ...], purge_history: bool) -> None:
+        """Remove pods or jobs: units, containers and records.
+
+        A job's run history is kept (numbering continues if it comes back) unless
+        `--purge-history` is given; its journal lines are journald's to keep either way.
+        """
+        params = {"purge_history": True} if purge_history else {}
+        with daemon(ctx) as client:
+            for name in names:
+                with console().status(f"rm {name}…", spinner="dots"):
+                    client.call("remove", name=name, **params)
+                out().print(f"{name}: removed")
+
+    simple("start", "start", "Start stopped pods, or schedule stopped jobs again.")
+    simple(
+        "stop",
+        "stop",
+        "Stop pods, or jobs (timer and any run going); they stay stopped until `iyclo start`.",
+    )
+    simple("restart", "restart", "Restart pods through systemd, or a job's timer.")
 
     @cli.command()
     @json_option

@@ -118,6 +118,8 @@ class DBusClient:
             "get": self._get,
             "get_manifest": self._get_manifest,
             "history": self._history,
+            "runs": self._runs,
+            "logs": self._logs,
             "reconcile": self._reconcile,
             "version": self._version,
             "run_job": self._run_job,
@@ -325,8 +327,18 @@ class DBusClient:
         (diff,) = await self._manager("Diff", "s", _manifest_text(manifest))
         return str(diff)
 
-    async def _remove(self, name: str) -> None:
-        await self._manager("Remove", "s", name)
+    async def _remove(self, name: str, purge_history: bool = False) -> None:
+        await self._manager("Purge" if purge_history else "Remove", "s", name)
+
+    async def _runs(self, name: str) -> list[dict[str, Any]]:
+        (text,) = await self._manager("Runs", "s", name)
+        runs: list[dict[str, Any]] = json.loads(text)
+        return runs
+
+    async def _logs(self, name: str, run: int = 0, lines: int | None = None) -> dict[str, Any]:
+        (text,) = await self._manager("Logs", "suu", name, run, lines or 0)
+        logs: dict[str, Any] = json.loads(text)
+        return logs
 
     async def _start(self, name: str) -> str:
         (state,) = await self._manager("Start", "s", name)
@@ -387,5 +399,7 @@ class DBusClient:
         )
         return str(variant.value)
 
-    async def _run_job(self, name: str) -> None:
-        await self._manager("RunJob", "s", name)
+    async def _run_job(self, name: str) -> dict[str, Any]:
+        (text,) = await self._manager("RunJob", "s", name)
+        run: dict[str, Any] = json.loads(text)
+        return run

@@ -80,3 +80,21 @@ async def unit_entries(
         except json.JSONDecodeError:
             continue
     return entries
+
+
+# -- scheduled jobs (feat/jobs) ------------------------------------------------------
+
+
+async def query(*args: str) -> list[dict[str, Any]]:
+    """Journal entries selected by ``journalctl`` matches and options, as JSON objects.
+
+    An unreadable journal (no ``journalctl``, a timeout) yields no entries: callers
+    treat the journal as a best-effort second account next to systemd's own state.
+    """
+    entries = []
+    for raw in (await _journalctl("-o", "json", *args)).splitlines():
+        try:
+            entries.append(json.loads(raw))
+        except json.JSONDecodeError:
+            continue
+    return entries

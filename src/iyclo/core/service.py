@@ -23,7 +23,8 @@ from attrs import frozen
 from iyclo import __version__
 from iyclo.core import naming
 from iyclo.core.events import EventBus
-from iyclo.core.journal import start_failure_reason
+from iyclo.core.jobs import Jobs, journal_lines
+from iyclo.core.journal import start_failure_reason, unit_entries
 from iyclo.core.oom import OomKill, oom_fields, record_kill
 from iyclo.core.plan import PodPlan, plan_pod
 from iyclo.core.state import LiveState
@@ -110,6 +111,7 @@ class Service:
         self.events = events or EventBus()
         self._locks: dict[str, asyncio.Lock] = {}
         self._global = asyncio.Lock()
+        self.jobs = Jobs(store, systemd, podman, self.events)  # kind Job: see core/jobs.py
         self.live = LiveState(systemd, podman)
         self.live.on_change = self._observed
         self.live.on_container_died = self._container_died
@@ -124,7 +126,10 @@ class Service:
         await self.live.close()
 
     def _units(self) -> dict[str, str]:
-        return {r.name: naming.unit_name(r.kind, r.name) for r in self.store.list()}
+        """Pods the live cache follows (jobs keep their own run records)."""
+        return {
+            r.name: naming.unit_name(r.kind, r.name) for r in self.store.list() if r.kind == "pod"
+        }
 
     # -- helpers --------------------------------------------------------------------
 
@@ -259,7 +264,7 @@ class Service:
         if lock is not None and lock.locked():
             return  # the operation under way publishes its own states
         record: Deployment | None = await self._store(self.store.find, name)
-        if record is None:
+        if record is None or record.kind != "pod":
             return
         unit = self.live.pods.get(name)
         if unit is None:
@@ -328,8 +333,10 @@ class Service:
 
     async def apply(self, manifest_in: str | dict[str, Any]) -> ApplyResult:
         manifest = _load(manifest_in, self.policy)
-        if isinstance(manifest, Job):
-            raise InvalidError("kind: Job is not supported by this daemon yet")
+        if isinstance(manifest, Job):  # -- jobs (feat/jobs)
+            async with self._locked(manifest.name):
+                job = await self.jobs.apply(manifest)
+            return ApplyResult(manifest.name, "Job", job.generation, job.changed, job.state)
         digest = manifest_digest(manifest)
         async with self._locked(manifest.name):
             previous: Deployment | None = await self._store(self.store.find, manifest.name)
@@ -446,9 +453,13 @@ class Service:
         self._publish(record.name, "running", generation=record.generation)
         return "running"
 
-    async def remove(self, name: str) -> None:
+    async def remove(self, name: str, purge_history: bool = False) -> None:
+        """Remove a pod or job; a job's run history stays unless `purge_history`."""
         async with self._locked(name):
             record = await self._record(name)
+            if record.kind == "job":  # -- jobs (feat/jobs)
+                await self.jobs.remove(record, purge_history=purge_history)
+                return
             plan = self._plan(record)
             self._publish(name, "removing")
             await self._stop_unit(plan.unit)
@@ -462,11 +473,16 @@ class Service:
 
     async def start(self, name: str) -> str:
         async with self._locked(name):
-            return await self._ensure_running(await self._record(name))
+            record = await self._record(name)
+            if record.kind == "job":  # -- jobs (feat/jobs)
+                return await self.jobs.start_job(record)
+            return await self._ensure_running(record)
 
     async def stop(self, name: str) -> str:
         async with self._locked(name):
             record = await self._record(name)
+            if record.kind == "job":  # -- jobs (feat/jobs)
+                return await self.jobs.stop_job(record)
             await self._stop_unit(self._plan(record).unit)
             await self._store(self.store.set_status, name, desired="stopped")
             await self._refresh(name, self._plan(record).unit)
@@ -476,6 +492,8 @@ class Service:
     async def restart(self, name: str) -> str:
         async with self._locked(name):
             record = await self._record(name)
+            if record.kind == "job":  # -- jobs (feat/jobs)
+                return await self.jobs.restart_job(record)
             plan = self._plan(record)
             state = await self._unit_state(plan.unit)
             if state is not None and state.get("ActiveState") in ACTIVE_STATES:
@@ -495,6 +513,8 @@ class Service:
     async def status(self, name: str) -> dict[str, Any]:
         """A pod's state from the live cache (no Podman call on the hot path)."""
         record = await self._record(name)
+        if record.kind == "job":  # -- jobs (feat/jobs)
+            return await self.jobs.status(record)
         unit_name = naming.unit_name(record.kind, name)
         unit = await self.live.unit(name, unit_name)
         kills = record.status.get("oomKills") or {}
@@ -570,6 +590,31 @@ class Service:
     def version(self) -> str:
         return __version__
 
+    # -- jobs (feat/jobs) -------------------------------------------------------------
+
+    async def run_job(self, name: str) -> dict[str, Any]:
+        """Start a run of job `name` now; ConflictError while one is going."""
+        async with self._locked(name):
+            record = await self._record(name)
+            if record.kind != "job":
+                raise InvalidError(f"{record.kind} '{name}' is not a job; only jobs can be run")
+            return await self.jobs.run_now(record)
+
+    async def runs(self, name: str) -> list[dict[str, Any]]:
+        """Run history of job `name`, oldest first (kept after a remove by default)."""
+        return await self.jobs.runs(name)
+
+    async def logs(self, name: str, run: int = 0, lines: int | None = None) -> dict[str, Any]:
+        """A job run's output (`run` 0: the newest), or a pod unit's journal."""
+        record: Deployment | None = await self._store(self.store.find, name)
+        if record is None or record.kind == "job":
+            return await self.jobs.logs(name, run, lines)
+        if run:
+            raise InvalidError(f"pod '{name}' has no runs; leave out the run number")
+        unit = self._plan(record).unit
+        entries = await unit_entries([unit], lines=lines if lines is not None else 200)
+        return {"name": name, "kind": "Pod", "unit": unit, "entries": journal_lines(entries)}
+
     # -- reconcile ------------------------------------------------------------------
 
     async def reconcile(self) -> ReconcileReport:
@@ -594,6 +639,8 @@ class Service:
                 elif outcome == "recreated":
                     recreated.append(record.name)
             removed.extend(await self._remove_orphans(known))
+            jobs = {r.name for r in records if r.kind == "job"}  # -- jobs (feat/jobs)
+            removed.extend(await self.jobs.remove_orphans(jobs))
             with contextlib.suppress(IycloError):
                 await self.live.resync(self._units())
             report = ReconcileReport(
@@ -603,6 +650,8 @@ class Service:
             return report
 
     async def _reconcile_one(self, record: Deployment) -> str:
+        if record.kind == "job":  # -- jobs (feat/jobs)
+            return await self.jobs.reconcile_one(record)
         plan = self._plan(record)
         state = await self._unit_state(plan.unit)
         desired = record.status.get("desired", "running")

@@ -405,6 +405,23 @@ class SystemdManager:
             check=check,
         )
 
+    async def enqueue_start_unit(self, name: str, *, mode: JobMode = JobMode.FAIL) -> str:
+        """Queue a start job for ``name`` and return its job path without waiting for it.
+
+        A oneshot's start job lasts as long as the work it does (a scheduled job's run
+        may take hours), so a caller that only needs it to have begun watches the unit
+        instead of the job. ``fail`` mode leaves a pending stop job alone; a start while
+        the unit is already starting merges into that start, as systemd always does.
+        """
+        (job_path,) = await self._call(
+            "StartUnit",
+            "ss",
+            [name, JobMode(mode).value],
+            action=f"start unit {name}",
+            reply_signature="o",
+        )
+        return str(job_path)
+
     async def stop_unit(
         self,
         name: str,
