@@ -137,6 +137,11 @@ def test_default_capabilities_no_new_privileges_and_seccomp(daemon: Daemon, defa
     assert int(status["CapBnd"], 16) == IYCLO_DEFAULT_CAPS
     assert status["NoNewPrivs"] == "1"
     assert status["Seccomp"] == "2"  # Podman's default profile, in filter mode
+    # Podman's masked and read-only paths
+    masked = sh(daemon.host, f"{defaults}-plain", "wc -c < /proc/keys; ls -A /sys/firmware")
+    assert masked.split() == ["0"]  # /proc/keys reads as /dev/null, /sys/firmware is empty
+    mounts = sh(daemon.host, f"{defaults}-plain", "cat /proc/mounts").splitlines()
+    assert any(m.split()[1] == "/proc/sys" and "ro" in m.split()[3].split(",") for m in mounts)
     # capAdd of the baseline drops gives back exactly Podman's default set
     regrant = proc_status(daemon.host, f"{defaults}-regrant")
     assert int(regrant["CapEff"], 16) == PODMAN_DEFAULT_CAPS

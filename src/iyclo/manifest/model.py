@@ -93,7 +93,7 @@ class Security:
     )
     masked_paths: tuple[AbsPath, ...] = doc(
         "Paths made inaccessible in the container, in addition to Podman's defaults "
-        "(/proc/kcore, /sys/firmware, ...).",
+        "(/proc/keys, /sys/firmware, ...).",
         factory=tuple,
     )
     no_new_privileges: bool = doc("Forbid gaining privileges through execve.", True)
