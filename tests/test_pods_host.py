@@ -351,3 +351,27 @@ def test_the_web_example_serves_its_page(daemon: Daemon) -> None:
         assert unit_show(host, "iyclo-web.slice", "MemoryMax") == {"MemoryMax": "268435456"}
     finally:
         remove(daemon, "web")
+
+
+def test_dead_sidecar_restarts_its_pod_from_podman_events(daemon: Daemon) -> None:
+    """systemd watches only the main container; Podman's event stream tells the daemon
+    about the others. The bound is below the 30 s periodic resync, so only the event
+    path can pass it."""
+    host = daemon.host
+    daemon.call("apply", manifest=fast(pod_manifest("sidekick")))
+    try:
+        before = inspect(host, "iyclo-sidekick-g1-side")
+        host.run(["kill", "-9", str(before["State"]["Pid"])])
+
+        def back() -> bool:
+            status = daemon.call("get", name="sidekick")
+            side = next(c for c in status["containers"] if c["name"] == "side")
+            return status["restarts"] >= 1 and side["state"] == "running"
+
+        wait_for(back, timeout=20, what="the pod restarted after its sidecar died")
+        after = inspect(host, "iyclo-sidekick-g1-side")
+        assert after["State"]["Status"] == "running"
+        assert after["State"]["Pid"] != before["State"]["Pid"]
+        assert after["Id"] == before["Id"]
+    finally:
+        remove(daemon, "sidekick")

@@ -204,7 +204,7 @@ class LiveState:
         """Blocking reader of Podman's event stream, in its own thread; reconnects."""
         while not self._stop_events.is_set():
             try:
-                for event in self.podman.events({"label": [naming.LABEL_POD]}):
+                for event in self.podman.container_events(naming.LABEL_POD):
                     if self._stop_events.is_set():
                         return
                     loop.call_soon_threadsafe(self._on_podman_event, event)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ParamSpec, TypeVar
 
@@ -148,11 +149,32 @@ class PodmanClient:
 
         return await self._call("list containers", list_)
 
-    def events(self, filters: dict[str, list[str]]) -> Iterator[dict[str, Any]]:
-        """Podman's event stream, decoded; blocking, for a thread of its own."""
-        for event in self._client.events(filters=filters, decode=True):
-            if isinstance(event, dict):
-                yield event
+    def container_events(self, label: str) -> Iterator[dict[str, Any]]:
+        """Container events of containers carrying `label`, as they happen.
+
+        Blocking, for a thread of its own. Two measured Podman 4.3 / bindings facts shape
+        it: the REST stream's ``label`` filter matches nothing, so labels are matched
+        here (events carry them in ``Actor.Attributes``); and the bindings' ``events()``
+        reads through ``iter_lines()``, which holds events back in a 512-byte buffer, so
+        the stream is read one HTTP chunk (one event) at a time instead.
+        """
+        params = {"stream": True, "filters": json.dumps({"type": ["container"]})}
+        response = self._client.api.get("/events", params=params, stream=True)
+        response.raise_for_status()
+        pending = b""
+        try:
+            for chunk in response.raw.read_chunked(decode_content=True):
+                pending += chunk
+                while b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    attributes = (event.get("Actor") or {}).get("Attributes") or {}
+                    if isinstance(event, dict) and label in attributes:
+                        yield event
+        finally:
+            response.close()
 
     async def inspect_container(self, name: str) -> dict[str, Any]:
         def inspect() -> dict[str, Any]:
