@@ -137,7 +137,7 @@ def test_job_fires_on_schedule_and_records_every_run(daemon: Daemon) -> None:
         assert timer["Persistent"] == "no"
         assert timer["Triggers"] == "iyclo-job-every3.service"
         service = unit_show(host, "iyclo-job-every3.service", "Type", "Slice", "KillMode")
-        assert service == {"Type": "oneshot", "Slice": "iyclo.slice", "KillMode": "process"}
+        assert service == {"Type": "oneshot", "Slice": "iyclo-every3.slice", "KillMode": "process"}
         assert pods_of(host, "every3") == ["iyclo-every3-g1"]
 
         runs = wait_for(
@@ -528,3 +528,26 @@ def test_job_operations_agree_over_dbus_socket_and_cli(daemon: Daemon) -> None:
             daemon.call("runs", name="courier")
     finally:
         remove(daemon, "courier")
+
+
+def test_job_limits_bound_its_run_through_its_slice(daemon: Daemon) -> None:
+    """The `systemd` block's limits sit on the job's own slice, which holds both its
+    service and its containers (on the unit they would bound conmon only)."""
+    host = daemon.host
+    manifest = job("bounded", "2099-01-01", "cat /proc/self/cgroup")
+    manifest["systemd"] = {"memoryMax": "96M", "tasksMax": 64}
+    daemon.call("apply", manifest=manifest)
+    try:
+        props = unit_show(host, "iyclo-bounded.slice", "MemoryMax", "TasksMax", "ActiveState")
+        assert props == {"MemoryMax": str(96 * 2**20), "TasksMax": "64", "ActiveState": "active"}
+        service = unit_show(host, "iyclo-job-bounded.service", "Slice")
+        assert service["Slice"] == "iyclo-bounded.slice"
+        daemon.call("run_job", name="bounded")
+        wait_for(lambda: finished_runs(daemon, "bounded"), timeout=20, what="the run")
+        output = json.dumps(daemon.call("logs", name="bounded", run=1))
+        assert "iyclo-bounded.slice" in output  # the container's own cgroup is in the slice
+        remove(daemon, "bounded")
+        # (a slice needs no unit file, so `systemctl show` loads one on the spot)
+        assert unit_show(host, "iyclo-bounded.slice", "ActiveState")["ActiveState"] == "inactive"
+    finally:
+        remove(daemon, "bounded")

@@ -89,7 +89,7 @@ def test_service_runs_each_container_in_order_to_completion() -> None:
     assert [entry[2] for entry in props["ExecStart"]] == [False, False]  # a failure ends the run
     assert props["Type"] == "oneshot"
     assert props["KillMode"] == "process"
-    assert props["Slice"] == "iyclo.slice"
+    assert props["Slice"] == "iyclo-etl.slice"  # the job's own slice holds its containers too
     assert props["TimeoutStartUSec"] == 90 * SEC
     assert props["TimeoutStopUSec"] == (7 + 10) * SEC  # the longest stop timeout + margin
     assert props["StartLimitIntervalUSec"] == 0
@@ -125,9 +125,12 @@ def test_sandbox_block_applies_to_the_run() -> None:
     data["systemd"] = {"memoryMax": "128M", "protectClock": True}
     manifest = parse_manifest(data)
     assert isinstance(manifest, Job)
-    props = dict(plan_job(manifest, 1, "d").service_properties)
-    assert props["MemoryMax"] == 128 * 2**20
+    plan = plan_job(manifest, 1, "d")
+    props = dict(plan.service_properties)
     assert props["ProtectClock"] is True
+    assert "MemoryMax" not in props  # on the unit it would bound conmon only
+    assert plan.slice == "iyclo-nightly\\x2dbackup.slice"
+    assert dict(plan.slice_properties)["MemoryMax"] == 128 * 2**20
 
 
 def test_every_property_has_a_known_signature() -> None:
@@ -143,7 +146,7 @@ def test_containers_are_created_in_one_pod_with_pod_labels() -> None:
     assert plan.pod_name == "iyclo-etl-g3"
     assert plan.pod_spec["labels"][naming.LABEL_KIND] == "Job"
     assert plan.pod_spec["labels"][naming.LABEL_GENERATION] == "3"
-    assert plan.pod_spec["cgroup_parent"] == "iyclo.slice"
+    assert plan.pod_spec["cgroup_parent"] == "iyclo-etl.slice"
     specs = [c.spec for c in plan.containers]
     assert [s["name"] for s in specs] == ["iyclo-etl-g3-extract", "iyclo-etl-g3-load"]
     for spec in specs:

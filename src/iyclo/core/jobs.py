@@ -281,11 +281,33 @@ class Jobs:
         with contextlib.suppress(NotFoundError):
             await self.systemd.stop_unit(unit, timeout=JOB_TIMEOUT)
 
+    async def _ensure_slice(self, plan: JobPlan) -> None:
+        """The job's own slice, with the plan's limits (set again if it exists already).
+
+        It must be a transient unit before anything lands in it: a slice systemd loads on
+        its own (as the parent of Podman's pod slice) cannot become transient any more.
+        """
+        properties = [prop(key, value) for key, value in plan.slice_properties]
+        try:
+            await self.systemd.get_unit(plan.slice)
+            state = await self.systemd.unit_properties(plan.slice)
+        except NotFoundError:
+            state = {}
+        if state.get("ActiveState") == "active":
+            await self.systemd.set_unit_properties(plan.slice, True, properties)
+            return
+        await self._wait_gone(plan.slice)
+        description = prop("Description", f"iyclo job {plan.name}: its runs and containers")
+        await self.systemd.start_transient_unit(
+            plan.slice, [description, *properties], timeout=JOB_TIMEOUT
+        )
+
     async def _create_pod(self, plan: JobPlan) -> None:
         """Images, pod and containers of one generation (created, not started); on
         failure nothing of it stays."""
         for container in plan.containers:
             await self.podman.ensure_image(container.image)
+        await self._ensure_slice(plan)
         await self.podman.remove_pod(plan.pod_name)  # a leftover of a crashed apply
         try:
             await self.podman.create_pod(plan.pod_name, plan.pod_spec)
@@ -318,6 +340,7 @@ class Jobs:
 
     async def _bring_up(self, plan: JobPlan) -> None:
         """Create the timer and its service in one call; on failure neither stays."""
+        await self._ensure_slice(plan)
         await self._wait_gone(plan.timer)
         await self._wait_gone(plan.service)
         timer_props = [prop(key, value) for key, value in plan.timer_properties]
@@ -447,6 +470,8 @@ class Jobs:
         await self._take_down(plan, interrupt=True)
         await self._settle_after_stop(record.name)
         await self._remove_pods(record.name, keep=None)
+        await self._stop(plan.slice)
+        await self._wait_gone(plan.slice)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(timer_stamp(plan.timer))
         await self._store(self.store.remove, record.name, purge_runs=purge_history)

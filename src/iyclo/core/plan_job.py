@@ -54,6 +54,7 @@ from iyclo.core.plan import (
     pod_stop_timeout,
     podman_binary,
     sandbox_properties,
+    slice_properties,
 )
 from iyclo.manifest.model import Job
 from iyclo.manifest.values import parse_duration
@@ -80,6 +81,8 @@ class JobPlan:
     containers: tuple[ContainerPlan, ...]
     timer_properties: tuple[tuple[str, Any], ...]
     service_properties: tuple[tuple[str, Any], ...]
+    slice: str
+    slice_properties: tuple[tuple[str, Any], ...]
 
 
 def systemctl_binary() -> str:
@@ -147,7 +150,9 @@ def job_service_properties(
     timeout = manifest.schedule.timeout
     props: list[tuple[str, Any]] = [
         ("Description", f"iyclo job {manifest.name}"),
-        ("Slice", naming.SLICE),
+        # The job's own slice holds its service and its containers, so the limits of
+        # the `systemd` block (set on the slice) bound the run, not only conmon.
+        ("Slice", naming.slice_name(manifest.name)),
         ("Type", "oneshot"),
         ("ExecStart", start),
         ("ExecStopPost", stop_post),
@@ -163,7 +168,7 @@ def job_service_properties(
         ("CollectMode", "inactive-or-failed"),
         ("Environment", [f"PODMAN_SYSTEMD_UNIT={service}"]),
     ]
-    props.extend(sandbox_properties(manifest.systemd))
+    props.extend(sandbox_properties(manifest.systemd, resources=False))
     return props
 
 
@@ -190,8 +195,12 @@ def plan_job(manifest: Job, generation: int, digest: str) -> JobPlan:
         pod_name=pod_name,
         timer=timer,
         service=service,
-        pod_spec=_pod_spec(manifest, labels, pod_name),
+        pod_spec=_pod_spec(
+            manifest, labels, pod_name, cgroup_parent=naming.slice_name(manifest.name)
+        ),
         containers=containers,
         timer_properties=tuple(job_timer_properties(manifest)),
         service_properties=tuple(job_service_properties(manifest, pod_name, service, timer)),
+        slice=naming.slice_name(manifest.name),
+        slice_properties=tuple(slice_properties(manifest.systemd)),
     )
