@@ -65,7 +65,6 @@ from iyclo.errors import (
     InvalidError,
     IycloError,
     NotFoundError,
-    PodmanError,
     SystemdError,
 )
 from iyclo.manifest.convert import dump_manifest, manifest_digest, parse_manifest
@@ -80,7 +79,6 @@ from iyclo.systemd.properties import USEC_INFINITY, prop
 log = structlog.get_logger("iyclo.jobs")
 
 UNIT_GONE_TIMEOUT = 15.0
-POD_REMOVE_TIMEOUT = 10.0
 JOB_TIMEOUT = 150.0
 RUN_START_TIMEOUT = 30.0
 SWEEP_INTERVAL = 30.0
@@ -322,21 +320,7 @@ class Jobs:
         for pod in await self.podman.list_pods(f"{naming.LABEL_POD}={name}"):
             pod_name = str(pod.get("Name", ""))
             if pod_name and pod_name != keep:
-                await self._remove_pod(pod_name)
-
-    async def _remove_pod(self, pod_name: str) -> None:
-        """Remove a pod, retrying for a moment: right after a run was stopped, Podman's
-        own cleanup of the container (conmon's exit command) may still hold its mounts
-        ("device or resource busy")."""
-        deadline = time.monotonic() + POD_REMOVE_TIMEOUT
-        while True:
-            try:
-                await self.podman.remove_pod(pod_name)
-                return
-            except PodmanError:
-                if time.monotonic() > deadline:
-                    raise
-            await asyncio.sleep(0.25)
+                await self.podman.remove_pod(pod_name)  # retries while Podman cleans up
 
     async def _bring_up(self, plan: JobPlan) -> None:
         """Create the timer and its service in one call; on failure neither stays."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ParamSpec, TypeVar
 
@@ -21,6 +22,7 @@ import requests.exceptions
 from iyclo.errors import NotFoundError, PodmanError
 
 DEFAULT_URL = "unix:///run/podman/podman.sock"
+POD_REMOVE_RETRY_SECONDS = 10.0
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -34,7 +36,10 @@ def _unreachable_cause(exc: BaseException) -> BaseException | None:
     """The connection failure the bindings wrap as "GET operation failed", if any."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, requests.exceptions.ConnectionError | ConnectionError | OSError):
+        # Not OSError at large: requests' HTTPError (a plain 500) is an OSError too.
+        if isinstance(
+            seen, requests.exceptions.ConnectionError | ConnectionError | FileNotFoundError
+        ):
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
@@ -126,13 +131,26 @@ class PodmanClient:
         return attrs
 
     async def remove_pod(self, name: str) -> None:
-        """Remove a pod and its containers; a pod already gone is not an error."""
+        """Remove a pod and its containers; a pod already gone is not an error.
+
+        Retried for a moment on "busy": right after a pod stopped, Podman's own cleanup
+        (conmon's exit command) may still hold a container's mounts (measured:
+        "unlinkat .../userdata/shm: device or resource busy").
+        """
 
         def remove() -> None:
             if self._client.pods.exists(name):
                 self._client.pods.remove(name, force=True)
 
-        await self._call(f'remove pod "{name}"', remove)
+        deadline = time.monotonic() + POD_REMOVE_RETRY_SECONDS
+        while True:
+            try:
+                await self._call(f'remove pod "{name}"', remove)
+                return
+            except PodmanError as exc:
+                if "busy" not in exc.message or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.25)
 
     async def list_pods(self, label: str) -> list[dict[str, Any]]:
         """Pods carrying `label` (``key`` or ``key=value``), as Podman lists them."""
