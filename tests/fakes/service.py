@@ -21,47 +21,10 @@ from attrs import field, frozen
 
 from iyclo import __version__
 from iyclo.core.events import EventBus
+from iyclo.core.service import ApplyResult, ReconcileReport
 from iyclo.errors import InvalidError, NotFoundError
 from iyclo.manifest.convert import dump_manifest, manifest_digest, parse_manifest
 from iyclo.manifest.model import Job, Pod
-
-
-@frozen
-class ApplyResult:
-    """Same fields and JSON as ``iyclo.core.service.ApplyResult``."""
-
-    name: str
-    kind: str
-    generation: int
-    changed: bool
-    state: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "generation": self.generation,
-            "changed": self.changed,
-            "state": self.state,
-        }
-
-
-@frozen
-class ReconcileReport:
-    """Same fields and JSON as ``iyclo.core.service.ReconcileReport``."""
-
-    adopted: tuple[str, ...]
-    recreated: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
-    failed: tuple[tuple[str, str], ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "adopted": list(self.adopted),
-            "recreated": list(self.recreated),
-            "removed": list(self.removed),
-            "failed": [{"name": n, "error": e} for n, e in self.failed],
-        }
 
 
 @frozen
@@ -322,9 +285,8 @@ class FakeService:
 
     async def reconcile(self) -> ReconcileReport:
         await self._enter("reconcile")
-        return ReconcileReport(
-            adopted=tuple(sorted(n for n, p in self.pods.items() if p.state == "running"))
-        )
+        adopted = tuple(sorted(n for n, p in self.pods.items() if p.state == "running"))
+        return ReconcileReport(adopted=adopted, recreated=(), removed=(), failed=())
 
     def version(self) -> str:
         self.calls.append(Call("version"))

@@ -60,6 +60,7 @@ from iyclo.core.runs import (
     started,
     usec_iso,
 )
+from iyclo.core.slices import ensure_slice
 from iyclo.errors import (
     ConflictError,
     InvalidError,
@@ -280,25 +281,11 @@ class Jobs:
             await self.systemd.stop_unit(unit, timeout=JOB_TIMEOUT)
 
     async def _ensure_slice(self, plan: JobPlan) -> None:
-        """The job's own slice, with the plan's limits (set again if it exists already).
-
-        It must be a transient unit before anything lands in it: a slice systemd loads on
-        its own (as the parent of Podman's pod slice) cannot become transient any more.
-        """
-        properties = [prop(key, value) for key, value in plan.slice_properties]
-        try:
-            await self.systemd.get_unit(plan.slice)
-            state = await self.systemd.unit_properties(plan.slice)
-        except NotFoundError:
-            state = {}
-        if state.get("ActiveState") == "active":
-            await self.systemd.set_unit_properties(plan.slice, True, properties)
-            return
-        await self._wait_gone(plan.slice)
-        description = prop("Description", f"iyclo job {plan.name}: its runs and containers")
-        await self.systemd.start_transient_unit(
-            plan.slice, [description, *properties], timeout=JOB_TIMEOUT
-        )
+        """The job's own slice, with the plan's limits (set again if it exists already)."""
+        await ensure_slice(
+            self.systemd, plan.slice, f"iyclo job {plan.name}: its runs and containers",
+            plan.slice_properties, update=True, wait_gone=self._wait_gone,
+        )  # fmt: skip
 
     async def _create_pod(self, plan: JobPlan) -> None:
         """Images, pod and containers of one generation (created, not started); on

@@ -27,6 +27,7 @@ from iyclo.core.jobs import Jobs, journal_lines
 from iyclo.core.journal import start_failure_reason, unit_entries
 from iyclo.core.oom import OomKill, oom_fields, record_kill
 from iyclo.core.plan import PodPlan, plan_pod
+from iyclo.core.slices import ensure_slice
 from iyclo.core.state import LiveState
 from iyclo.core.update import IN_PLACE, live_slice_properties
 from iyclo.errors import ConflictError, InvalidError, IycloError, NotFoundError, SystemdError
@@ -192,22 +193,11 @@ class Service:
         await self._wait_unit_gone(unit)
 
     async def _ensure_slice(self, plan: PodPlan, *, update: bool) -> None:
-        """The pod's own slice, with the plan's limits if it is started or ``update``.
-
-        It must be a transient unit before anything lands in it: a slice systemd loads on
-        its own (as the parent of Podman's pod slice) cannot become transient any more.
-        """
-        properties = [prop(key, value) for key, value in plan.slice_properties]
-        state = await self._unit_state(plan.slice)
-        if state is not None and state.get("ActiveState") == "active":
-            if update:
-                await self.systemd.set_unit_properties(plan.slice, True, properties)
-            return
-        await self._wait_unit_gone(plan.slice)
-        description = prop("Description", f"iyclo pod {plan.name}: its unit and containers")
-        await self.systemd.start_transient_unit(
-            plan.slice, [description, *properties], timeout=JOB_TIMEOUT
-        )
+        """The pod's own slice, with the plan's limits if it is started or ``update``."""
+        await ensure_slice(
+            self.systemd, plan.slice, f"iyclo pod {plan.name}: its unit and containers",
+            plan.slice_properties, update=update, wait_gone=self._wait_unit_gone,
+        )  # fmt: skip
 
     async def _start_unit(self, plan: PodPlan) -> None:
         """Hand the pod to systemd; on failure say why, from the unit's own journal."""
