@@ -175,3 +175,20 @@ def test_user_namespace_must_fit_below_the_last_id() -> None:
 )
 def test_ulimits(text: str, expected: tuple[int, int]) -> None:
     assert parse_ulimit(text) == expected
+
+
+@pytest.mark.parametrize("path", GOLDEN_INPUTS, ids=lambda p: p.name.split(".")[0])
+def test_manifest_round_trips_through_the_store(path: Path, tmp_path: Path) -> None:
+    """manifest → canonical JSON → store on disk → a new Store → the same manifest."""
+    from iyclo.store import Store
+
+    manifest = parse_manifest_text(path.read_bytes())
+    with Store.open(tmp_path / "state") as store:
+        store.apply(manifest.name, manifest.kind.lower(), dump_manifest(manifest),
+                    manifest_digest(manifest))  # fmt: skip
+    with Store.open(tmp_path / "state") as store:
+        record = store.get(manifest.name)
+    assert parse_manifest(record.manifest) == manifest
+    assert record.digest == manifest_digest(parse_manifest(record.manifest))
+    golden = path.with_name(path.name.replace(".input", ""))
+    assert record.manifest == json.loads(golden.read_text())
