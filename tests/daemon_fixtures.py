@@ -8,6 +8,7 @@ visible from outside at `<root>/iyclo/iyclo.sock`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 
 from iyclo.client.dbus import DBusClient
 from iyclo.client.jsonrpc import JsonRpcClient
+from iyclo.errors import NotFoundError
 from iyclo.testhost import Host
 
 ROOT = Path(__file__).parent.parent
@@ -130,6 +132,41 @@ def pod_manifest(name: str, **overrides: Any) -> dict[str, Any]:
     }
     manifest.update(overrides)
     return manifest
+
+
+def fast(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Every container stops within 1 s (busybox as PID 1 ignores SIGTERM)."""
+    for container in manifest["containers"]:
+        container["stopTimeout"] = "1s"
+    return manifest
+
+
+def remove(daemon: Daemon, name: str, *, purge_history: bool = False) -> None:
+    """Remove a pod or job if it is there (cleanup in a test's `finally`)."""
+    with contextlib.suppress(NotFoundError):
+        daemon.call("remove", name=name, purge_history=purge_history)
+
+
+def inspect(host: Host, container: str) -> dict[str, Any]:
+    data: list[dict[str, Any]] = json.loads(host.run(["podman", "inspect", container]).stdout)
+    return data[0]
+
+
+def pods_of(host: Host, name: str) -> list[str]:
+    """Names of the Podman pods iyclo labelled as `name`'s."""
+    out = host.run(
+        ["podman", "pod", "ps", "--filter", f"label=io.github.iyclo.pod={name}",
+         "--format", "{{.Name}}"]
+    ).stdout  # fmt: skip
+    return sorted(out.split())
+
+
+def unit_show(host: Host, unit: str, *props: str) -> dict[str, str]:
+    args = ["systemctl", "show", unit]
+    for name in props:
+        args += ["-p", name]
+    out = host.run(args, check=False).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
 def wait_for(

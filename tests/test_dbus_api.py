@@ -43,7 +43,9 @@ from iyclo.api.dbus import (
     export_service,
     pod_path,
 )
+from iyclo.api.jsonrpc import JsonRpcServer
 from iyclo.client.dbus import DBusClient, bus_label_unescape
+from iyclo.client.jsonrpc import JsonRpcClient
 from iyclo.errors import (
     AccessDeniedError,
     ConflictError,
@@ -482,11 +484,6 @@ async def test_same_results_as_the_json_socket(
     address: str, client: DBusClient, tmp_path: Path, lag: LagWatch
 ) -> None:
     """The same calls on two identical fakes, one behind each front, give equal results."""
-    try:
-        from iyclo.api.jsonrpc import JsonRpcServer
-        from iyclo.client.jsonrpc import JsonRpcClient
-    except ImportError as exc:  # iyclo.core.service needs the systemd adapter
-        pytest.skip(f"the JSON socket cannot be imported yet: {exc}")
 
     def clock() -> str:
         return "2024-05-01T12:00:00.000Z"

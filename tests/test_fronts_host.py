@@ -23,15 +23,9 @@ from iyclo.errors import (
     SystemdError,
 )
 from iyclo.manifest.convert import dump_manifest, parse_manifest
-from tests.daemon_fixtures import Daemon, pod_manifest, wait_for
+from tests.daemon_fixtures import Daemon, fast, pod_manifest, wait_for
 
 pytestmark = [pytest.mark.host, pytest.mark.timeout(300)]
-
-
-def fast(manifest: dict[str, Any]) -> dict[str, Any]:
-    for container in manifest["containers"]:
-        container["stopTimeout"] = "1s"
-    return manifest
 
 
 def stable(status: Any) -> Any:

@@ -21,7 +21,8 @@ import pytest
 
 from iyclo.errors import ConflictError, InvalidError, NotFoundError, PodmanError
 from iyclo.testhost import Host
-from tests.daemon_fixtures import Daemon, pod_manifest, wait_for
+from tests.daemon_fixtures import Daemon, pod_manifest, pods_of, unit_show, wait_for
+from tests.daemon_fixtures import remove as remove_deployment
 
 pytestmark = [pytest.mark.host, pytest.mark.timeout(240)]
 
@@ -44,24 +45,8 @@ def job(name: str, calendar: str, script: str, **schedule: Any) -> dict[str, Any
     }
 
 
-def unit_show(host: Host, unit: str, *props: str) -> dict[str, str]:
-    args = ["systemctl", "show", unit]
-    for name in props:
-        args += ["-p", name]
-    out = host.run(args, check=False).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
-
 def loaded(host: Host, unit: str) -> bool:
     return unit_show(host, unit, "LoadState")["LoadState"] == "loaded"
-
-
-def pods_of(host: Host, name: str) -> list[str]:
-    out = host.run(
-        ["podman", "pod", "ps", "--filter", f"label=io.github.iyclo.pod={name}",
-         "--format", "{{.Name}}"]
-    ).stdout  # fmt: skip
-    return sorted(out.split())
 
 
 def journal_of_run(host: Host, invocation: str) -> str:
@@ -76,8 +61,8 @@ def finished_runs(daemon: Daemon, name: str) -> list[dict[str, Any]]:
 
 
 def remove(daemon: Daemon, name: str, purge: bool = True) -> None:
-    with contextlib.suppress(NotFoundError):
-        daemon.call("remove", name=name, purge_history=purge)
+    """Jobs' cleanup purges their run history too, unless a test keeps it."""
+    remove_deployment(daemon, name, purge_history=purge)
 
 
 class Events:

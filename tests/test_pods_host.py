@@ -6,7 +6,6 @@ daemon's own idea of it, except where the daemon's report is what is tested.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from pathlib import Path
@@ -15,46 +14,18 @@ from typing import Any
 import pytest
 
 from iyclo.errors import NotFoundError, PodmanError, SystemdError
-from iyclo.testhost import Host
-from tests.daemon_fixtures import Daemon, pod_manifest, wait_for
+from tests.daemon_fixtures import (
+    Daemon,
+    fast,
+    inspect,
+    pod_manifest,
+    pods_of,
+    remove,
+    unit_show,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.host, pytest.mark.timeout(300)]
-
-FAST_STOP = {"stopTimeout": "1s"}
-
-
-def fast(manifest: dict[str, Any]) -> dict[str, Any]:
-    for container in manifest["containers"]:
-        container.update(FAST_STOP)
-    return manifest
-
-
-def inspect(host: Host, container: str) -> dict[str, Any]:
-    data = json.loads(host.run(["podman", "inspect", container]).stdout)
-    assert isinstance(data, list)
-    result: dict[str, Any] = data[0]
-    return result
-
-
-def pods_of(host: Host, name: str) -> list[str]:
-    out = host.run(
-        ["podman", "pod", "ps", "--filter", f"label=io.github.iyclo.pod={name}",
-         "--format", "{{.Name}}"]
-    ).stdout  # fmt: skip
-    return sorted(out.split())
-
-
-def unit_show(host: Host, unit: str, *props: str) -> dict[str, str]:
-    args = ["systemctl", "show", unit]
-    for name in props:
-        args += ["-p", name]
-    out = host.run(args, check=False).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
-
-def remove(daemon: Daemon, name: str) -> None:
-    with contextlib.suppress(NotFoundError):
-        daemon.call("remove", name=name)
 
 
 def test_two_container_pod_runs_under_systemd(daemon: Daemon) -> None:

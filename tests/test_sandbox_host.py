@@ -9,7 +9,6 @@ the container's process.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import pytest
 from iyclo.core import naming
 from iyclo.errors import InvalidError, NotFoundError
 from iyclo.testhost import Host
-from tests.daemon_fixtures import Daemon, wait_for
+from tests.daemon_fixtures import Daemon, inspect, remove, unit_show, wait_for
 
 pytestmark = [pytest.mark.host, pytest.mark.timeout(300)]
 
@@ -51,11 +50,6 @@ def apply(daemon: Daemon, manifest: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def remove(daemon: Daemon, name: str) -> None:
-    with contextlib.suppress(NotFoundError):
-        daemon.call("remove", name=name)
-
-
 def sh(host: Host, container: str, script: str, check: bool = True) -> str:
     """Run a shell script inside a container; its stdout."""
     result = host.run(["podman", "exec", container, "sh", "-c", script], check=check)
@@ -66,16 +60,6 @@ def proc_status(host: Host, container: str) -> dict[str, str]:
     """/proc/1/status of a container: its main process, as the kernel sees it."""
     out = sh(host, container, "cat /proc/1/status")
     return {k: v.strip() for k, _, v in (line.partition(":") for line in out.splitlines())}
-
-
-def inspect(host: Host, container: str) -> dict[str, Any]:
-    data: list[dict[str, Any]] = json.loads(host.run(["podman", "inspect", container]).stdout)
-    return data[0]
-
-
-def show(host: Host, unit: str, *props: str) -> dict[str, str]:
-    out = host.run(["systemctl", "show", unit, *(f"--property={p}" for p in props)]).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
 def read(host: Host, path: str) -> str:
@@ -160,7 +144,7 @@ def test_custom_seccomp_profile_denies_its_syscall(daemon: Daemon, defaults: str
 def test_pod_and_its_containers_live_in_the_pod_slice(daemon: Daemon, defaults: str) -> None:
     host = daemon.host
     slice_path = "/iyclo.slice/iyclo-sbx\\x2ddefaults.slice/"
-    unit = show(host, "iyclo-pod-sbx-defaults.service", "Slice", "MainPID")
+    unit = unit_show(host, "iyclo-pod-sbx-defaults.service", "Slice", "MainPID")
     assert unit["Slice"] == "iyclo-sbx\\x2ddefaults.slice"
     main_pid = inspect(host, f"{defaults}-plain")["State"]["Pid"]
     for controller in ("memory", "pids", "cpu"):
@@ -249,7 +233,7 @@ def test_read_only_rootfs_with_writable_tmpfs_and_masked_path(daemon: Daemon, lo
 def test_unit_sandboxing_and_slice_limits(daemon: Daemon, locked: str) -> None:
     host = daemon.host
     directives = ("ProtectClock", "RestrictRealtime", "LockPersonality", "RestrictSUIDSGID")
-    unit = show(host, "iyclo-pod-sbx-locked.service", *directives, "MainPID", "ActiveState")
+    unit = unit_show(host, "iyclo-pod-sbx-locked.service", *directives, "MainPID", "ActiveState")
     assert unit.pop("ActiveState") == "active"
     main_pid = unit.pop("MainPID")
     assert unit == dict.fromkeys(directives, "yes")
@@ -257,7 +241,7 @@ def test_unit_sandboxing_and_slice_limits(daemon: Daemon, locked: str) -> None:
     conmon = read(host, f"/proc/{main_pid}/status")
     assert "Seccomp:\t2" in conmon
     sl = "iyclo-sbx\\x2dlocked.slice"
-    assert show(host, sl, "MemoryMax", "MemoryHigh", "CPUQuotaPerSecUSec", "TasksMax",
+    assert unit_show(host, sl, "MemoryMax", "MemoryHigh", "CPUQuotaPerSecUSec", "TasksMax",
                 "IOWeight", "CPUWeight") == {
         "MemoryMax": str(200 * 2**20), "MemoryHigh": str(150 * 2**20),
         "CPUQuotaPerSecUSec": "1.500000s", "TasksMax": "64", "IOWeight": "300", "CPUWeight": "50",
@@ -332,7 +316,7 @@ def test_memory_hog_is_oom_killed_and_shown_in_status(daemon: Daemon) -> None:
                  timeout=30, what="the hog to exit")  # fmt: skip
         assert inspect(host, "iyclo-sbx-hog-g1-hog")["State"]["ExitCode"] == 137
         unit = wait_for(
-            lambda: (u := show(host, "iyclo-pod-sbx-hog.service", "ActiveState",
+            lambda: (u := unit_show(host, "iyclo-pod-sbx-hog.service", "ActiveState",
                                "ExecMainStatus"))["ActiveState"] == "failed" and u,
             timeout=30, what="the unit to fail",
         )  # fmt: skip

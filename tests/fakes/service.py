@@ -23,8 +23,8 @@ from iyclo import __version__
 from iyclo.core.events import EventBus
 from iyclo.core.service import ApplyResult, ReconcileReport
 from iyclo.errors import InvalidError, NotFoundError
-from iyclo.manifest.convert import dump_manifest, manifest_digest, parse_manifest
-from iyclo.manifest.model import Job, Pod
+from iyclo.manifest.convert import dump_manifest, load_manifest, manifest_digest
+from iyclo.manifest.model import Job
 
 
 @frozen
@@ -113,32 +113,19 @@ class FakeService:
     def _publish(self, name: str, state: str, **data: Any) -> None:
         self.events.publish("PodChanged", name, state, **data)
 
-    @staticmethod
-    def _load(manifest: str | dict[str, Any]) -> Pod | Job:
-        if isinstance(manifest, str):
-            try:
-                data = json.loads(manifest)
-            except json.JSONDecodeError as exc:
-                raise InvalidError(
-                    f"manifest: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-                ) from None
-        else:
-            data = manifest
-        return parse_manifest(data)
-
     # -- the Service API ----------------------------------------------------------------
 
     async def validate(self, manifest: str | dict[str, Any]) -> list[str]:
         await self._enter("validate", manifest)
         try:
-            self._load(manifest)
+            load_manifest(manifest)
         except InvalidError as exc:
             return exc.details
         return []
 
     async def apply(self, manifest_in: str | dict[str, Any]) -> ApplyResult:
         await self._enter("apply", manifest_in)
-        manifest = self._load(manifest_in)
+        manifest = load_manifest(manifest_in)
         if isinstance(manifest, Job):
             raise InvalidError("kind: Job is not supported by this daemon yet")
         digest = manifest_digest(manifest)
@@ -270,7 +257,7 @@ class FakeService:
 
     async def diff(self, manifest_in: str | dict[str, Any]) -> str:
         await self._enter("diff", manifest_in)
-        manifest = self._load(manifest_in)
+        manifest = load_manifest(manifest_in)
         pod = self.pods.get(manifest.name)
         before = json.dumps(pod.current.manifest, indent=2, sort_keys=True) if pod else ""
         after = json.dumps(dump_manifest(manifest), indent=2, sort_keys=True)

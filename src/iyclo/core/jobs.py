@@ -293,15 +293,9 @@ class Jobs:
         for container in plan.containers:
             await self.podman.ensure_image(container.image)
         await self._ensure_slice(plan)
-        await self.podman.remove_pod(plan.pod_name)  # a leftover of a crashed apply
-        try:
-            await self.podman.create_pod(plan.pod_name, plan.pod_spec)
-            for container in plan.containers:
-                await self.podman.create_container(container.spec)
-        except BaseException:
-            with contextlib.suppress(IycloError):
-                await self.podman.remove_pod(plan.pod_name)
-            raise
+        await self.podman.create_pod_with_containers(
+            plan.pod_name, plan.pod_spec, [c.spec for c in plan.containers]
+        )
 
     async def _remove_pods(self, name: str, keep: str | None) -> None:
         for pod in await self.podman.list_pods(f"{naming.LABEL_POD}={name}"):

@@ -31,7 +31,7 @@ from iyclo.core.slices import ensure_slice
 from iyclo.core.state import LiveState
 from iyclo.core.update import IN_PLACE, live_slice_properties
 from iyclo.errors import ConflictError, InvalidError, IycloError, NotFoundError, SystemdError
-from iyclo.manifest.convert import dump_manifest, manifest_digest, parse_manifest
+from iyclo.manifest.convert import dump_manifest, load_manifest, manifest_digest, parse_manifest
 from iyclo.manifest.model import Job, Pod
 from iyclo.manifest.policy import DEFAULT_POLICY, UNRESTRICTED, Policy
 from iyclo.podman.client import PodmanClient
@@ -78,19 +78,6 @@ class ReconcileReport:
             "removed": list(self.removed),
             "failed": [{"name": n, "error": e} for n, e in self.failed],
         }
-
-
-def _load(manifest: str | dict[str, Any], policy: Policy) -> Pod | Job:
-    if isinstance(manifest, str):
-        try:
-            data = json.loads(manifest)
-        except json.JSONDecodeError as exc:
-            raise InvalidError(
-                f"manifest: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-            ) from None
-    else:
-        data = manifest
-    return parse_manifest(data, policy)
 
 
 class Service:
@@ -220,15 +207,9 @@ class Service:
         for container in plan.containers:
             await self.podman.ensure_image(container.image)
         await self._ensure_slice(plan, update=False)
-        await self.podman.remove_pod(plan.pod_name)  # a leftover of a crashed apply
-        try:
-            await self.podman.create_pod(plan.pod_name, plan.pod_spec)
-            for container in plan.containers:
-                await self.podman.create_container(container.spec)
-        except BaseException:
-            with contextlib.suppress(IycloError):
-                await self.podman.remove_pod(plan.pod_name)
-            raise
+        await self.podman.create_pod_with_containers(
+            plan.pod_name, plan.pod_spec, [c.spec for c in plan.containers]
+        )
 
     async def _remove_other_generations(self, name: str, keep: str | None) -> list[str]:
         removed = []
@@ -316,13 +297,13 @@ class Service:
 
     async def validate(self, manifest: str | dict[str, Any]) -> list[str]:
         try:
-            _load(manifest, self.policy)
+            load_manifest(manifest, self.policy)
         except InvalidError as exc:
             return exc.details
         return []
 
     async def apply(self, manifest_in: str | dict[str, Any]) -> ApplyResult:
-        manifest = _load(manifest_in, self.policy)
+        manifest = load_manifest(manifest_in, self.policy)
         if isinstance(manifest, Job):  # -- jobs (feat/jobs)
             async with self._locked(manifest.name):
                 job = await self.jobs.apply(manifest)
@@ -564,7 +545,7 @@ class Service:
 
     async def diff(self, manifest_in: str | dict[str, Any]) -> str:
         """A unified diff of the stored manifest against a proposed one (empty: no change)."""
-        manifest = _load(manifest_in, self.policy)
+        manifest = load_manifest(manifest_in, self.policy)
         record: Deployment | None = await self._store(self.store.find, manifest.name)
         before = json.dumps(record.manifest, indent=2, sort_keys=True) if record else ""
         after = json.dumps(dump_manifest(manifest), indent=2, sort_keys=True)

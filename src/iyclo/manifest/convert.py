@@ -238,7 +238,9 @@ def structure(data: Any, cls: type[T]) -> T:
     return result
 
 
-def parse_manifest_text(text: str | bytes, source: str = "manifest") -> Manifest:
+def parse_manifest_text(
+    text: str | bytes, source: str = "manifest", policy: Policy = DEFAULT_POLICY
+) -> Manifest:
     """A manifest from JSON text; a syntax error names the line and column."""
     try:
         data = json.loads(text)
@@ -247,7 +249,14 @@ def parse_manifest_text(text: str | bytes, source: str = "manifest") -> Manifest
         raise InvalidError(message) from None
     except UnicodeDecodeError as exc:
         raise InvalidError(f"{source}: not UTF-8 text ({exc.reason})") from None
-    return parse_manifest(data)
+    return parse_manifest(data, policy)
+
+
+def load_manifest(manifest: str | dict[str, Any], policy: Policy = DEFAULT_POLICY) -> Manifest:
+    """A manifest as the fronts pass it: JSON text, or already-decoded JSON."""
+    if isinstance(manifest, str):
+        return parse_manifest_text(manifest, policy=policy)
+    return parse_manifest(manifest, policy)
 
 
 def dump_manifest(manifest: Manifest) -> dict[str, Any]:

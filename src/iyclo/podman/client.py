@@ -9,10 +9,11 @@ with one line naming what failed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import podman
@@ -121,6 +122,21 @@ class PodmanClient:
             f'create container "{name}"', self._client.containers.create, image, **spec
         )
         return str(container.id)
+
+    async def create_pod_with_containers(
+        self, name: str, spec: Mapping[str, Any], containers: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """A pod and its containers, all or nothing: a leftover of a crashed attempt is
+        removed first, and on failure what was made here is removed again."""
+        await self.remove_pod(name)
+        try:
+            await self.create_pod(name, spec)
+            for container in containers:
+                await self.create_container(container)
+        except BaseException:
+            with contextlib.suppress(PodmanError, NotFoundError):
+                await self.remove_pod(name)
+            raise
 
     async def pod_exists(self, name: str) -> bool:
         return bool(await self._call(f'pod "{name}"', self._client.pods.exists, name))
