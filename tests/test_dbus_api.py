@@ -46,6 +46,7 @@ from iyclo.api.dbus import (
 from iyclo.api.jsonrpc import JsonRpcServer
 from iyclo.client.dbus import DBusClient, bus_label_unescape
 from iyclo.client.jsonrpc import JsonRpcClient
+from iyclo.contract.events import JobFinished, PodChanged
 from iyclo.errors import (
     AccessDeniedError,
     ConflictError,
@@ -727,19 +728,24 @@ async def test_pod_changed_signals_in_order(served: FakeService, client: DBusCli
     await call(client, "apply", manifest=WEB)
     await call(client, "stop", name="web")
     await call(client, "remove", name="web")
-    served.events.publish("JobFinished", "backup", "success", run=3, exit_code=0)
-    received = [await asyncio.to_thread(next, events) for _ in range(6)]
+    served.events.publish(
+        JobFinished(
+            name="backup", run=3, state="failed", exit_code=3, result="exit-code", duration_sec=1.5
+        )
+    )
+    received = [(await asyncio.to_thread(next, events)).to_json() for _ in range(6)]
     assert [(e["event"], e["name"], e["state"]) for e in received] == [
         ("PodChanged", "web", "applying"),
         ("PodChanged", "web", "running"),
         ("PodChanged", "web", "stopped"),
         ("PodChanged", "web", "removing"),
         ("PodChanged", "web", "removed"),
-        ("JobFinished", "backup", "success"),
+        ("JobFinished", "backup", "failed"),
     ]
-    assert set(received[0]) == {"event", "name", "state", "at"}
+    assert set(received[0]) == {"event", "name", "state", "generation", "error", "at"}
+    assert (received[0]["generation"], received[2]["generation"]) == (1, 0)
     assert received[5]["run"] == 3
-    assert received[5]["exit_code"] == 0
+    assert (received[5]["exitCode"], received[5]["result"]) == (3, "exit-code")
     times = [e["at"] for e in received]
     assert before <= times[0]
     assert times == sorted(times)
@@ -750,8 +756,8 @@ async def test_events_wait_for_what_comes_next(served: FakeService, client: DBus
     for state in ("starting", "running", "stopping", "stopped"):
         waiting = asyncio.ensure_future(asyncio.to_thread(next, events))
         await asyncio.sleep(0.05)  # the client now waits on an empty queue
-        served.events.publish("PodChanged", "web", state)
-        assert (await waiting)["state"] == state
+        served.events.publish(PodChanged(name="web", state=state))
+        assert (await waiting).state == state
     assert await call(client, "version") == iyclo.__version__
 
 
@@ -972,7 +978,7 @@ async def test_unexport_releases_the_name(
     await unexport()
     assert not await owned()
     await unexport()  # twice is harmless
-    fake.events.publish("PodChanged", "web", "running")  # nobody listens any more
+    fake.events.publish(PodChanged(name="web", state="running"))  # nobody listens any more
 
 
 async def test_losing_the_bus(bus_dir: Path, fake: FakeService, lag: LagWatch) -> None:

@@ -198,8 +198,8 @@ def test_events_arrive_in_order_on_cli_and_dbus(daemon: Daemon) -> None:
         ready.set()
         with contextlib.suppress(IycloError):
             for event in stream:
-                signals.append(event)
-                if event["name"] == "herald" and event["state"] == "removed":
+                signals.append(event.to_json())
+                if event.name == "herald" and event.state == "removed":
                     return
 
     listener = threading.Thread(target=listen, daemon=True)
@@ -232,6 +232,8 @@ def test_events_arrive_in_order_on_cli_and_dbus(daemon: Daemon) -> None:
     bus_states = [e["state"] for e in signals if e["name"] == "herald"]
     assert cli_states == expected
     assert bus_states == expected
+    # one contract: the CLI's JSON over the socket is what the D-Bus signals decode to
+    assert lines == [e for e in signals if e["name"] == "herald"]
 
 
 def _connect(daemon: Daemon) -> socket.socket:

@@ -77,6 +77,27 @@ class StoreError(IycloError):
     exit_code = 8
 
 
+INTERNAL = "internal error (see the daemon's log)"
+
+
+class InternalError(IycloError):
+    """What a client learns of a bug: an incident id to find the traceback in the daemon's
+    log, never the exception's own text (it may hold paths, data or nonsense)."""
+
+    dbus_name = f"{DBUS_ERROR_PREFIX}.Failed"
+    rpc_code = -32603  # JSON-RPC's own "Internal error"
+    exit_code = 1
+
+    def __init__(self, incident: str) -> None:
+        super().__init__(f"internal error (id {incident}; see the daemon's log)")
+        self.incident = incident
+
+
+def public_message(exc: BaseException) -> str:
+    """The one line about ``exc`` that may leave the daemon (events, replies)."""
+    return exc.message if isinstance(exc, IycloError) else INTERNAL
+
+
 ALL_ERRORS: tuple[type[IycloError], ...] = (
     IycloError,
     InvalidError,

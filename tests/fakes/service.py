@@ -20,7 +20,7 @@ from typing import Any
 from attrs import field, frozen
 
 from iyclo import __version__
-from iyclo.core.events import EventBus
+from iyclo.core.events import EventBus, PodChanged
 from iyclo.core.service import ApplyResult, ReconcileReport
 from iyclo.errors import InvalidError, NotFoundError
 from iyclo.manifest.convert import dump_manifest, load_manifest, manifest_digest
@@ -89,7 +89,7 @@ class FakeService:
         pod.state = state
         if restarts is not None:
             pod.restarts = restarts
-        self.events.publish("PodChanged", name, state)
+        self.events.publish(PodChanged(name=name, state=state))
 
     def called(self, method: str) -> list[tuple[Any, ...]]:
         return [c.args for c in self.calls if c.method == method]
@@ -110,8 +110,8 @@ class FakeService:
             raise NotFoundError(f"no pod or job named '{name}'")
         return pod
 
-    def _publish(self, name: str, state: str, **data: Any) -> None:
-        self.events.publish("PodChanged", name, state, **data)
+    def _publish(self, name: str, state: str, generation: int = 0) -> None:
+        self.events.publish(PodChanged(name=name, state=state, generation=generation))
 
     # -- the Service API ----------------------------------------------------------------
 

@@ -16,7 +16,8 @@ Bus name ``io.github.iyclo1``. Two kinds of object:
     ``Reconcile() -> (s report_json)``
     ``RunJob(s name) -> s run_json``
     properties ``Version`` (s), ``PodCount`` (u, emits PropertiesChanged)
-    signals ``PodChanged(s name, s state)``, ``JobFinished(s name, u run, i exit_code, s result)``
+    signals ``PodChanged``, ``JobChanged``, ``JobFinished``: one argument per field of the
+    event type in ``iyclo.contract.events``
 
 ``/io/github/iyclo1/pod/<label>`` — ``io.github.iyclo1.Pod``, one object per pod
     properties ``Name``, ``Kind``, ``State`` (s), ``Generation`` (u), ``Unit`` (s),
@@ -58,7 +59,8 @@ from dbus_fast.annotations import (
 )
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
 
-from iyclo.core.events import Event, EventBus
+from iyclo.contract.events import EVENT_TYPES
+from iyclo.core.events import Event, EventBus, JobChanged, JobFinished, PodChanged
 from iyclo.errors import (
     DBUS_ERROR_PREFIX,
     AccessDeniedError,
@@ -88,8 +90,10 @@ PodRow = tuple[str, str, str, int, int, int, str]
 ListReply = Annotated[list[PodRow], DBusSignature("a(sssuuus)")]
 StrList = Annotated[list[str], DBusSignature("as")]
 ContainerRows = Annotated[list[tuple[str, str, str]], DBusSignature("a(sss)")]
-PodChangedArgs = Annotated[tuple[str, str], DBusSignature("ss")]
-JobFinishedArgs = Annotated[tuple[str, int, int, str], DBusSignature("suis")]
+# Signal arguments: one per field of the event type, in field order (iyclo.contract.events).
+PodChangedArgs = Annotated[list[Any], DBusSignature(PodChanged.dbus_signature())]
+JobChangedArgs = Annotated[list[Any], DBusSignature(JobChanged.dbus_signature())]
+JobFinishedArgs = Annotated[list[Any], DBusSignature(JobFinished.dbus_signature())]
 
 
 class JsonResult(Protocol):
@@ -233,8 +237,7 @@ class ManagerInterface(_Interface):
         "RunJob": ("run_json",),
         "Runs": ("runs_json",),
         "Logs": ("logs_json",),
-        "PodChanged": ("name", "state"),
-        "JobFinished": ("name", "run", "exit_code", "result"),
+        **{cls.MEMBER: cls.dbus_arg_names() for cls in EVENT_TYPES},
     }
 
     def __init__(self, service: ServiceApi) -> None:
@@ -339,12 +342,25 @@ class ManagerInterface(_Interface):
         return self._pod_count
 
     @dbus_signal(name="PodChanged")
-    def pod_changed(self, name: str, state: str) -> PodChangedArgs:
-        return (name, state)
+    def pod_changed(self, event: PodChanged) -> PodChangedArgs:
+        return event.dbus_args()
+
+    @dbus_signal(name="JobChanged")
+    def job_changed(self, event: JobChanged) -> JobChangedArgs:
+        return event.dbus_args()
 
     @dbus_signal(name="JobFinished")
-    def job_finished(self, name: str, run: int, exit_code: int, result: str) -> JobFinishedArgs:
-        return (name, run, exit_code, result)
+    def job_finished(self, event: JobFinished) -> JobFinishedArgs:
+        return event.dbus_args()
+
+    def signal(self, event: Event) -> None:
+        """Emit ``event`` as the signal of its type."""
+        if isinstance(event, PodChanged):
+            self.pod_changed(event)
+        elif isinstance(event, JobChanged):
+            self.job_changed(event)
+        else:
+            self.job_finished(event)
 
 
 def pod_row(status: dict[str, Any]) -> PodRow:
@@ -534,19 +550,12 @@ class _Exporter:
         while True:
             event = await queue.get()
             try:
-                if event.kind == "PodChanged":
-                    self.manager.pod_changed(event.name, event.state)
+                self.manager.signal(event)
+                if isinstance(event, PodChanged):
                     self._dirty[event.name] = None
                     self._wake.set()
-                elif event.kind == "JobFinished":
-                    self.manager.job_finished(
-                        event.name,
-                        int(event.data.get("run", 0)),
-                        int(event.data.get("exit_code", 0)),
-                        event.state,
-                    )
             except Exception:
-                log.exception("cannot forward event", kind=event.kind, name=event.name)
+                log.exception("cannot forward event", kind=event.MEMBER, name=event.name)
 
     async def _refresh_dirty(self) -> None:
         """Re-read pods named by events, one at a time; a burst for one pod reads it once."""

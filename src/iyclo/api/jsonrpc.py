@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from iyclo.core.events import Event
+from iyclo.contract.events import Event
 from iyclo.core.service import Service
 from iyclo.errors import InvalidError, IycloError
 

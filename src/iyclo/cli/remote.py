@@ -284,11 +284,11 @@ def register(cli: click.Group) -> None:
         with daemon(ctx) as client:
             for event in client.events():
                 if as_json:
-                    sys.stdout.write(json.dumps(event) + "\n")
+                    sys.stdout.write(json.dumps(event.to_json()) + "\n")
                     sys.stdout.flush()
                 else:
-                    when = time.strftime("%H:%M:%S", time.localtime(event.get("at", 0)))
-                    out().print(f"{when} {event['event']} {event['name']} {event['state']}")
+                    when = time.strftime("%H:%M:%S", time.localtime(event.at))
+                    out().print(f"{when} {event.MEMBER} {event.name} {event.state}")
 
 
 def daemon_command(cli: click.Group, run_daemon: Callable[[list[str]], None]) -> None:

@@ -6,13 +6,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from iyclo.contract.events import Event
 
 
 class Transport(Protocol):
     def call(self, method: str, **params: Any) -> Any: ...
 
-    def events(self) -> Iterator[dict[str, Any]]: ...
+    def events(self) -> Iterator[Event]: ...
 
     def close(self) -> None: ...
 

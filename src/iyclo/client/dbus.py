@@ -12,7 +12,8 @@ Shapes that need more than one D-Bus call, and why:
   between is left out, as ``Service.list`` does.
 - ``apply``: name and kind are read back from the returned object path
   (``/io/github/iyclo1/<kind>/<label>``); the rest is in the reply.
-- ``events``: ``at`` is when the signal arrived (signals carry no timestamp).
+- ``events``: each signal decodes to the event type of its member, as the JSON socket's
+  notifications do, so both transports yield equal events.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
+from iyclo.contract.events import Event, event_from_signal
 from iyclo.errors import (
     DBUS_ERROR_PREFIX,
     AccessDeniedError,
@@ -98,7 +99,7 @@ class DBusClient:
         self.label = f"the {bus} bus" if bus_address is None else f"the bus at {bus_address}"
         self.timeout = timeout
         self._loop = asyncio.new_event_loop()
-        self._events: asyncio.Queue[dict[str, Any]] | None = None
+        self._events: asyncio.Queue[Event] | None = None
         self._gone: asyncio.Task[None] | None = None
         self._closed = False
         try:
@@ -153,8 +154,8 @@ class DBusClient:
             raise IycloError(f"{method}: {exc}") from None
         return self._run(coroutine)
 
-    def events(self) -> Iterator[dict[str, Any]]:
-        """Subscribe now, then yield each ``PodChanged``/``JobFinished`` signal as a dict.
+    def events(self) -> Iterator[Event]:
+        """Subscribe now, then yield each event signal (``iyclo.contract.events``).
 
         The subscription is in place when this returns, so nothing that happens after
         it is missed.
@@ -267,28 +268,18 @@ class DBusClient:
             or message.interface != MANAGER_INTERFACE
         ):
             return
-        at = time.time()
-        if message.member == "PodChanged" and message.signature == "ss":
-            name, state = message.body
-            self._events.put_nowait({"event": "PodChanged", "name": name, "state": state, "at": at})
-        elif message.member == "JobFinished" and message.signature == "suis":
-            name, run, exit_code, result = message.body
-            self._events.put_nowait(
-                {
-                    "event": "JobFinished",
-                    "name": name,
-                    "state": result,
-                    "at": at,
-                    "run": run,
-                    "exit_code": exit_code,
-                }
-            )
+        try:
+            event = event_from_signal(str(message.member), message.signature, message.body)
+        except (TypeError, ValueError):
+            return  # not what this version of the contract describes
+        if event is not None:
+            self._events.put_nowait(event)
 
-    def _iterate_events(self, queue: asyncio.Queue[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def _iterate_events(self, queue: asyncio.Queue[Event]) -> Iterator[Event]:
         while True:
             yield self._run(self._next_event(queue))
 
-    async def _next_event(self, queue: asyncio.Queue[dict[str, Any]]) -> dict[str, Any]:
+    async def _next_event(self, queue: asyncio.Queue[Event]) -> Event:
         if not queue.empty():
             return queue.get_nowait()
         assert self._gone is not None

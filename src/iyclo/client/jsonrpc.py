@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from iyclo.contract.events import Event, event_from_json
 from iyclo.errors import AccessDeniedError, IycloError, error_from_rpc_code
 
 PROTOCOL_CODES = {-32700, -32600, -32601, -32602, -32603}
@@ -70,11 +71,14 @@ class JsonRpcClient:
             raise exc
         return reply.get("result")
 
-    def events(self) -> Iterator[dict[str, Any]]:
+    def events(self) -> Iterator[Event]:
         """Subscribe and yield each event notification as it arrives."""
         self.call("subscribe")
         self._sock.settimeout(None)
         while True:
             message = self._read()
             if message.get("method") == "event":
-                yield dict(message.get("params") or {})
+                try:
+                    yield event_from_json(message.get("params") or {})
+                except (TypeError, ValueError):
+                    continue  # not what this version of the contract describes

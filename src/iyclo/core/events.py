@@ -1,60 +1,49 @@
 """In-process publish/subscribe of what happens to pods and jobs.
 
 The D-Bus adapter turns events into signals, the JSON socket into notifications;
-both subscribe here, so each front sees the same sequence in the same order.
+both subscribe here, so each front sees the same sequence in the same order. The
+event types themselves are the wire contract (``iyclo.contract.events``).
 A slow subscriber loses its oldest events rather than stalling the daemon.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from typing import Any
 
-from attrs import frozen
+from iyclo.contract.events import Event, JobChanged, JobFinished, PodChanged
+
+__all__ = ["Event", "EventBus", "JobChanged", "JobFinished", "PodChanged"]
 
 QUEUE_LIMIT = 1000
-
-
-@frozen
-class Event:
-    kind: str  # "PodChanged" | "JobFinished"
-    name: str
-    state: str
-    data: dict[str, Any]
-    at: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "event": self.kind,
-            "name": self.name,
-            "state": self.state,
-            "at": self.at,
-            **self.data,
-        }
 
 
 class EventBus:
     def __init__(self) -> None:
         self._queues: set[asyncio.Queue[Event]] = set()
-        self._last_state: dict[str, str] = {}
+        self._last_state: dict[tuple[str, str], str] = {}
 
-    def publish(self, kind: str, name: str, state: str, **data: Any) -> None:
-        """Send to every subscriber; a PodChanged repeating the last state is dropped."""
-        if kind == "PodChanged":
-            if self._last_state.get(name) == state:
+    def publish(self, event: Event) -> None:
+        """Send to every subscriber; a state change repeating the last state is dropped."""
+        if not isinstance(event, JobFinished):
+            key = (event.MEMBER, event.name)
+            if self._last_state.get(key) == event.state:
                 return
-            self._last_state[name] = state
-        event = Event(kind, name, state, dict(data), time.time())
+            self._last_state[key] = event.state
         for queue in self._queues:
             if queue.full():
                 queue.get_nowait()
             queue.put_nowait(event)
 
+    @property
+    def subscribers(self) -> int:
+        """How many subscriptions are open (tests wait for theirs to be in place)."""
+        return len(self._queues)
+
     def forget(self, name: str) -> None:
-        self._last_state.pop(name, None)
+        for key in [k for k in self._last_state if k[1] == name]:
+            del self._last_state[key]
 
     @contextmanager
     def subscription(self) -> Iterator[asyncio.Queue[Event]]:

@@ -44,8 +44,9 @@ from typing import Any
 import structlog
 from attrs import frozen
 
+from iyclo.contract.events import UNKNOWN
 from iyclo.core import journal, naming
-from iyclo.core.events import EventBus
+from iyclo.core.events import EventBus, JobFinished
 from iyclo.core.journal import start_failure_reason
 from iyclo.core.plan_job import JobPlan, plan_job, timer_stamp
 from iyclo.core.runs import (
@@ -835,14 +836,16 @@ class Jobs:
             fields["endUsec"] = end.end_usec
         await self._store(self.store.update_run, name, run["number"], **fields)
         log.info("run finished", job=name, run=run["number"], **fields)
+        duration = fields["durationSec"]
         self.events.publish(
-            "JobFinished",
-            name,
-            fields["state"],
-            run=run["number"],
-            exitCode=fields["exitCode"],
-            result=fields["result"],
-            durationSec=fields["durationSec"],
+            JobFinished(
+                name=name,
+                run=run["number"],
+                state=fields["state"],
+                exit_code=fields["exitCode"],
+                result=fields["result"],
+                duration_sec=UNKNOWN if duration is None else duration,
+            )
         )
 
     async def _find_run(self, name: str, invocation: str) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ from attrs import frozen
 
 from iyclo import __version__
 from iyclo.core import naming
-from iyclo.core.events import EventBus
+from iyclo.core.events import EventBus, PodChanged
 from iyclo.core.jobs import Jobs, journal_lines
 from iyclo.core.journal import start_failure_reason, unit_entries
 from iyclo.core.oom import OomKill, oom_fields, record_kill
@@ -30,7 +30,14 @@ from iyclo.core.plan import PodPlan, plan_pod
 from iyclo.core.slices import ensure_slice
 from iyclo.core.state import LiveState
 from iyclo.core.update import IN_PLACE, live_slice_properties
-from iyclo.errors import ConflictError, InvalidError, IycloError, NotFoundError, SystemdError
+from iyclo.errors import (
+    ConflictError,
+    InvalidError,
+    IycloError,
+    NotFoundError,
+    SystemdError,
+    public_message,
+)
 from iyclo.manifest.convert import dump_manifest, load_manifest, manifest_digest, parse_manifest
 from iyclo.manifest.model import Job, Pod
 from iyclo.manifest.policy import DEFAULT_POLICY, UNRESTRICTED, Policy
@@ -220,8 +227,8 @@ class Service:
                 removed.append(pod_name)
         return removed
 
-    def _publish(self, name: str, state: str, **data: Any) -> None:
-        self.events.publish("PodChanged", name, state, **data)
+    def _publish(self, name: str, state: str, *, generation: int = 0, error: str = "") -> None:
+        self.events.publish(PodChanged(name=name, state=state, generation=generation, error=error))
 
     async def _refresh(self, name: str, unit: str) -> None:
         """Bring the live cache up to date after an operation changed the host."""
@@ -241,7 +248,7 @@ class Service:
         if unit is None:
             return
         state = _state_word(unit.unit, record.status.get("desired", "running"))
-        self._publish(name, state, generation=record.generation, observed=True)
+        self._publish(name, state, generation=record.generation)
 
     async def _container_died(self, name: str, attributes: dict[str, str]) -> None:
         """systemd watches the main container; a pod's other containers are ours to watch."""
@@ -332,7 +339,7 @@ class Service:
                 await self._store(self.store.drop_generation, manifest.name, record.generation)
                 await self._refresh(manifest.name, naming.unit_name("Pod", manifest.name))
                 state = "failed" if previous is None else await self._state_word(previous)
-                self._publish(manifest.name, state, error=str(exc))
+                self._publish(manifest.name, state, error=public_message(exc))
                 if previous is None:
                     with contextlib.suppress(IycloError):
                         await self._stop_unit(naming.slice_name(manifest.name))
@@ -379,7 +386,9 @@ class Service:
                     plan.slice, True, [prop(k, v) for k, v in plan.slice_properties]
                 )
             await self._store(self.store.drop_generation, manifest.name, record.generation)
-            self._publish(manifest.name, await self._state_word(previous), error=str(exc))
+            self._publish(
+                manifest.name, await self._state_word(previous), error=public_message(exc)
+            )
             raise
         await self._refresh(manifest.name, plan.unit)
         self._publish(manifest.name, "running", generation=record.generation)
