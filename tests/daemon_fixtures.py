@@ -89,20 +89,30 @@ class Daemon:
         """A D-Bus client on the host's system bus, from outside its namespaces."""
         return DBusClient(bus_address=self.host.system_bus_address, timeout=timeout)
 
-    def cli(
-        self, *args: str, stdin: str | None = None, via: str = "socket"
-    ) -> subprocess.CompletedProcess[str]:
-        """The real `iyclo` CLI, run on the machine, reaching the daemon over its
-        JSON socket (`via="socket"`) or over the host's system bus (`via="dbus"`)."""
+    def _cli_env(self, via: str) -> dict[str, str]:
         env = {**os.environ, "COLUMNS": "200"}
         env.pop("IYCLO_SOCKET", None)
         if via == "socket":
             env["IYCLO_SOCKET"] = str(self.socket)
         else:
             env["DBUS_SYSTEM_BUS_ADDRESS"] = self.host.system_bus_address
+        return env
+
+    def cli(
+        self, *args: str, stdin: str | None = None, via: str = "socket"
+    ) -> subprocess.CompletedProcess[str]:
+        """The real `iyclo` CLI, run on the machine, reaching the daemon over its
+        JSON socket (`via="socket"`) or over the host's system bus (`via="dbus"`)."""
         return subprocess.run(
-            [sys.executable, "-m", "iyclo.cli", *args],
-            capture_output=True, text=True, input=stdin, env=env, timeout=300, check=False,
+            [sys.executable, "-m", "iyclo.cli", *args], capture_output=True, text=True,
+            input=stdin, env=self._cli_env(via), timeout=300, check=False,
+        )  # fmt: skip
+
+    def cli_stream(self, *args: str, via: str = "socket") -> subprocess.Popen[str]:
+        """`cli`, left running with its output piped (e.g. `iyclo events --json`)."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "iyclo.cli", *args], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env=self._cli_env(via),
         )  # fmt: skip
 
     def podman_json(self, *args: str) -> Any:

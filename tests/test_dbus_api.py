@@ -36,11 +36,13 @@ from dbus_fast.aio import MessageBus
 import iyclo
 from iyclo.api.dbus import (
     BUS_NAME,
+    JOB_INTERFACE,
     MANAGER_INTERFACE,
     MANAGER_PATH,
     POD_INTERFACE,
     bus_label_escape,
     export_service,
+    job_path,
     pod_path,
 )
 from iyclo.api.jsonrpc import JsonRpcServer
@@ -73,6 +75,14 @@ def _web_text() -> str:
 
 
 WEB = _web_text()
+JOB = json.dumps(
+    {
+        "apiVersion": "iyclo/v1", "kind": "Job", "name": "backup", "network": "none",
+        "schedule": {"calendar": "*-*-* 03:00:00"},
+        "containers": [{"name": "dump", "image": "localhost/busybox:latest",
+                        "command": ["sh", "-c", "exit 3"]}],
+    }
+)  # fmt: skip
 BAD_NAME = (ROOT / "tests" / "manifests" / "broken" / "05-bad-name.json").read_text()
 MAX_LAG = 0.2
 NOBODY = 65534
@@ -617,7 +627,9 @@ async def test_gdbus_speaks_every_manager_method(served: FakeService, address: s
         MANAGER_PATH, "--method", "org.freedesktop.DBus.Properties.GetAll", MANAGER_INTERFACE,
     )  # fmt: skip
     assert code == 0, err
-    assert out.strip() == f"({{'PodCount': <uint32 0>, 'Version': <'{iyclo.__version__}'>}},)"
+    assert out.strip() == (
+        f"({{'JobCount': <uint32 0>, 'PodCount': <uint32 0>, 'Version': <'{iyclo.__version__}'>}},)"
+    )
 
 
 # -- errors -------------------------------------------------------------------------------
@@ -816,6 +828,45 @@ async def test_pod_objects_follow_the_pods(served: FakeService, observer: Observ
     assert served.called("remove") == [("web-1",)]
 
 
+async def test_job_objects_follow_the_jobs(
+    served: FakeService, observer: Observer, address: str
+) -> None:
+    """A job is a Job object at /job/<label> from the moment Apply answers until Remove
+    answers, never a Pod object; its properties follow the job's events."""
+    job = json.loads(JOB)
+    job["name"] = "night-backup"
+    path = "/io/github/iyclo1/job/night_2dbackup"
+    assert job_path("night-backup") == path
+    assert await busctl_call(address, "Apply", "s", json.dumps(job)) == [
+        path, 1, True, "scheduled"
+    ]  # fmt: skip
+    props = await observer.get_all(path, JOB_INTERFACE)  # exported before Apply answered
+    assert props == {
+        "Name": "night-backup", "State": "scheduled", "Generation": 1,
+        "Unit": "iyclo-job-night-backup.service", "Timer": "iyclo-job-night-backup.timer",
+        "Schedule": "*-*-* 03:00:00", "NextRun": "", "LastRun": 0, "LastRunStarted": "",
+        "LastState": "", "LastResult": "", "LastExitCode": -1,
+    }  # fmt: skip
+    assert await observer.get_all(path, POD_INTERFACE) is None
+    assert await observer.get_all(pod_path("night-backup"), POD_INTERFACE) is None
+    counts = await observer.get_all(MANAGER_PATH, MANAGER_INTERFACE)
+    assert counts is not None
+    assert (counts["PodCount"], counts["JobCount"]) == (0, 1)
+
+    mark = len(observer.signals)
+    reply = await observer.call(path, JOB_INTERFACE, "Stop")
+    assert reply.body == ["stopped"]
+    await observer.wait_for(lambda m: m.member == "PropertiesChanged" and m.path == path, mark)
+    assert observer.properties_changed(path, JOB_INTERFACE, mark) == [{"State": "stopped"}]
+    assert served.called("stop") == [("night-backup",)]
+
+    assert await busctl_call(address, "Remove", "s", "night-backup") is None
+    assert await observer.get_all(path, JOB_INTERFACE) is None  # gone before Remove answered
+    counts = await observer.get_all(MANAGER_PATH, MANAGER_INTERFACE)
+    assert counts is not None
+    assert counts["JobCount"] == 0
+
+
 async def test_pod_method_errors_are_typed(served: FakeService, observer: Observer) -> None:
     await served.apply(WEB)
 
@@ -876,7 +927,7 @@ async def test_pods_present_at_start_are_exported_at_once(
         assert props is not None
         assert props["State"] == "stopped"
         manager = await observer.get_all(MANAGER_PATH, MANAGER_INTERFACE)
-        assert manager == {"PodCount": 1, "Version": iyclo.__version__}
+        assert manager == {"PodCount": 1, "JobCount": 0, "Version": iyclo.__version__}
     finally:
         await unexport()
 
@@ -916,6 +967,7 @@ async def test_introspection_xml_files_match_what_is_exported(
     served: FakeService, observer: Observer
 ) -> None:
     await served.apply(WEB)
+    await served.apply(JOB)
 
     async def introspect(path: str) -> str:
         reply = await observer.call(path, "org.freedesktop.DBus.Introspectable", "Introspect")
@@ -926,13 +978,27 @@ async def test_introspection_xml_files_match_what_is_exported(
     async def exported() -> bool:
         return POD_INTERFACE in own_interfaces(await introspect(pod_path("web")))
 
+    async def job_exported() -> bool:
+        return JOB_INTERFACE in own_interfaces(await introspect(job_path("backup")))
+
     await eventually(exported)
-    for path, interface in ((MANAGER_PATH, MANAGER_INTERFACE), (pod_path("web"), POD_INTERFACE)):
+    await eventually(job_exported)
+    documented_files = {p.name for p in DBUS_DIR.glob("*.xml")}
+    objects = [
+        (MANAGER_PATH, MANAGER_INTERFACE),
+        (pod_path("web"), POD_INTERFACE),
+        (job_path("backup"), JOB_INTERFACE),
+    ]
+    assert documented_files == {f"{interface}.xml" for _, interface in objects}
+    for path, interface in objects:
         live = await introspect(path)
         documented = (DBUS_DIR / f"{interface}.xml").read_text()
         assert own_interfaces(live) == {interface}
         assert interface_shape(live, interface) == interface_shape(documented, interface)
-    assert "pod" in {n.get("name") for n in ET.fromstring(await introspect(MANAGER_PATH))}
+    assert {n.get("name") for n in ET.fromstring(await introspect(MANAGER_PATH))} >= {
+        "pod",
+        "job",
+    }
 
 
 # -- the bus is never blocked -------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any
 from attrs import field, frozen
 
 from iyclo import __version__
-from iyclo.core.events import EventBus, PodChanged
+from iyclo.core.events import EventBus, JobChanged, PodChanged
 from iyclo.core.service import ApplyResult, ReconcileReport
 from iyclo.errors import InvalidError, NotFoundError
 from iyclo.manifest.convert import dump_manifest, load_manifest, manifest_digest
@@ -40,8 +40,10 @@ def _now() -> str:
 
 
 class FakePod:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, kind: str = "Pod") -> None:
         self.name = name
+        self.kind = kind
+        self.calendar = ""
         self.generations: list[_Generation] = []
         self.desired = "running"
         self.state = "missing"
@@ -111,7 +113,11 @@ class FakeService:
         return pod
 
     def _publish(self, name: str, state: str, generation: int = 0) -> None:
-        self.events.publish(PodChanged(name=name, state=state, generation=generation))
+        pod = self.pods.get(name)
+        if pod is not None and pod.kind == "Job":
+            self.events.publish(JobChanged(name=name, state=state, generation=generation))
+        else:
+            self.events.publish(PodChanged(name=name, state=state, generation=generation))
 
     # -- the Service API ----------------------------------------------------------------
 
@@ -127,7 +133,7 @@ class FakeService:
         await self._enter("apply", manifest_in)
         manifest = load_manifest(manifest_in)
         if isinstance(manifest, Job):
-            raise InvalidError("kind: Job is not supported by this daemon yet")
+            return self._apply_job(manifest)
         digest = manifest_digest(manifest)
         pod = self.pods.get(manifest.name)
         if pod is not None and pod.current.digest == digest:
@@ -154,6 +160,20 @@ class FakeService:
         ]
         self._publish(pod.name, "running", generation=generation)
         return ApplyResult(pod.name, "Pod", generation, True, "running")
+
+    def _apply_job(self, manifest: Job) -> ApplyResult:
+        """A job is a schedule here; nothing runs."""
+        pod = self.pods.get(manifest.name)
+        if pod is None:
+            pod = self.pods[manifest.name] = FakePod(manifest.name, "Job")
+        generation = len(pod.generations) + 1
+        digest = manifest_digest(manifest)
+        pod.generations.append(_Generation(generation, digest, dump_manifest(manifest), self.now()))
+        pod.calendar = manifest.schedule.calendar
+        self._publish(pod.name, "applying", generation)
+        pod.desired = pod.state = "scheduled"
+        self._publish(pod.name, "scheduled", generation)
+        return ApplyResult(pod.name, "Job", generation, True, "scheduled")
 
     async def run_job(self, name: str) -> dict[str, Any]:
         """The fake holds pods only, so a known name is not a job, as the real one says."""
@@ -211,6 +231,13 @@ class FakeService:
         await self._enter("status", name)
         pod = self._pod(name)
         current = pod.current
+        if pod.kind == "Job":
+            return {
+                "name": name, "kind": "Job", "generation": current.generation,
+                "state": pod.state, "unit": f"iyclo-job-{name}.service",
+                "timer": f"iyclo-job-{name}.timer", "schedule": {"calendar": pod.calendar},
+                "next": "", "lastRun": None,
+            }  # fmt: skip
         running = pod.state == "running"
         return {
             "name": name,

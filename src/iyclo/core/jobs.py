@@ -46,7 +46,7 @@ from attrs import frozen
 
 from iyclo.contract.events import UNKNOWN
 from iyclo.core import journal, naming
-from iyclo.core.events import EventBus, JobFinished
+from iyclo.core.events import EventBus, JobChanged, JobFinished
 from iyclo.core.journal import start_failure_reason
 from iyclo.core.plan_job import JobPlan, plan_job, timer_stamp
 from iyclo.core.runs import (
@@ -68,6 +68,7 @@ from iyclo.errors import (
     IycloError,
     NotFoundError,
     SystemdError,
+    public_message,
 )
 from iyclo.manifest.convert import dump_manifest, manifest_digest, parse_manifest
 from iyclo.manifest.model import Job
@@ -237,6 +238,14 @@ class Jobs:
 
     # -- helpers: store, units, pods ------------------------------------------------------
 
+    def _changed(self, name: str, state: str, *, generation: int = 0, error: str = "") -> None:
+        self.events.publish(JobChanged(name=name, state=state, generation=generation, error=error))
+
+    async def _state_now(self, record: Deployment) -> str:
+        plan = plan_of(record)
+        desired = record.status.get("desired", "scheduled")
+        return state_word(await self._timer(plan), await self._service(plan), desired)
+
     async def _store(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
@@ -376,16 +385,25 @@ class Jobs:
         record: Deployment = await self._store(
             self.store.apply, name, "job", dump_manifest(manifest), digest
         )
+        self._changed(name, "applying", generation=record.generation)
         try:
             await self._replace(manifest, record, previous)
-        except BaseException:
+        except BaseException as exc:
             if previous is None:
                 # Runs kept from an earlier job of this name stay; this one made none.
                 await self._store(self.store.remove, name, purge_runs=False)
+                self._changed(name, "failed", generation=record.generation,
+                              error=public_message(exc))  # fmt: skip
+                self.events.forget(name)
             else:
                 await self._store(self.store.drop_generation, name, record.generation)
+                with contextlib.suppress(IycloError):
+                    state = await self._state_now(previous)
+                    self._changed(name, state, generation=previous.generation,
+                                  error=public_message(exc))  # fmt: skip
             raise
         await self._store(self.store.set_status, name, desired="scheduled")
+        self._changed(name, "scheduled", generation=record.generation)
         log.info("applied", job=name, generation=record.generation)
         return JobApplied(record.generation, True, "scheduled")
 
@@ -427,12 +445,15 @@ class Jobs:
                 await self._create_pod(plan)
             await self._bring_up(plan)
         await self._store(self.store.set_status, record.name, desired="scheduled")
-        return state_word(await self._timer(plan), await self._service(plan), "scheduled")
+        state = state_word(await self._timer(plan), await self._service(plan), "scheduled")
+        self._changed(record.name, state, generation=record.generation)
+        return state
 
     async def remove(self, record: Deployment, *, purge_history: bool) -> None:
         """Timer, service (a run in progress is stopped), pods and the persistent stamp
         go; the run history stays unless ``purge_history``."""
         plan = plan_of(record)
+        self._changed(record.name, "removing", generation=record.generation)
         await self._take_down(plan, interrupt=True)
         await self._settle_after_stop(record.name)
         await self._remove_pods(record.name, keep=None)
@@ -442,6 +463,8 @@ class Jobs:
             os.unlink(timer_stamp(plan.timer))
         await self._store(self.store.remove, record.name, purge_runs=purge_history)
         self._signal_props.pop(plan.service, None)
+        self._changed(record.name, "removed", generation=record.generation)
+        self.events.forget(record.name)
         log.info("removed", job=record.name, purge_history=purge_history)
 
     async def start_job(self, record: Deployment) -> str:
@@ -454,6 +477,7 @@ class Jobs:
         await self._take_down(plan, interrupt=True)
         await self._store(self.store.set_status, record.name, desired="stopped")
         await self._settle_after_stop(record.name)
+        self._changed(record.name, "stopped", generation=record.generation)
         return "stopped"
 
     async def restart_job(self, record: Deployment) -> str:
@@ -463,7 +487,9 @@ class Jobs:
         if timer is not None and timer.get("ActiveState") == "active":
             await self.systemd.restart_unit(plan.timer, timeout=JOB_TIMEOUT)
             await self._store(self.store.set_status, record.name, desired="scheduled")
-            return state_word(await self._timer(plan), await self._service(plan), "scheduled")
+            state = state_word(await self._timer(plan), await self._service(plan), "scheduled")
+            self._changed(record.name, state, generation=record.generation)
+            return state
         return await self._ensure_scheduled(record)
 
     async def run_now(self, record: Deployment) -> dict[str, Any]:
@@ -571,7 +597,7 @@ class Jobs:
             "activeState": (service or {}).get("ActiveState", "inactive"),
             "subState": (service or {}).get("SubState", "dead"),
             "since": last["startedAt"] if last and state == "running" else "",
-            "slice": naming.SLICE,
+            "slice": naming.slice_name(record.name),
             "containers": containers,
         }
 
@@ -825,6 +851,7 @@ class Jobs:
         entry = started(invocation, start_usec or int(time.time() * 1_000_000), record.generation)
         number: int = await self._store(self.store.add_run, name, entry)
         log.info("run started", job=name, run=number, invocation=invocation)
+        self._changed(name, "running", generation=record.generation)
         return number
 
     async def _record_end(self, name: str, run: dict[str, Any], end: RunEnd) -> None:
@@ -847,6 +874,10 @@ class Jobs:
                 duration_sec=UNKNOWN if duration is None else duration,
             )
         )
+        record: Deployment | None = await self._store(self.store.find, name)
+        if record is not None and record.kind == "job":
+            with contextlib.suppress(IycloError):
+                self._changed(name, await self._state_now(record), generation=record.generation)
 
     async def _find_run(self, name: str, invocation: str) -> dict[str, Any] | None:
         for run in await self._runs(name):

@@ -1,0 +1,160 @@
+"""What every object of iyclo's D-Bus interface shares: names, paths, reply types, the
+error boundary and the protocol of the service behind it."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Annotated, Any, ClassVar, ParamSpec, Protocol, TypeVar
+
+import structlog
+from dbus_fast import DBusError
+from dbus_fast import introspection as intr
+from dbus_fast.annotations import DBusSignature
+from dbus_fast.service import ServiceInterface
+
+from iyclo.core.events import EventBus
+from iyclo.errors import DBUS_ERROR_PREFIX, InvalidError, IycloError
+
+log = structlog.get_logger("iyclo.dbus")
+
+BUS_NAME = "io.github.iyclo1"
+MANAGER_PATH = "/io/github/iyclo1"
+MANAGER_INTERFACE = "io.github.iyclo1.Manager"
+POD_INTERFACE = "io.github.iyclo1.Pod"
+JOB_INTERFACE = "io.github.iyclo1.Job"
+FAILED = f"{DBUS_ERROR_PREFIX}.Failed"
+
+# D-Bus types of the replies, spelled once. ``NoReply``: dbus-fast reads a bare ``None``
+# return annotation as a missing signature, so an empty reply is spelled out.
+NoReply = Annotated[None, DBusSignature("")]
+
+
+class JsonResult(Protocol):
+    def to_json(self) -> dict[str, Any]: ...
+
+
+class ServiceApi(Protocol):
+    """What this adapter needs of ``iyclo.core.service.Service``.
+
+    A protocol rather than an import so the adapter and mypy do not pull in the systemd
+    and Podman adapters the service is built on.
+    """
+
+    events: EventBus
+
+    async def validate(self, manifest: str | dict[str, Any], /) -> list[str]: ...
+    async def apply(self, manifest: str | dict[str, Any], /) -> JsonResult: ...
+    async def diff(self, manifest: str | dict[str, Any], /) -> str: ...
+    async def remove(self, name: str, /, purge_history: bool = False) -> None: ...
+    async def runs(self, name: str, /) -> list[dict[str, Any]]: ...
+    async def logs(
+        self, name: str, run: int = 0, lines: int | None = None, /
+    ) -> dict[str, Any]: ...
+    async def start(self, name: str, /) -> str: ...
+    async def stop(self, name: str, /) -> str: ...
+    async def restart(self, name: str, /) -> str: ...
+    async def status(self, name: str, /) -> dict[str, Any]: ...
+    async def manifest(self, name: str, generation: int = 0, /) -> dict[str, Any]: ...
+    async def history(self, name: str, /) -> list[dict[str, Any]]: ...
+    async def reconcile(self) -> JsonResult: ...
+    async def run_job(self, name: str, /) -> dict[str, Any]: ...
+    def version(self) -> str: ...
+    # Last: below it, ``list`` in this class body would name the method, not the type.
+    async def list_all(self) -> list[dict[str, Any]]: ...
+
+
+# -- names ------------------------------------------------------------------------------
+
+
+def bus_label_escape(text: str) -> str:
+    """sd-bus's ``bus_label_escape``: object path elements allow only [A-Za-z0-9_].
+
+    Every other byte (and a leading digit, and ``_`` itself) becomes ``_xx`` in lower-case
+    hex; the empty string becomes ``_``. The same rule systemd uses for unit paths, so
+    ``busctl`` users already know it.
+    """
+    if not text:
+        return "_"
+    out: list[str] = []
+    for index, byte in enumerate(text.encode()):
+        char = chr(byte)
+        if ("a" <= char <= "z") or ("A" <= char <= "Z") or (index > 0 and "0" <= char <= "9"):
+            out.append(char)
+        else:
+            out.append(f"_{byte:02x}")
+    return "".join(out)
+
+
+def object_path(kind: str, name: str) -> str:
+    """``/io/github/iyclo1/<kind>/<label>``: the collection is the kind (pod, job)."""
+    return f"{MANAGER_PATH}/{kind.lower()}/{bus_label_escape(name)}"
+
+
+def pod_path(name: str) -> str:
+    return object_path("pod", name)
+
+
+def job_path(name: str) -> str:
+    return object_path("job", name)
+
+
+# -- errors -----------------------------------------------------------------------------
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def error_text(exc: IycloError) -> str:
+    """The D-Bus error message: one line, or for ``Invalid`` one line per problem."""
+    if not isinstance(exc, InvalidError):
+        return exc.message
+    details = exc.details[1:] if exc.details[:1] == [exc.message] else exc.details
+    return "\n".join([exc.message, *details])
+
+
+def translated(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Coroutine[Any, Any, _T]]:
+    """The one place errors cross to D-Bus: typed errors by name, anything else as Failed.
+
+    Applied under ``@dbus_method()``; ``functools.wraps`` keeps the signature dbus-fast
+    reads the D-Bus types from.
+    """
+
+    @functools.wraps(fn)
+    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return await fn(*args, **kwargs)
+        except IycloError as exc:
+            raise DBusError(exc.dbus_name, error_text(exc)) from None
+        except DBusError:
+            raise
+        except Exception as exc:  # a bug must not take the daemon down with it
+            log.exception("D-Bus method failed", method=fn.__qualname__)
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise DBusError(FAILED, f"internal error: {first}") from None
+
+    return wrapper
+
+
+def as_json(value: Any) -> str:
+    """Encoded as the JSON socket encodes its results, so both fronts return the same."""
+    return json.dumps(value, default=str)
+
+
+class Interface(ServiceInterface):
+    """Names out-arguments in the introspection data (dbus-fast leaves them unnamed)."""
+
+    OUT_ARGS: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    def introspect(self) -> intr.Interface:
+        interface = super().introspect()
+        for method in interface.methods:
+            names = self.OUT_ARGS.get(method.name, ())
+            for arg, name in zip(method.out_args, names, strict=True):
+                arg.name = name
+        for signal in interface.signals:
+            names = self.OUT_ARGS.get(signal.name, ())
+            for arg, name in zip(signal.args, names, strict=True):
+                arg.name = name
+        return interface

@@ -1,0 +1,218 @@
+"""``io.github.iyclo1.Manager`` at ``/io/github/iyclo1``: the JSON socket's operations.
+
+``Apply``, ``Start``, ``Stop`` and ``Restart`` carry more out-arguments than a bare
+acknowledgement so that a D-Bus client returns exactly what the JSON socket returns
+(``changed`` and the resulting state cannot be fetched afterwards). The deployment's name
+and kind are in the returned object path: ``<label>`` is the name escaped with sd-bus's
+bus-label rules and the path's collection (``pod``, ``job``) is the kind. That object is
+exported (or updated) before ``Apply`` answers, and gone before ``Remove`` answers.
+
+The JSON-carrying methods return what the JSON socket returns, JSON-encoded the same way,
+so both fronts stay one API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, ClassVar
+
+from dbus_fast import PropertyAccess
+from dbus_fast.annotations import DBusSignature, DBusStr, DBusUInt32
+from dbus_fast.service import dbus_method, dbus_property, dbus_signal
+
+from iyclo.api.dbus_base import (
+    MANAGER_INTERFACE,
+    Interface,
+    NoReply,
+    ServiceApi,
+    as_json,
+    object_path,
+    translated,
+)
+from iyclo.contract.events import EVENT_TYPES, Event, JobChanged, JobFinished, PodChanged
+
+ApplyReply = Annotated[tuple[str, int, bool, str], DBusSignature("oubs")]
+PodRow = tuple[str, str, str, int, int, int, str]
+ListReply = Annotated[list[PodRow], DBusSignature("a(sssuuus)")]
+StrList = Annotated[list[str], DBusSignature("as")]
+# Signal arguments: one per field of the event type, in field order (iyclo.contract.events).
+PodChangedArgs = Annotated[list[Any], DBusSignature(PodChanged.dbus_signature())]
+JobChangedArgs = Annotated[list[Any], DBusSignature(JobChanged.dbus_signature())]
+JobFinishedArgs = Annotated[list[Any], DBusSignature(JobFinished.dbus_signature())]
+
+Refresh = Callable[[str], Awaitable[None]]
+
+
+async def _nothing(name: str) -> None:
+    return None
+
+
+class ManagerInterface(Interface):
+    """``io.github.iyclo1.Manager``: the same operations as the JSON socket."""
+
+    OUT_ARGS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Apply": ("path", "generation", "changed", "state"),
+        "Validate": ("errors",),
+        "Diff": ("diff",),
+        "Start": ("state",),
+        "Stop": ("state",),
+        "Restart": ("state",),
+        "List": ("pods",),
+        "Get": ("status_json",),
+        "GetManifest": ("manifest_json",),
+        "History": ("history_json",),
+        "Reconcile": ("report_json",),
+        "RunJob": ("run_json",),
+        "Runs": ("runs_json",),
+        "Logs": ("logs_json",),
+        **{cls.MEMBER: cls.dbus_arg_names() for cls in EVENT_TYPES},
+    }
+
+    def __init__(self, service: ServiceApi, refresh: Refresh = _nothing) -> None:
+        super().__init__(MANAGER_INTERFACE)
+        self._service = service
+        self._refresh = refresh
+        self._counts = {"PodCount": 0, "JobCount": 0}
+
+    def set_counts(self, pods: int, jobs: int) -> None:
+        changed = {
+            key: value
+            for key, value in (("PodCount", pods), ("JobCount", jobs))
+            if self._counts[key] != value
+        }
+        if changed:
+            self._counts.update(changed)
+            self.emit_properties_changed(changed)
+
+    @dbus_method(name="Apply")
+    @translated
+    async def apply(self, manifest_json: DBusStr) -> ApplyReply:
+        result = (await self._service.apply(manifest_json)).to_json()
+        await self._refresh(str(result["name"]))
+        path = object_path(str(result["kind"]), str(result["name"]))
+        return (path, int(result["generation"]), bool(result["changed"]), str(result["state"]))
+
+    @dbus_method(name="Validate")
+    @translated
+    async def validate(self, manifest_json: DBusStr) -> StrList:
+        return await self._service.validate(manifest_json)
+
+    @dbus_method(name="Diff")
+    @translated
+    async def diff(self, manifest_json: DBusStr) -> DBusStr:
+        return await self._service.diff(manifest_json)
+
+    @dbus_method(name="Remove")
+    @translated
+    async def remove(self, name: DBusStr) -> NoReply:
+        await self._service.remove(name)
+        await self._refresh(name)
+
+    @dbus_method(name="Start")
+    @translated
+    async def start(self, name: DBusStr) -> DBusStr:
+        return await self._service.start(name)
+
+    @dbus_method(name="Stop")
+    @translated
+    async def stop(self, name: DBusStr) -> DBusStr:
+        return await self._service.stop(name)
+
+    @dbus_method(name="Restart")
+    @translated
+    async def restart(self, name: DBusStr) -> DBusStr:
+        return await self._service.restart(name)
+
+    @dbus_method(name="List")
+    @translated
+    async def list_(self) -> ListReply:
+        return [pod_row(status) for status in await self._service.list_all()]
+
+    @dbus_method(name="Get")
+    @translated
+    async def get(self, name: DBusStr) -> DBusStr:
+        return as_json(await self._service.status(name))
+
+    @dbus_method(name="GetManifest")
+    @translated
+    async def get_manifest(self, name: DBusStr, generation: DBusUInt32) -> DBusStr:
+        return as_json(await self._service.manifest(name, generation))
+
+    @dbus_method(name="History")
+    @translated
+    async def history(self, name: DBusStr) -> DBusStr:
+        return as_json(await self._service.history(name))
+
+    @dbus_method(name="Runs")
+    @translated
+    async def runs(self, name: DBusStr) -> DBusStr:
+        return as_json(await self._service.runs(name))
+
+    @dbus_method(name="Logs")
+    @translated
+    async def logs(self, name: DBusStr, run: DBusUInt32, lines: DBusUInt32) -> DBusStr:
+        return as_json(await self._service.logs(name, run, lines or None))
+
+    @dbus_method(name="Purge")
+    @translated
+    async def purge(self, name: DBusStr) -> NoReply:
+        await self._service.remove(name, purge_history=True)
+        await self._refresh(name)
+
+    @dbus_method(name="Reconcile")
+    @translated
+    async def reconcile(self) -> DBusStr:
+        return as_json((await self._service.reconcile()).to_json())
+
+    @dbus_method(name="RunJob")
+    @translated
+    async def run_job(self, name: DBusStr) -> DBusStr:
+        return as_json(await self._service.run_job(name))
+
+    @dbus_property(access=PropertyAccess.READ, name="Version")
+    def version(self) -> DBusStr:
+        return self._service.version()
+
+    @dbus_property(access=PropertyAccess.READ, name="PodCount")
+    def pod_count(self) -> DBusUInt32:
+        return self._counts["PodCount"]
+
+    @dbus_property(access=PropertyAccess.READ, name="JobCount")
+    def job_count(self) -> DBusUInt32:
+        return self._counts["JobCount"]
+
+    @dbus_signal(name="PodChanged")
+    def pod_changed(self, event: PodChanged) -> PodChangedArgs:
+        return event.dbus_args()
+
+    @dbus_signal(name="JobChanged")
+    def job_changed(self, event: JobChanged) -> JobChangedArgs:
+        return event.dbus_args()
+
+    @dbus_signal(name="JobFinished")
+    def job_finished(self, event: JobFinished) -> JobFinishedArgs:
+        return event.dbus_args()
+
+    def signal(self, event: Event) -> None:
+        """Emit ``event`` as the signal of its type."""
+        if isinstance(event, PodChanged):
+            self.pod_changed(event)
+        elif isinstance(event, JobChanged):
+            self.job_changed(event)
+        else:
+            self.job_finished(event)
+
+
+def pod_row(status: dict[str, Any]) -> PodRow:
+    """One ``List`` struct: (name, kind, state, generation, restarts, containers_running, unit)."""
+    containers = status.get("containers") or []
+    running = sum(1 for c in containers if c.get("state") == "running")
+    return (
+        str(status["name"]),
+        str(status["kind"]),
+        str(status["state"]),
+        int(status["generation"]),
+        int(status.get("restarts", 0)),
+        running,
+        str(status.get("unit", "")),
+    )
