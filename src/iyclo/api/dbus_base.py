@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Annotated, Any, ClassVar, ParamSpec, Protocol, TypeVar
+from typing import Annotated, Any, ClassVar, ParamSpec, TypeVar
 
 import structlog
 from dbus_fast import DBusError
@@ -14,7 +14,8 @@ from dbus_fast import introspection as intr
 from dbus_fast.annotations import DBusSignature
 from dbus_fast.service import ServiceInterface
 
-from iyclo.core.events import EventBus
+from iyclo.api.incident import incident
+from iyclo.api.protocol import ServiceApi
 from iyclo.errors import DBUS_ERROR_PREFIX, InvalidError, IycloError
 
 log = structlog.get_logger("iyclo.dbus")
@@ -26,43 +27,11 @@ POD_INTERFACE = "io.github.iyclo1.Pod"
 JOB_INTERFACE = "io.github.iyclo1.Job"
 FAILED = f"{DBUS_ERROR_PREFIX}.Failed"
 
+__all__ = ["ServiceApi"]
+
 # D-Bus types of the replies, spelled once. ``NoReply``: dbus-fast reads a bare ``None``
 # return annotation as a missing signature, so an empty reply is spelled out.
 NoReply = Annotated[None, DBusSignature("")]
-
-
-class JsonResult(Protocol):
-    def to_json(self) -> dict[str, Any]: ...
-
-
-class ServiceApi(Protocol):
-    """What this adapter needs of ``iyclo.core.service.Service``.
-
-    A protocol rather than an import so the adapter and mypy do not pull in the systemd
-    and Podman adapters the service is built on.
-    """
-
-    events: EventBus
-
-    async def validate(self, manifest: str | dict[str, Any], /) -> list[str]: ...
-    async def apply(self, manifest: str | dict[str, Any], /) -> JsonResult: ...
-    async def diff(self, manifest: str | dict[str, Any], /) -> str: ...
-    async def remove(self, name: str, /, purge_history: bool = False) -> None: ...
-    async def runs(self, name: str, /) -> list[dict[str, Any]]: ...
-    async def logs(
-        self, name: str, run: int = 0, lines: int | None = None, /
-    ) -> dict[str, Any]: ...
-    async def start(self, name: str, /) -> str: ...
-    async def stop(self, name: str, /) -> str: ...
-    async def restart(self, name: str, /) -> str: ...
-    async def status(self, name: str, /) -> dict[str, Any]: ...
-    async def manifest(self, name: str, generation: int = 0, /) -> dict[str, Any]: ...
-    async def history(self, name: str, /) -> list[dict[str, Any]]: ...
-    async def reconcile(self) -> JsonResult: ...
-    async def run_job(self, name: str, /) -> dict[str, Any]: ...
-    def version(self) -> str: ...
-    # Last: below it, ``list`` in this class body would name the method, not the type.
-    async def list_all(self) -> list[dict[str, Any]]: ...
 
 
 # -- names ------------------------------------------------------------------------------
@@ -115,7 +84,8 @@ def error_text(exc: IycloError) -> str:
 
 
 def translated(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Coroutine[Any, Any, _T]]:
-    """The one place errors cross to D-Bus: typed errors by name, anything else as Failed.
+    """The one place errors cross to D-Bus: typed errors by name; anything else is a bug,
+    logged with its traceback and answered as ``Failed`` with an incident id only.
 
     Applied under ``@dbus_method()``; ``functools.wraps`` keeps the signature dbus-fast
     reads the D-Bus types from.
@@ -129,10 +99,9 @@ def translated(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Coroutine[Any, A
             raise DBusError(exc.dbus_name, error_text(exc)) from None
         except DBusError:
             raise
-        except Exception as exc:  # a bug must not take the daemon down with it
-            log.exception("D-Bus method failed", method=fn.__qualname__)
-            first = (str(exc).splitlines() or [type(exc).__name__])[0]
-            raise DBusError(FAILED, f"internal error: {first}") from None
+        except Exception:  # a bug must not take the daemon down, nor reach the caller
+            internal = incident("D-Bus method failed", method=fn.__qualname__)
+            raise DBusError(internal.dbus_name, internal.message) from None
 
     return wrapper
 

@@ -1,9 +1,11 @@
 """The JSON socket: newline-delimited JSON-RPC 2.0 on a unix socket.
 
-A thin adapter over ``Service``: it decodes a line, calls one method, encodes the
-result or the typed error. Usable with ``socat``/``nc -U``. Every client is
-bounded: a line longer than ``max_line`` is answered with an error and the client
-dropped; a client silent for ``idle_timeout`` is dropped; neither stalls others.
+A thin adapter over ``Service``: it decodes a line, checks the parameters against the
+method registry (``iyclo.contract.methods``), calls one method, encodes the result or the
+typed error; a bug answers only with an incident id (``api.incident``). Usable with
+``socat``/``nc -U``. Every client is bounded: a line longer than ``max_line`` is
+answered with an error and the client dropped; a client silent for ``idle_timeout`` is
+dropped; neither stalls others.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from typing import Any
 
 import structlog
 
+from iyclo.api.incident import incident
+from iyclo.api.protocol import ServiceApi
 from iyclo.contract.events import Event
-from iyclo.core.service import Service
+from iyclo.contract.methods import ParamsError, bind
 from iyclo.errors import InvalidError, IycloError
 
 log = structlog.get_logger("iyclo.jsonrpc")
@@ -51,47 +55,70 @@ def error_for(exc: IycloError) -> dict[str, Any]:
     return _error(exc.rpc_code, exc.message, data)
 
 
-def methods(service: Service) -> dict[str, Handler]:
-    """JSON-RPC method name → coroutine; parameters are passed by name."""
+def handlers(service: ServiceApi) -> dict[str, Handler]:
+    """JSON-RPC method name → coroutine, one per method of ``iyclo.contract.methods``;
+    parameters arrive by name, already checked against the registry (``bind``)."""
 
     async def apply(manifest: str | dict[str, Any]) -> dict[str, Any]:
         return (await service.apply(manifest)).to_json()
 
+    async def validate(manifest: str | dict[str, Any]) -> list[str]:
+        return await service.validate(manifest)
+
     async def diff(manifest: str | dict[str, Any]) -> str:
-        # Service.diff names its parameter manifest_in; clients send "manifest".
         return await service.diff(manifest)
+
+    async def remove(name: str, purge_history: bool) -> None:
+        await service.remove(name, purge_history)
+
+    async def start(name: str) -> str:
+        return await service.start(name)
+
+    async def stop(name: str) -> str:
+        return await service.stop(name)
+
+    async def restart(name: str) -> str:
+        return await service.restart(name)
+
+    async def list_() -> list[dict[str, Any]]:
+        return await service.list_all()
+
+    async def get(name: str) -> dict[str, Any]:
+        return await service.status(name)
+
+    async def get_manifest(name: str, generation: int) -> dict[str, Any]:
+        return await service.manifest(name, generation)
+
+    async def history(name: str) -> list[dict[str, Any]]:
+        return await service.history(name)
+
+    async def runs(name: str) -> list[dict[str, Any]]:
+        return await service.runs(name)
+
+    async def logs(name: str, run: int, lines: int | None) -> dict[str, Any]:
+        return await service.logs(name, run, lines)
 
     async def reconcile() -> dict[str, Any]:
         return (await service.reconcile()).to_json()
+
+    async def run_job(name: str) -> dict[str, Any]:
+        return await service.run_job(name)
 
     async def version() -> str:
         return service.version()
 
     return {
-        "apply": apply,
-        "validate": service.validate,
-        "diff": diff,
-        "remove": service.remove,
-        "start": service.start,
-        "stop": service.stop,
-        "restart": service.restart,
-        "list": service.list_all,
-        "get": service.status,
-        "get_manifest": service.manifest,
-        "history": service.history,
-        "reconcile": reconcile,
-        "version": version,
-        # jobs (feat/jobs)
-        "run_job": service.run_job,
-        "runs": service.runs,
-        "logs": service.logs,
-    }
+        "apply": apply, "validate": validate, "diff": diff, "remove": remove, "start": start,
+        "stop": stop, "restart": restart, "list": list_, "get": get,
+        "get_manifest": get_manifest, "history": history, "runs": runs, "logs": logs,
+        "reconcile": reconcile, "run_job": run_job, "version": version,
+    }  # fmt: skip
 
 
 class JsonRpcServer:
     def __init__(
         self,
-        service: Service,
+        service: ServiceApi,
         path: Path,
         *,
         max_line: int = MAX_LINE,
@@ -101,7 +128,7 @@ class JsonRpcServer:
         self.path = path
         self.max_line = max_line
         self.idle_timeout = idle_timeout
-        self._methods = methods(service)
+        self._methods = handlers(service)
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[None]] = set()
 
@@ -219,18 +246,17 @@ class JsonRpcServer:
                 "error": _error(INVALID_PARAMS, "params must be an object or an array"),
             }
         try:
-            result = await (handler(*params) if isinstance(params, list) else handler(**params))
-        except TypeError as exc:
-            return {
-                "jsonrpc": "2.0",
-                "id": rid,
-                "error": _error(INVALID_PARAMS, f"{method}: {exc}"),
-            }
+            arguments = bind(method, params)
+        except ParamsError as exc:
+            return {"jsonrpc": "2.0", "id": rid, "error": _error(INVALID_PARAMS, str(exc))}
+        try:
+            result = await handler(**arguments)
         except IycloError as exc:
             return {"jsonrpc": "2.0", "id": rid, "error": error_for(exc)}
-        except Exception as exc:  # a bug must not take the daemon down with it
-            log.exception("internal error", method=method)
-            return {"jsonrpc": "2.0", "id": rid, "error": _error(INTERNAL_ERROR, str(exc))}
+        except Exception:  # a bug must not take the daemon down, nor reach the client
+            internal = incident("JSON-RPC method failed", method=method)
+            error = _error(INTERNAL_ERROR, internal.message, {"incident": internal.incident})
+            return {"jsonrpc": "2.0", "id": rid, "error": error}
         if rid is None:
             return None  # a notification gets no reply
         return {"jsonrpc": "2.0", "id": rid, "result": result}

@@ -28,6 +28,7 @@ from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from iyclo.contract.events import Event, event_from_signal
+from iyclo.contract.methods import ParamsError, bind
 from iyclo.errors import (
     DBUS_ERROR_PREFIX,
     AccessDeniedError,
@@ -145,14 +146,11 @@ class DBusClient:
 
     def call(self, method: str, **params: Any) -> Any:
         """Call ``method`` (a JSON socket method name); typed errors raise their class."""
-        handler = self._methods.get(method)
-        if handler is None:
-            raise IycloError(f"unknown method '{method}'")
         try:
-            coroutine = handler(**params)
-        except TypeError as exc:
-            raise IycloError(f"{method}: {exc}") from None
-        return self._run(coroutine)
+            arguments = bind(method, params)
+        except ParamsError as exc:
+            raise InvalidError(str(exc)) from None
+        return self._run(self._methods[method](**arguments))
 
     def events(self) -> Iterator[Event]:
         """Subscribe now, then yield each event signal (``iyclo.contract.events``).

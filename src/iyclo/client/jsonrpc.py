@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from iyclo.contract.events import Event, event_from_json
-from iyclo.errors import AccessDeniedError, IycloError, error_from_rpc_code
-
-PROTOCOL_CODES = {-32700, -32600, -32601, -32602, -32603}
+from iyclo.contract.methods import ParamsError, bind
+from iyclo.errors import AccessDeniedError, InvalidError, IycloError, error_from_rpc_code
 
 
 class JsonRpcClient:
@@ -53,7 +52,15 @@ class JsonRpcClient:
         return message
 
     def call(self, method: str, **params: Any) -> Any:
-        """Call `method`; a typed error comes back as the matching IycloError."""
+        """Call `method`; a typed error comes back as the matching IycloError. Parameters
+        that do not fit the method are refused here, as the D-Bus client refuses them."""
+        try:
+            arguments = bind(method, params)
+        except ParamsError as exc:
+            raise InvalidError(str(exc)) from None
+        return self._request(method, arguments)
+
+    def _request(self, method: str, params: dict[str, Any]) -> Any:
         rid = next(self._ids)
         request = {"jsonrpc": "2.0", "id": rid, "method": method, "params": params}
         self._file.write(json.dumps(request).encode() + b"\n")
@@ -73,7 +80,7 @@ class JsonRpcClient:
 
     def events(self) -> Iterator[Event]:
         """Subscribe and yield each event notification as it arrives."""
-        self.call("subscribe")
+        self._request("subscribe", {})
         self._sock.settimeout(None)
         while True:
             message = self._read()

@@ -1,0 +1,171 @@
+"""The methods iyclod serves, defined once for every front.
+
+Each ``Method`` names the JSON socket's method and its parameters (name, accepted JSON
+types, default), and the ``io.github.iyclo1.Manager`` member that serves it on D-Bus with
+its in- and out-arguments. From this table:
+
+* the JSON socket checks a request's parameters before it calls anything (``bind``), so a
+  ``TypeError`` raised inside a method is a bug, never "invalid params";
+* the D-Bus client builds each call (member, signature, arguments) and checks its
+  parameters the same way, so both clients refuse the same mistakes with the same words;
+* tests hold the JSON socket's handlers, the exported D-Bus interface and
+  ``dbus/io.github.iyclo1.Manager.xml`` to it.
+
+Stdlib only: the CLI's clients import it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+REQUIRED: Any = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    name: str
+    types: tuple[type, ...]
+    """JSON types accepted on the socket (``bool`` is never taken for ``int``)."""
+    dbus: str
+    """Its D-Bus argument's signature; "" when D-Bus says it another way (see Method)."""
+    default: Any = REQUIRED
+    doc: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, bool) and bool not in self.types:
+            return False
+        return isinstance(value, self.types)
+
+
+@dataclasses.dataclass(frozen=True)
+class Out:
+    name: str
+    dbus: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    name: str
+    """The JSON socket's method name, also what ``Transport.call`` takes."""
+    params: tuple[Param, ...]
+    member: str
+    """The Manager member serving it; "" for ``version``, the ``Version`` property."""
+    out: tuple[Out, ...]
+    writes: bool
+    """Changes the host: only root may call it on the system bus (dbus/*.conf)."""
+    doc: str
+
+    @property
+    def dbus_in(self) -> str:
+        return "".join(p.dbus for p in self.params)
+
+    @property
+    def dbus_out(self) -> str:
+        return "".join(o.dbus for o in self.out)
+
+
+class ParamsError(ValueError):
+    """A request's parameters do not fit the method: refused before anything is called."""
+
+
+def _manifest() -> Param:
+    return Param("manifest", (str, dict), "s", doc="the manifest, as JSON text or an object")
+
+
+def _name() -> Param:
+    return Param("name", (str,), "s", doc="a pod's or job's name")
+
+
+def _json(name: str) -> tuple[Out]:
+    return (Out(f"{name}_json", "s"),)
+
+
+_STATE = (Out("state", "s"),)
+
+METHODS: tuple[Method, ...] = (
+    Method("apply", (_manifest(),), "Apply",
+           (Out("path", "o"), Out("generation", "u"), Out("changed", "b"), Out("state", "s")),
+           True, "Create or update a pod or job; waits until it runs or is scheduled."),
+    Method("validate", (_manifest(),), "Validate", (Out("errors", "as"),), False,
+           "Every problem of a manifest (empty: valid)."),
+    Method("diff", (_manifest(),), "Diff", (Out("diff", "s"),), False,
+           "A unified diff of the stored manifest against this one (empty: no change)."),
+    Method("remove",
+           (_name(), Param("purge_history", (bool,), "", False,
+                           "also drop a job's run history (D-Bus: the Purge member)")),
+           "Remove", (), True, "Remove a pod or job: units, containers and records."),
+    Method("start", (_name(),), "Start", _STATE, True, "Start a pod, or schedule a job."),
+    Method("stop", (_name(),), "Stop", _STATE, True, "Stop a pod, or a job and its run."),
+    Method("restart", (_name(),), "Restart", _STATE, True,
+           "Restart a pod, or a job's timer."),
+    Method("list", (), "List", (Out("pods", "a(sssuuus)"),), False,
+           "The status of every pod and job (D-Bus: one struct each, then Get)."),
+    Method("get", (_name(),), "Get", _json("status"), False, "Everything known about one."),
+    Method("get_manifest", (_name(), Param("generation", (int,), "u", 0, "0: the current")),
+           "GetManifest", _json("manifest"), False, "A stored manifest."),
+    Method("history", (_name(),), "History", _json("history"), False,
+           "The stored generations."),
+    Method("runs", (_name(),), "Runs", _json("runs"), False,
+           "A job's run history, oldest first (kept after remove)."),
+    Method("logs",
+           (_name(), Param("run", (int,), "u", 0, "0: the newest"),
+            Param("lines", (int, type(None)), "u", None, "only the last N (D-Bus: 0 all)")),
+           "Logs", _json("logs"), False, "A job run's output, or a pod unit's journal."),
+    Method("reconcile", (), "Reconcile", _json("report"), True,
+           "Make systemd and Podman match the store now."),
+    Method("run_job", (_name(),), "RunJob", _json("run"), True, "Run a job now."),
+    Method("version", (), "", (Out("version", "s"),), False, "The daemon's version."),
+)  # fmt: skip
+
+BY_NAME: dict[str, Method] = {m.name: m for m in METHODS}
+DBUS_ONLY: dict[str, str] = {"Purge": "remove with purge_history"}
+"""Manager members that are another spelling of a method above."""
+
+
+def method(name: str) -> Method:
+    found = BY_NAME.get(name)
+    if found is None:
+        raise ParamsError(f"unknown method '{name}'")
+    return found
+
+
+def bind(name: str, params: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]:
+    """The parameters of a call to ``name`` by name, defaults filled in; ``ParamsError``
+    naming the first mistake (an unknown method or parameter, a missing one, a wrong
+    type)."""
+    found = method(name)
+    if isinstance(params, Mapping):
+        given = dict(params)
+    else:
+        if len(params) > len(found.params):
+            raise ParamsError(f"{name}: takes {len(found.params)} parameters, {len(params)} given")
+        given = {p.name: v for p, v in zip(found.params, params, strict=False)}
+    known = {p.name for p in found.params}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ParamsError(f"{name}: unknown parameter '{unknown[0]}'")
+    bound: dict[str, Any] = {}
+    for param in found.params:
+        if param.name not in given:
+            if param.required:
+                raise ParamsError(f"{name}: missing parameter '{param.name}'")
+            bound[param.name] = param.default
+            continue
+        value = given[param.name]
+        if not param.accepts(value):
+            wanted = " or ".join(_JSON_NAMES[t] for t in param.types)
+            raise ParamsError(f"{name}: parameter '{param.name}' must be {wanted}")
+        bound[param.name] = value
+    return bound
+
+
+_JSON_NAMES: dict[type, str] = {
+    str: "a string", dict: "an object", int: "an integer", bool: "true or false",
+    type(None): "null", list: "an array",
+}  # fmt: skip
