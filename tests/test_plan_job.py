@@ -10,8 +10,11 @@ from typing import Any
 import pytest
 
 from iyclo.core import naming
-from iyclo.core.jobs import _began, _pod_of_service, _unaccounted, journal_lines, state_word
+from iyclo.core.jobs import _began, state_word
+from iyclo.core.journal import journal_lines
+from iyclo.core.plan import plan_pod
 from iyclo.core.plan_job import plan_job
+from iyclo.core.run_records import unaccounted
 from iyclo.core.runs import (
     MESSAGE_JOB_START,
     MESSAGE_UNIT_FAILURE_RESULT,
@@ -24,8 +27,9 @@ from iyclo.core.runs import (
     started,
     usec_iso,
 )
+from iyclo.core.steps import pod_of_unit
 from iyclo.manifest.convert import manifest_digest, parse_manifest
-from iyclo.manifest.model import Job
+from iyclo.manifest.model import Job, Pod
 from iyclo.systemd.properties import USEC_INFINITY, prop
 
 ROOT = Path(__file__).parent.parent
@@ -156,13 +160,24 @@ def test_containers_are_created_in_one_pod_with_pod_labels() -> None:
         assert spec["labels"][naming.LABEL_KIND] == "Job"
 
 
-def test_pod_of_service_reads_the_stop_command() -> None:
+def test_pod_of_unit_reads_the_stop_command() -> None:
     props = dict(plan_job(_two_step(), 5, "d").service_properties)
     exec_stop_post = [
         (path, argv, False, 0, 0, 0, 0, 0, 0, 0) for path, argv, _ in props["ExecStopPost"]
     ]
-    assert _pod_of_service({"ExecStopPost": exec_stop_post}) == "iyclo-etl-g5"
-    assert _pod_of_service(None) is None
+    assert pod_of_unit({"ExecStopPost": exec_stop_post}) == "iyclo-etl-g5"
+    assert pod_of_unit(None) is None
+    # one reading for both kinds: a pod's unit stops its pod the same way
+    pod = parse_manifest(
+        {"apiVersion": "iyclo/v1", "kind": "Pod", "name": "web",
+         "containers": [{"name": "a", "image": "localhost/busybox:latest"}]}
+    )  # fmt: skip
+    assert isinstance(pod, Pod)
+    pod_props = dict(plan_pod(pod, 7, "d").unit_properties)
+    stop_post = [
+        (path, argv, False, 0, 0, 0, 0, 0, 0, 0) for path, argv, _ in pod_props["ExecStopPost"]
+    ]
+    assert pod_of_unit({"ExecStopPost": stop_post}) == "iyclo-web-g7"
 
 
 # -- runs ------------------------------------------------------------------------------
@@ -289,14 +304,14 @@ def test_journal_lines_drop_podman_events_and_decode_bytes() -> None:
 def test_a_sweep_reads_the_journal_only_for_what_it_cannot_place() -> None:
     recorded = {**started(INVOCATION, START, 1), **finished(end_from_properties(_ended()))}
     ended = _ended()
-    assert not _unaccounted(ended, [recorded])  # the last run, settled
-    assert not _unaccounted(None, [recorded])  # a stopped job
+    assert not unaccounted(ended, [recorded])  # the last run, settled
+    assert not unaccounted(None, [recorded])  # a stopped job
     live = {**ended, "ActiveState": "activating"}
-    assert not _unaccounted(live, [started(INVOCATION, START, 1)])  # the run going now
+    assert not unaccounted(live, [started(INVOCATION, START, 1)])  # the run going now
     # a run we recorded as going, but the service has moved on (its end was missed)
     newer = _ended(InvocationID=bytes.fromhex("e" * 32), InactiveExitTimestamp=START + 9 * SEC)
-    assert _unaccounted(newer, [started(INVOCATION, START, 1)])
+    assert unaccounted(newer, [started(INVOCATION, START, 1)])
     # a run that began after the newest recorded one and was never seen
-    assert _unaccounted(newer, [recorded])
+    assert unaccounted(newer, [recorded])
     # a service about to start: new ID, the recorded run's timestamps
-    assert not _unaccounted(_ended(InvocationID=bytes.fromhex("e" * 32)), [recorded])
+    assert not unaccounted(_ended(InvocationID=bytes.fromhex("e" * 32)), [recorded])

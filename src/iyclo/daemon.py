@@ -217,9 +217,9 @@ async def run(args: argparse.Namespace) -> int:
         podman = PodmanClient(args.podman_url)
         stack.callback(podman.close)
         service = Service(store, systemd, podman, policy=policy)
-        # Job runs are recorded from systemd's signals: watch before the first reconcile.
-        await service.jobs.start()
-        stack.push_async_callback(service.jobs.close)
+        # Runs and pods are followed from systemd's signals: watch before the first reconcile.
+        await service.start_watching()
+        stack.push_async_callback(service.close)
         try:
             await podman.ping()
             report = await service.reconcile()
@@ -229,8 +229,6 @@ async def run(args: argparse.Namespace) -> int:
             log.error("start-up reconcile failed", error=exc.message)
         else:
             log.info("reconciled at start", **report.to_json())
-        await service.start_monitoring()
-        stack.push_async_callback(service.close)
         log.info("started", version=__version__, state_dir=str(args.state_dir),
                  policy=attrs.asdict(policy))  # fmt: skip
 

@@ -13,15 +13,22 @@ DBUS_ERROR_PREFIX = "io.github.iyclo1.Error"
 
 
 class IycloError(Exception):
-    """Base of every error iyclo reports to a user."""
+    """Base of every error iyclo reports to a user.
+
+    ``message`` says what is wrong, for every caller; ``hint`` (optional) says what to do
+    about it in the CLI's words. Both fronts carry the hint beside the message (JSON-RPC
+    ``data.hint``, a second D-Bus error argument), so only the CLI prints it and a D-Bus
+    caller's message holds no advice about commands it does not use.
+    """
 
     dbus_name: ClassVar[str] = f"{DBUS_ERROR_PREFIX}.Failed"
     rpc_code: ClassVar[int] = -32000
     exit_code: ClassVar[int] = 1
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.hint = hint
 
     def __str__(self) -> str:
         return self.message
@@ -34,8 +41,10 @@ class InvalidError(IycloError):
     rpc_code = -32001
     exit_code = 2
 
-    def __init__(self, message: str, details: list[str] | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, details: list[str] | None = None, *, hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
         self.details = details or [message]
 
 

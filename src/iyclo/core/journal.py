@@ -12,7 +12,9 @@ import re
 import shutil
 from typing import Any
 
-JOURNALCTL_TIMEOUT = 10.0
+from iyclo.core import timeouts
+from iyclo.core.runs import usec_iso
+
 # podman's lines that follow from an earlier failure of the same start
 KNOCK_ON = ("a dependency of container", "container state improper")
 CONTAINER_PREFIX_RE = re.compile(r"^starting container [0-9a-f]{12,64}: ")
@@ -27,7 +29,7 @@ async def _journalctl(*args: str) -> str:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        async with asyncio.timeout(JOURNALCTL_TIMEOUT):
+        async with asyncio.timeout(timeouts.JOURNALCTL):
             out, _ = await proc.communicate()
     except TimeoutError:
         proc.kill()
@@ -82,7 +84,24 @@ async def unit_entries(
     return entries
 
 
-# -- scheduled jobs (feat/jobs) ------------------------------------------------------
+def journal_lines(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Journal entries as ``{"at", "identifier", "message"}``; Podman's event records
+    (``container init``, ``died``, …, marked ``PODMAN_EVENT``) are not output."""
+    lines = []
+    for entry in entries:
+        if "PODMAN_EVENT" in entry:
+            continue
+        message = entry.get("MESSAGE", "")
+        if isinstance(message, list):  # journald sends non-UTF-8 text as bytes
+            message = bytes(message).decode(errors="replace")
+        try:
+            at = usec_iso(int(entry.get("__REALTIME_TIMESTAMP", 0)))
+        except (TypeError, ValueError):
+            at = ""
+        lines.append(
+            {"at": at, "identifier": entry.get("SYSLOG_IDENTIFIER", ""), "message": message}
+        )
+    return lines
 
 
 async def query(*args: str) -> list[dict[str, Any]]:

@@ -33,9 +33,6 @@ from typing import Any
 
 from attrs import frozen
 
-RUNNING_STATES = frozenset({"activating", "deactivating", "active", "reloading"})
-ENDED_STATES = frozenset({"inactive", "failed"})
-
 # si_code values systemd reports in ExecMainCode (waitid(2)).
 CLD_EXITED = 1
 CLD_KILLED = 2
@@ -132,14 +129,6 @@ def finished(end: RunEnd, *, stopped: bool = False) -> dict[str, Any]:
 def lost(invocation_id: str, start_usec: int) -> RunEnd:
     """The end of a run neither systemd's state nor its journal can account for."""
     return RunEnd(invocation_id, start_usec, 0, UNKNOWN_EXIT, None, "unknown")
-
-
-def is_running(props: Mapping[str, Any]) -> bool:
-    return props.get("ActiveState") in RUNNING_STATES
-
-
-def is_ended(props: Mapping[str, Any]) -> bool:
-    return props.get("ActiveState") in ENDED_STATES
 
 
 def end_from_properties(props: Mapping[str, Any]) -> RunEnd:

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from iyclo.core import timeouts
+from iyclo.core.unit_state import is_active
 from iyclo.errors import NotFoundError
 from iyclo.systemd.manager import SystemdManager
 from iyclo.systemd.properties import prop
-
-SLICE_JOB_TIMEOUT = 150.0
 
 
 async def ensure_slice(
@@ -37,11 +37,11 @@ async def ensure_slice(
         state = await systemd.unit_properties(name)
     except NotFoundError:
         state = {}
-    if state.get("ActiveState") == "active":
+    if is_active(state):
         if update:
             await systemd.set_unit_properties(name, True, values)
         return
     await wait_gone(name)
     await systemd.start_transient_unit(
-        name, [prop("Description", description), *values], timeout=SLICE_JOB_TIMEOUT
+        name, [prop("Description", description), *values], timeout=timeouts.SYSTEMD_JOB
     )

@@ -15,7 +15,6 @@ the monitor restarts the pod's unit as its restart policy says.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -26,9 +25,11 @@ from attrs import define, field
 
 from iyclo.core import naming
 from iyclo.core.oom import KmsgOomWatch, OomKill
-from iyclo.errors import IycloError, NotFoundError
-from iyclo.podman.client import PodmanClient
-from iyclo.systemd.manager import SystemdManager, UnitChange
+from iyclo.core.steps import Steps
+from iyclo.errors import IycloError
+from iyclo.systemd.const import UnitActiveState as Active
+from iyclo.systemd.const import UnitLoadState as Load
+from iyclo.systemd.manager import UnitChange
 
 log = structlog.get_logger("iyclo.state")
 
@@ -70,9 +71,10 @@ def container_row(listed: dict[str, Any]) -> dict[str, Any] | None:
 class LiveState:
     """The cache and the tasks that keep it current."""
 
-    def __init__(self, systemd: SystemdManager, podman: PodmanClient) -> None:
-        self.systemd = systemd
-        self.podman = podman
+    def __init__(self, steps: Steps) -> None:
+        self.steps = steps
+        self.systemd = steps.systemd
+        self.podman = steps.podman
         self.pods: dict[str, PodState] = {}
         self.on_change: Callable[[str], Awaitable[None]] | None = None
         self.on_container_died: Callable[[str, dict[str, str]], Awaitable[None]] | None = None
@@ -103,16 +105,10 @@ class LiveState:
     # -- refreshes --------------------------------------------------------------------
 
     async def refresh_unit(self, name: str, unit: str) -> None:
-        props: dict[str, Any] = {"LoadState": "not-found", "ActiveState": "inactive"}
-        try:
-            await self.systemd.get_unit(unit)
-            props = await self.systemd.unit_properties(unit)
-            with contextlib.suppress(IycloError):
-                props.update(
-                    await self.systemd.unit_properties(unit, "org.freedesktop.systemd1.Service")
-                )
-        except NotFoundError:
-            pass
+        props = await self.steps.service_state(unit) or {
+            "LoadState": Load.NOT_FOUND,
+            "ActiveState": Active.INACTIVE,
+        }
         state = self.pods.setdefault(name, PodState())
         state.unit = {key: props.get(key) for key in UNIT_PROPERTIES if key in props}
         state.unit["ExecStart"] = props.get("ExecStart") or []

@@ -1,0 +1,434 @@
+"""Pods: a Podman pod per generation, run for good by one transient service that systemd
+supervises (``plan.plan_pod``), answered from the live cache (``state.LiveState``).
+
+``Service`` calls these holding the pod's lock. systemd watches the main container (the
+unit's main PID); the live cache watches the others, and a sidecar that dies restarts the
+pod's unit as its restart policy says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from iyclo.core import naming
+from iyclo.core.events import EventBus
+from iyclo.core.journal import journal_lines, unit_entries
+from iyclo.core.kind import Kind
+from iyclo.core.locks import Locks
+from iyclo.core.oom import OomKill, oom_fields, record_kill
+from iyclo.core.plan import PodPlan, plan_pod
+from iyclo.core.results import ApplyResult
+from iyclo.core.state import LiveState
+from iyclo.core.steps import Steps, pod_of_unit
+from iyclo.core.timeouts import SYSTEMD_JOB
+from iyclo.core.unit_state import is_active, is_running
+from iyclo.core.update import IN_PLACE, live_slice_properties
+from iyclo.errors import InvalidError, IycloError, public_message
+from iyclo.manifest.convert import dump_manifest, manifest_digest, parse_manifest
+from iyclo.manifest.model import Job, Pod
+from iyclo.manifest.policy import UNRESTRICTED
+from iyclo.store import Deployment, Store
+from iyclo.systemd.const import UnitActiveState as Active
+from iyclo.systemd.const import UnitLoadState as Load
+from iyclo.systemd.properties import prop
+
+log = structlog.get_logger("iyclo.pods")
+
+KIND = Kind.POD
+AUTO_RESTART = "auto-restart"  # the SubState of a unit waiting out RestartSec=
+
+
+def state_word(unit: dict[str, Any] | None, desired: str) -> str:
+    """One word for people: running, starting, restarting, stopping, stopped, failed,
+    missing."""
+    if unit is None or unit.get("LoadState") == Load.NOT_FOUND:
+        return "stopped" if desired == "stopped" else "missing"
+    active, sub = unit.get("ActiveState", ""), unit.get("SubState", "")
+    if active == Active.ACTIVE:
+        return "running"
+    if active == Active.ACTIVATING:
+        return "restarting" if sub == AUTO_RESTART else "starting"
+    if active == Active.DEACTIVATING:
+        return "stopping"
+    if active == Active.FAILED:
+        return "failed"
+    return "stopped"
+
+
+def usec_iso(value: Any) -> str:
+    """A realtime usec timestamp as ISO 8601 UTC, to the second ("" for none)."""
+    try:
+        usec = int(value)
+    except (TypeError, ValueError):
+        return ""
+    if usec <= 0:
+        return ""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(usec / 1_000_000))
+
+
+class PodHandler:
+    kind = KIND
+
+    def __init__(
+        self, store: Store, steps: Steps, events: EventBus, locks: Locks, live: LiveState
+    ) -> None:
+        self.store = store
+        self.steps = steps
+        self.events = events
+        self.locks = locks
+        self.live = live
+        self.live.on_change = self._observed
+        self.live.on_container_died = self._container_died
+        self.live.on_oom = self._oom_killed
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start_watching(self) -> None:
+        """Keep the live cache current from systemd's and Podman's events."""
+        self.live.start(self.units)
+
+    async def close(self) -> None:
+        await self.live.close()
+
+    def units(self) -> dict[str, str]:
+        """The pods the live cache follows: name → unit."""
+        return {r.name: KIND.service(r.name) for r in self.store.list() if r.kind == KIND}
+
+    async def resync(self) -> None:
+        await self.live.resync(await asyncio.to_thread(self.units))
+
+    # -- helpers ----------------------------------------------------------------------
+
+    async def _store(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    def _plan(self, record: Deployment) -> PodPlan:
+        manifest = parse_manifest(record.manifest, UNRESTRICTED)
+        if not isinstance(manifest, Pod):
+            raise InvalidError(f"{record.kind} '{record.name}' is not a pod")
+        return plan_pod(
+            manifest, record.generation, record.digest, pod_generation=record.pod_generation
+        )
+
+    def _publish(self, name: str, state: str, *, generation: int = 0, error: str = "") -> None:
+        self.events.publish(KIND.changed(name, state, generation=generation, error=error))
+
+    async def _state_word(self, record: Deployment) -> str:
+        state = await self.steps.service_state(KIND.service(record.name))
+        return state_word(state, record.status.get("desired", KIND.running))
+
+    async def _refresh(self, name: str) -> None:
+        """Bring the live cache up to date after an operation changed the host."""
+        with contextlib.suppress(IycloError):
+            await self.live.refresh_unit(name, KIND.service(name))
+            await self.live.refresh_containers(name)
+
+    def _description(self, plan: PodPlan) -> str:
+        return f"iyclo pod {plan.name}: its unit and containers"
+
+    async def _start_unit(self, plan: PodPlan) -> None:
+        """Hand the pod to systemd; on failure say why, from the unit's own journal."""
+        await self.steps.ensure_slice(plan, self._description(plan), update=True)
+        await self.steps.start_transient(
+            plan.unit, plan.unit_properties, clean_up=lambda: self.steps.stop(plan.unit)
+        )
+
+    async def _create_pod(self, plan: PodPlan) -> None:
+        await self.steps.create_pod(plan, self._description(plan))
+
+    # -- operations (the caller holds the name's lock) --------------------------------
+
+    async def apply(self, manifest: Pod | Job, previous: Deployment | None) -> ApplyResult:
+        assert isinstance(manifest, Pod)
+        name = manifest.name
+        digest = manifest_digest(manifest)
+        if previous is not None and previous.digest == digest:
+            state = await self._ensure_running(previous)
+            return ApplyResult(name, KIND.api_name, previous.generation, False, state)
+        if previous is not None:
+            updated = await self._update_in_place(manifest, digest, previous)
+            if updated is not None:
+                return updated
+        record: Deployment = await self._store(
+            self.store.apply, name, KIND.value, dump_manifest(manifest), digest
+        )
+        self._publish(name, "applying", generation=record.generation)
+        try:
+            await self._replace(manifest, record, previous)
+        except BaseException as exc:
+            await self._store(self.store.drop_generation, name, record.generation)
+            await self._refresh(name)
+            if previous is None:
+                self._publish(name, "failed", generation=record.generation,
+                              error=public_message(exc))  # fmt: skip
+                with contextlib.suppress(IycloError):
+                    await self.steps.stop(naming.slice_name(name))
+                self.events.forget(name)
+            else:
+                with contextlib.suppress(IycloError):
+                    state = await self._state_word(previous)
+                    self._publish(name, state, generation=previous.generation,
+                                  error=public_message(exc))  # fmt: skip
+            raise
+        await self._store(self.store.set_status, name, desired=KIND.running)
+        await self._refresh(name)
+        self._publish(name, "running", generation=record.generation)
+        log.info("applied", pod=name, generation=record.generation)
+        return ApplyResult(name, KIND.api_name, record.generation, True, "running")
+
+    async def _update_in_place(
+        self, manifest: Pod, digest: str, previous: Deployment
+    ) -> ApplyResult | None:
+        """Set changed slice limits on the running pod (see ``core.update``); None when the
+        change needs a new generation of the pod, or nothing runs to update."""
+        old = parse_manifest(previous.manifest, UNRESTRICTED)
+        live = live_slice_properties(old, manifest) if isinstance(old, Pod) else None
+        if live is None:
+            return None
+        plan = self._plan(previous)
+        unit = await self.steps.service_state(plan.unit)  # Slice is a Service property
+        slice_ = await self.steps.unit_state(plan.slice)
+        if (
+            not is_active(unit)
+            or unit is None
+            or unit.get("Slice") != plan.slice  # a pod from before pods had their own slice
+            or not is_active(slice_)
+        ):
+            return None
+        record: Deployment = await self._store(
+            self.store.apply, manifest.name, KIND.value, dump_manifest(manifest), digest,
+            pod_generation=previous.pod_generation,
+        )  # fmt: skip
+        self._publish(manifest.name, "applying", generation=record.generation)
+        try:
+            await self.steps.systemd.set_unit_properties(
+                plan.slice, True, [prop(key, value) for key, value in live]
+            )
+        except BaseException as exc:
+            with contextlib.suppress(IycloError):  # a property set before the failure
+                await self.steps.systemd.set_unit_properties(
+                    plan.slice, True, [prop(k, v) for k, v in plan.slice_properties]
+                )
+            await self._store(self.store.drop_generation, manifest.name, record.generation)
+            state = await self._state_word(previous)
+            self._publish(manifest.name, state, generation=previous.generation,
+                          error=public_message(exc))  # fmt: skip
+            raise
+        await self._refresh(manifest.name)
+        self._publish(manifest.name, "running", generation=record.generation)
+        log.info("updated in place", pod=manifest.name, generation=record.generation,
+                 pod_generation=record.pod_generation)  # fmt: skip
+        return ApplyResult(manifest.name, KIND.api_name, record.generation, True, IN_PLACE)
+
+    async def _replace(
+        self, manifest: Pod, record: Deployment, previous: Deployment | None
+    ) -> None:
+        """The new generation's pod first, then the old unit stops and the new one starts;
+        if that fails, the new pod goes and the old unit starts again if it ran."""
+        plan = plan_pod(manifest, record.generation, record.digest)
+        await self._create_pod(plan)
+        old_plan = self._plan(previous) if previous is not None else None
+        old_was_running = False
+        if old_plan is not None:
+            old_was_running = is_running(await self.steps.unit_state(old_plan.unit))
+            await self.steps.stop(old_plan.unit)
+        try:
+            await self._start_unit(plan)
+        except BaseException:
+            with contextlib.suppress(IycloError):
+                await self.steps.remove_pod(plan.pod_name)
+            if old_plan is not None and old_was_running:
+                log.warning("apply failed; restarting previous generation", pod=manifest.name)
+                with contextlib.suppress(IycloError):
+                    await self._start_unit(old_plan)
+            raise
+        await self.steps.remove_other_generations(manifest.name, keep=plan.pod_name)
+
+    async def _ensure_running(self, record: Deployment) -> str:
+        """Nothing to do unless the pod is missing or was stopped."""
+        plan = self._plan(record)
+        if is_running(await self.steps.unit_state(plan.unit)):
+            return "running"
+        await self.steps.ensure_pod(plan, self._description(plan))
+        await self._start_unit(plan)
+        await self._store(self.store.set_status, record.name, desired=KIND.running)
+        await self._refresh(record.name)
+        self._publish(record.name, "running", generation=record.generation)
+        return "running"
+
+    async def remove(self, record: Deployment, *, purge_history: bool) -> None:
+        """Unit, Podman pods, slice and record; a pod has no run history to keep."""
+        name = record.name
+        plan = self._plan(record)
+        self._publish(name, "removing", generation=record.generation)
+        await self.steps.stop(plan.unit)
+        await self.steps.remove_other_generations(name, keep=None)
+        await self.steps.stop(plan.slice)
+        await self._store(self.store.remove, name)
+        self.live.forget(name)
+        self._publish(name, "removed", generation=record.generation)
+        self.events.forget(name)
+        log.info("removed", pod=name)
+
+    async def start(self, record: Deployment) -> str:
+        return await self._ensure_running(record)
+
+    async def stop(self, record: Deployment) -> str:
+        await self.steps.stop(KIND.service(record.name))
+        await self._store(self.store.set_status, record.name, desired="stopped")
+        await self._refresh(record.name)
+        self._publish(record.name, "stopped", generation=record.generation)
+        return "stopped"
+
+    async def restart(self, record: Deployment) -> str:
+        """Through systemd when it runs (same containers), else a start."""
+        unit = KIND.service(record.name)
+        if not is_running(await self.steps.unit_state(unit)):
+            return await self._ensure_running(record)
+        self._publish(record.name, "restarting", generation=record.generation)
+        await self.steps.restart(unit)
+        await self._refresh(record.name)
+        self._publish(record.name, "running", generation=record.generation)
+        return "running"
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def status(self, record: Deployment) -> dict[str, Any]:
+        """From the live cache: no Podman call on the hot path."""
+        name = record.name
+        unit_name = KIND.service(name)
+        unit = await self.live.unit(name, unit_name)
+        kills = record.status.get("oomKills") or {}
+        containers = [
+            {**{k: v for k, v in c.items() if k != "generation"}, **oom_fields(c, kills)}
+            for c in await self.live.containers(name)
+            if c["generation"] == record.pod_generation
+        ]
+        desired = record.status.get("desired", KIND.running)
+        return {
+            "name": name,
+            "kind": KIND.api_name,
+            "generation": record.generation,
+            "digest": record.digest,
+            "appliedAt": record.applied_at.isoformat(),
+            "desired": desired,
+            "state": state_word(unit, desired),
+            "unit": unit_name,
+            "podmanPod": naming.podman_pod_name(name, record.pod_generation),
+            "activeState": unit.get("ActiveState") or Active.INACTIVE,
+            "subState": unit.get("SubState") or "dead",
+            "restarts": int(unit.get("NRestarts") or 0) + int(record.status.get("podRestarts", 0)),
+            "mainPid": int(unit.get("MainPID") or 0),
+            "since": usec_iso(unit.get("ActiveEnterTimestamp", 0)),
+            "slice": unit.get("Slice") or "",
+            "containers": sorted(containers, key=lambda c: str(c["name"])),
+        }
+
+    async def logs(self, record: Deployment, run: int, lines: int | None) -> dict[str, Any]:
+        """The unit's journal: a pod has no runs."""
+        if run:
+            raise InvalidError(f"pod '{record.name}' has no runs; leave out the run number")
+        unit = KIND.service(record.name)
+        entries = await unit_entries([unit], lines=lines if lines is not None else 200)
+        return {"name": record.name, "kind": KIND.api_name, "unit": unit,
+                "entries": journal_lines(entries)}  # fmt: skip
+
+    # -- reconcile ----------------------------------------------------------------------
+
+    async def reconcile_one(self, record: Deployment) -> str:
+        plan = self._plan(record)
+        state = await self.steps.service_state(plan.unit)
+        desired = record.status.get("desired", KIND.running)
+        if is_running(state):
+            if pod_of_unit(state) in (None, plan.pod_name):
+                await self.steps.remove_other_generations(record.name, keep=plan.pod_name)
+                self._publish(record.name, "running", generation=record.generation)
+                return "adopted"
+            # The daemon died mid-update: the unit still runs an older generation.
+            await self.steps.stop(plan.unit)
+        if desired == "stopped":
+            self._publish(record.name, "stopped", generation=record.generation)
+            return "stopped"
+        await self.steps.ensure_pod(plan, self._description(plan))
+        await self._start_unit(plan)
+        await self.steps.remove_other_generations(record.name, keep=plan.pod_name)
+        self._publish(record.name, "running", generation=record.generation)
+        return "recreated"
+
+    async def remove_orphans(self, known: set[str]) -> list[str]:
+        removed: list[str] = []
+        for unit in await self.steps.systemd.list_units_by_patterns([], KIND.unit_patterns()):
+            owner = KIND.owner_of_unit(unit.name)
+            if owner is not None and owner not in known:
+                await self.steps.stop(unit.name)
+                removed.append(unit.name)
+        return removed
+
+    # -- what the live cache sees -------------------------------------------------------
+
+    async def _observed(self, name: str) -> None:
+        """systemd or Podman changed a pod behind our back: tell the fronts."""
+        if self.locks.busy(name):
+            return  # the operation under way publishes its own states
+        record: Deployment | None = await self._store(self.store.find, name)
+        if record is None or record.kind != KIND:
+            return
+        unit = self.live.pods.get(name)
+        if unit is None:
+            return
+        state = state_word(unit.unit, record.status.get("desired", KIND.running))
+        self._publish(name, state, generation=record.generation)
+
+    async def _container_died(self, name: str, attributes: dict[str, str]) -> None:
+        """systemd watches the main container; a pod's other containers are ours to watch."""
+        if self.locks.busy(name):
+            return
+        record: Deployment | None = await self._store(self.store.find, name)
+        if record is None or record.kind != KIND:
+            return
+        if attributes.get(naming.LABEL_GENERATION) != str(record.pod_generation):
+            return
+        manifest = parse_manifest(record.manifest, UNRESTRICTED)
+        if not isinstance(manifest, Pod) or attributes.get(naming.LABEL_CONTAINER) == (
+            manifest.containers[0].name
+        ):
+            return
+        policy = manifest.restart.policy
+        failed = attributes.get("containerExitCode", "0") != "0"
+        if policy == "no" or (policy == "on-failure" and not failed):
+            return
+        unit = KIND.service(name)
+        async with self.locks.hold(name):
+            if not is_active(await self.steps.unit_state(unit)):
+                return  # stopping or restarting already: systemd is on it
+            log.info("container died; restarting its pod", pod=name,
+                     container=attributes.get(naming.LABEL_CONTAINER))  # fmt: skip
+            self._publish(name, "restarting", generation=record.generation)
+            await self.steps.systemd.restart_unit(unit, timeout=SYSTEMD_JOB, check=False)
+            restarts = int(record.status.get("podRestarts", 0)) + 1
+            await self._store(self.store.set_status, name, podRestarts=restarts)
+            await self._refresh(name)
+            self._publish(name, await self._state_word(record), generation=record.generation)
+
+    async def _oom_killed(self, name: str, kill: OomKill) -> None:
+        """Count a kernel OOM kill against the container it hit, in the record's status."""
+        row = next((r for r in await self.live.containers(name) if r["id"] == kill.container_id),
+                   None)  # fmt: skip
+        if row is None:  # killed right after it started, before its event was handled
+            await self.live.refresh_containers(name)
+            row = next((r for r in await self.live.containers(name)
+                        if r["id"] == kill.container_id), None)  # fmt: skip
+        record: Deployment | None = await self._store(self.store.find, name)
+        if row is None or record is None:
+            return
+        kills = record_kill(record.status.get("oomKills") or {}, row["name"], kill, time.time())
+        await self._store(self.store.set_status, name, oomKills=kills)
+        log.warning("container OOM-killed", pod=name, container=row["name"], task=kill.task,
+                    pid=kill.pid, limit=kill.limit)  # fmt: skip
+        await self._observed(name)
