@@ -8,7 +8,9 @@ bus-label rules and the path's collection (``pod``, ``job``) is the kind. That o
 exported (or updated) before ``Apply`` answers, and gone before ``Remove`` answers.
 
 The JSON-carrying methods return what the JSON socket returns, JSON-encoded the same way,
-so both fronts stay one API.
+so both fronts stay one API. Each member is one method of ``iyclo.contract.methods``
+(``Purge`` is ``remove`` with ``purge_history``); ``tests/test_registry.py`` holds this
+class, the JSON socket's handlers and the D-Bus client to that table.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from iyclo.api.dbus_base import (
     translated,
 )
 from iyclo.contract.events import EVENT_TYPES, Event, JobChanged, JobFinished, PodChanged
+from iyclo.contract.methods import METHODS
 
 ApplyReply = Annotated[tuple[str, int, bool, str], DBusSignature("oubs")]
 PodRow = tuple[str, str, str, int, int, int, str]
@@ -51,20 +54,7 @@ class ManagerInterface(Interface):
     """``io.github.iyclo1.Manager``: the same operations as the JSON socket."""
 
     OUT_ARGS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "Apply": ("path", "generation", "changed", "state"),
-        "Validate": ("errors",),
-        "Diff": ("diff",),
-        "Start": ("state",),
-        "Stop": ("state",),
-        "Restart": ("state",),
-        "List": ("pods",),
-        "Get": ("status_json",),
-        "GetManifest": ("manifest_json",),
-        "History": ("history_json",),
-        "Reconcile": ("report_json",),
-        "RunJob": ("run_json",),
-        "Runs": ("runs_json",),
-        "Logs": ("logs_json",),
+        **{m.member: tuple(o.name for o in m.out) for m in METHODS if m.member},
         **{cls.MEMBER: cls.dbus_arg_names() for cls in EVENT_TYPES},
     }
 

@@ -1,17 +1,20 @@
 """A small blocking client of iyclod's D-Bus interface (the CLI's default transport).
 
 It speaks the JSON socket's method names and returns the JSON socket's shapes, so the
-CLI does not care which transport it has; typed D-Bus errors come back as the matching
+CLI does not care which transport it has: each call is built from the method registry
+(``iyclo.contract.methods``: member, signature, argument order) and its reply decoded by
+the registry's out-argument; typed D-Bus errors come back as the matching
 ``IycloError``. It imports only dbus-fast, the stdlib and ``iyclo.errors`` so that a
 CLI command stays quick to start. The asyncio parts run on a private event loop that
 lives as long as the client; each public method runs it until its answer is in.
 
-Shapes that need more than one D-Bus call, and why:
-- ``list``: ``List`` gives the names, ``Get`` each pod's full status (the struct of
-  ``List`` is for ``busctl`` users and cannot carry nested containers); a pod removed in
-  between is left out, as ``Service.list`` does.
+What the generic rule cannot say, and why:
+- ``list``: ``List`` gives the names, ``Get`` each one's full status (the struct of
+  ``List`` is for ``busctl`` users and cannot carry nested containers); one removed in
+  between is left out, as ``Service.list_all`` does.
 - ``apply``: name and kind are read back from the returned object path
   (``/io/github/iyclo1/<kind>/<label>``); the rest is in the reply.
+- ``version`` is the ``Version`` property; ``remove`` with ``purge_history`` is ``Purge``.
 - ``events``: each signal decodes to the event type of its member, as the JSON socket's
   notifications do, so both transports yield equal events.
 """
@@ -22,13 +25,13 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from iyclo.contract.events import Event, event_from_signal
-from iyclo.contract.methods import ParamsError, bind
+from iyclo.contract.methods import BY_NAME, Method, Param, ParamsError, bind
 from iyclo.errors import (
     DBUS_ERROR_PREFIX,
     AccessDeniedError,
@@ -88,6 +91,9 @@ async def _cancel_the_rest(keep: asyncio.Task[None] | None = None) -> None:
 class DBusClient:
     """Blocking calls to iyclod over D-Bus; one connection for the client's life."""
 
+    SPECIAL: ClassVar[frozenset[str]] = frozenset({"apply", "list", "version"})
+    """Methods the registry's generic rule cannot say (see the module doc)."""
+
     def __init__(
         self,
         bus: str = "system",
@@ -108,24 +114,13 @@ class DBusClient:
         except BaseException:
             self._loop.close()
             raise
-        self._methods: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
+        # What the registry's generic rule (one member, one decoded reply) cannot say.
+        self._special: dict[str, Callable[[dict[str, Any]], Coroutine[Any, Any, Any]]] = {
             "apply": self._apply,
-            "validate": self._validate,
-            "diff": self._diff,
-            "remove": self._remove,
-            "start": self._start,
-            "stop": self._stop,
-            "restart": self._restart,
             "list": self._list,
-            "get": self._get,
-            "get_manifest": self._get_manifest,
-            "history": self._history,
-            "runs": self._runs,
-            "logs": self._logs,
-            "reconcile": self._reconcile,
             "version": self._version,
-            "run_job": self._run_job,
         }
+        assert set(self._special) == self.SPECIAL
 
     async def _connect(self, bus: str, bus_address: str | None) -> MessageBus:
         if bus_address is not None:
@@ -150,7 +145,7 @@ class DBusClient:
             arguments = bind(method, params)
         except ParamsError as exc:
             raise InvalidError(str(exc)) from None
-        return self._run(self._methods[method](**arguments))
+        return self._run(self._invoke(BY_NAME[method], arguments))
 
     def events(self) -> Iterator[Event]:
         """Subscribe now, then yield each event signal (``iyclo.contract.events``).
@@ -295,9 +290,29 @@ class DBusClient:
 
     # -- the methods ----------------------------------------------------------------------
 
-    async def _apply(self, manifest: str | dict[str, Any]) -> dict[str, Any]:
+    async def _invoke(self, method: Method, arguments: dict[str, Any]) -> Any:
+        """One method of the registry as its Manager member: the arguments in the order
+        and types the registry gives, the reply decoded by its out-argument."""
+        special = self._special.get(method.name)
+        if special is not None:
+            return await special(arguments)
+        member = method.member
+        if method.name == "remove" and arguments["purge_history"]:
+            member = "Purge"  # the D-Bus spelling of remove(purge_history=True)
+        body = [_encode(method.name, p, arguments[p.name]) for p in method.params if p.dbus]
+        reply = await self._manager(member, method.dbus_in, *body)
+        if not method.out:
+            return None
+        (value,) = reply
+        out = method.out[0]
+        if out.name.endswith("_json"):
+            return json.loads(value)
+        return list(value) if out.dbus.startswith("a") else value
+
+    async def _apply(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """Name and kind come back in the object path (/io/github/iyclo1/<kind>/<label>)."""
         path, generation, changed, state = await self._manager(
-            "Apply", "s", _manifest_text(manifest)
+            "Apply", "s", _manifest_text(arguments["manifest"])
         )
         collection, _, label = str(path).removeprefix(f"{MANAGER_PATH}/").partition("/")
         return {
@@ -308,74 +323,23 @@ class DBusClient:
             "state": state,
         }
 
-    async def _validate(self, manifest: str | dict[str, Any]) -> list[str]:
-        (errors,) = await self._manager("Validate", "s", _manifest_text(manifest))
-        return list(errors)
-
-    async def _diff(self, manifest: str | dict[str, Any]) -> str:
-        (diff,) = await self._manager("Diff", "s", _manifest_text(manifest))
-        return str(diff)
-
-    async def _remove(self, name: str, purge_history: bool = False) -> None:
-        await self._manager("Purge" if purge_history else "Remove", "s", name)
-
-    async def _runs(self, name: str) -> list[dict[str, Any]]:
-        (text,) = await self._manager("Runs", "s", name)
-        runs: list[dict[str, Any]] = json.loads(text)
-        return runs
-
-    async def _logs(self, name: str, run: int = 0, lines: int | None = None) -> dict[str, Any]:
-        (text,) = await self._manager("Logs", "suu", name, run, lines or 0)
-        logs: dict[str, Any] = json.loads(text)
-        return logs
-
-    async def _start(self, name: str) -> str:
-        (state,) = await self._manager("Start", "s", name)
-        return str(state)
-
-    async def _stop(self, name: str) -> str:
-        (state,) = await self._manager("Stop", "s", name)
-        return str(state)
-
-    async def _restart(self, name: str) -> str:
-        (state,) = await self._manager("Restart", "s", name)
-        return str(state)
-
-    async def _list(self) -> list[dict[str, Any]]:
+    async def _list(self, arguments: dict[str, Any]) -> list[dict[str, Any]]:
+        """``List`` names them, ``Get`` gives each one's full status; one removed in
+        between is left out, as the service's own list does."""
         (rows,) = await self._manager("List")
+        get = BY_NAME["get"]
 
         async def status(name: str) -> dict[str, Any] | None:
             try:
-                return await self._get(name)
+                found: dict[str, Any] = await self._invoke(get, {"name": name})
             except NotFoundError:
                 return None
+            return found
 
         found = await asyncio.gather(*(status(row[0]) for row in rows))
         return [s for s in found if s is not None]
 
-    async def _get(self, name: str) -> dict[str, Any]:
-        (text,) = await self._manager("Get", "s", name)
-        status: dict[str, Any] = json.loads(text)
-        return status
-
-    async def _get_manifest(self, name: str, generation: int = 0) -> dict[str, Any]:
-        if not isinstance(generation, int) or not 0 <= generation <= _UINT32_MAX:
-            raise InvalidError(f"generation: {generation!r} is not a generation number")
-        (text,) = await self._manager("GetManifest", "su", name, generation)
-        manifest: dict[str, Any] = json.loads(text)
-        return manifest
-
-    async def _history(self, name: str) -> list[dict[str, Any]]:
-        (text,) = await self._manager("History", "s", name)
-        history: list[dict[str, Any]] = json.loads(text)
-        return history
-
-    async def _reconcile(self) -> dict[str, Any]:
-        (text,) = await self._manager("Reconcile")
-        report: dict[str, Any] = json.loads(text)
-        return report
-
-    async def _version(self) -> str:
+    async def _version(self, arguments: dict[str, Any]) -> str:
         (variant,) = await self._send(
             Message(
                 destination=BUS_NAME,
@@ -388,7 +352,13 @@ class DBusClient:
         )
         return str(variant.value)
 
-    async def _run_job(self, name: str) -> dict[str, Any]:
-        (text,) = await self._manager("RunJob", "s", name)
-        run: dict[str, Any] = json.loads(text)
-        return run
+
+def _encode(method: str, param: Param, value: Any) -> Any:
+    """A parameter as its D-Bus argument: manifests as JSON text, no limit as 0."""
+    if param.name == "manifest":
+        return _manifest_text(value)
+    if param.dbus == "u":
+        value = 0 if value is None else value
+        if not 0 <= value <= _UINT32_MAX:
+            raise InvalidError(f"{method}: parameter '{param.name}' is out of range: {value!r}")
+    return value

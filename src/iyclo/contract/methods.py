@@ -32,6 +32,12 @@ class Param:
     """Its D-Bus argument's signature; "" when D-Bus says it another way (see Method)."""
     default: Any = REQUIRED
     doc: str = ""
+    dbus_name: str = ""
+    """Its D-Bus argument's name when that differs (``manifest_json``)."""
+
+    @property
+    def dbus_arg(self) -> str:
+        return self.dbus_name or self.name
 
     @property
     def required(self) -> bool:
@@ -57,8 +63,9 @@ class Method:
     member: str
     """The Manager member serving it; "" for ``version``, the ``Version`` property."""
     out: tuple[Out, ...]
-    writes: bool
-    """Changes the host: only root may call it on the system bus (dbus/*.conf)."""
+    root_only: bool
+    """Only root may call it on the system bus (``dbus/io.github.iyclo1.conf``): it
+    changes the host, or reads what only root may read (the journal)."""
     doc: str
 
     @property
@@ -75,7 +82,8 @@ class ParamsError(ValueError):
 
 
 def _manifest() -> Param:
-    return Param("manifest", (str, dict), "s", doc="the manifest, as JSON text or an object")
+    return Param("manifest", (str, dict), "s", doc="the manifest, as JSON text or an object",
+                 dbus_name="manifest_json")  # fmt: skip
 
 
 def _name() -> Param:
@@ -116,7 +124,8 @@ METHODS: tuple[Method, ...] = (
     Method("logs",
            (_name(), Param("run", (int,), "u", 0, "0: the newest"),
             Param("lines", (int, type(None)), "u", None, "only the last N (D-Bus: 0 all)")),
-           "Logs", _json("logs"), False, "A job run's output, or a pod unit's journal."),
+           "Logs", _json("logs"), True,
+           "A job run's output, or a pod unit's journal (root only: it is the journal)."),
     Method("reconcile", (), "Reconcile", _json("report"), True,
            "Make systemd and Podman match the store now."),
     Method("run_job", (_name(),), "RunJob", _json("run"), True, "Run a job now."),
