@@ -454,12 +454,14 @@ async def test_on_unit_change_and_its_remover(
     fake_systemd.set_unit_state("iyclo-a.service", "failed", "failed", result="signal")
     await systemd_manager.wait_for_state("iyclo-a.service", {"failed"}, timeout=1)
 
-    assert [(c.interface, c.changed) for c in seen] == [
+    keys = ("ActiveState", "SubState", "Result")
+    # Service-interface values come just before the Unit's, as systemd sends them.
+    assert [(c.interface, {k: v for k, v in c.changed.items() if k in keys}) for c in seen] == [
         (IFACE_UNIT, {"ActiveState": "inactive", "SubState": "dead"}),
-        (IFACE_UNIT, {"ActiveState": "active", "SubState": "running"}),
         (IFACE_SERVICE, {"Result": "success"}),
-        (IFACE_UNIT, {"ActiveState": "failed", "SubState": "failed"}),
+        (IFACE_UNIT, {"ActiveState": "active", "SubState": "running"}),
         (IFACE_SERVICE, {"Result": "signal"}),
+        (IFACE_UNIT, {"ActiveState": "failed", "SubState": "failed"}),
     ]
     assert {c.unit for c in seen} == {"iyclo-a.service"}
 

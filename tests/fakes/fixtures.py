@@ -6,6 +6,8 @@ Load with ``pytest_plugins = ["tests.fakes.fixtures"]`` in the root conftest.
 * ``fake_systemd``: a fresh :class:`FakeSystemd` owning ``org.freedesktop.systemd1``
   on that bus for one test.
 * ``systemd_manager``: a :class:`SystemdManager` connected to that fake.
+* ``core``: the real ``Service`` on a real store in a temporary directory, over that
+  fake systemd and a ``FakePodman`` that runs containers when the fake runs their units.
 * ``loop_lag_guard``: fails the test if the event loop stalled longer than
   ``MAX_LOOP_LAG`` seconds at any point while it ran (blocking I/O in a
   coroutine would show up here).
@@ -16,13 +18,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
+from iyclo.core.service import Service
+from iyclo.store import Store
 from iyclo.systemd import SystemdManager
 
 from .dbus_session import PrivateBus
+from .podman import FakePodman
 from .systemd import FakeSystemd
 
 MAX_LOOP_LAG = 0.2
@@ -79,6 +86,32 @@ async def systemd_manager(
 ) -> AsyncIterator[SystemdManager]:
     async with await SystemdManager.connect(dbus_address) as manager:
         yield manager
+
+
+@dataclass
+class Core:
+    """The one service implementation, and the fakes of the host it runs on."""
+
+    service: Service
+    systemd: FakeSystemd
+    podman: FakePodman
+    store: Store
+
+
+@pytest_asyncio.fixture
+async def core(
+    fake_systemd: FakeSystemd, systemd_manager: SystemdManager, tmp_path: Path
+) -> AsyncIterator[Core]:
+    fake_systemd.oneshot_seconds = 0.3  # long enough for `run_job` to see a run going
+    podman = FakePodman(fake_systemd)
+    store = Store.open(tmp_path / "state")
+    service = Service(store, systemd_manager, podman)  # type: ignore[arg-type]
+    try:
+        yield Core(service, fake_systemd, podman, store)
+    finally:
+        await service.close()
+        podman.close()
+        store.close()
 
 
 @pytest_asyncio.fixture

@@ -23,9 +23,12 @@ org.freedesktop.systemd1 --object-path /org/freedesktop/systemd1``)::
 
 Units live at ``/org/freedesktop/systemd1/unit/<bus_label_escape(name)>`` with
 ``org.freedesktop.systemd1.Unit`` (Id, Description, LoadState, ActiveState,
-SubState; changes of ActiveState/SubState are announced with
-``org.freedesktop.DBus.Properties.PropertiesChanged``) and, for ``*.service``,
-``org.freedesktop.systemd1.Service`` (MainPID, Result, NRestarts).
+SubState, InvocationID, InactiveExitTimestamp, ActiveEnterTimestamp,
+InactiveEnterTimestamp; changes are announced with
+``org.freedesktop.DBus.Properties.PropertiesChanged``), for ``*.service``
+``org.freedesktop.systemd1.Service`` (MainPID, Result, NRestarts, Slice, ExecMainCode,
+ExecMainStatus) and for ``*.timer`` ``org.freedesktop.systemd1.Timer``
+(NextElapseUSecRealtime, always 0: calendars are not evaluated).
 
 Behaviour copied from what systemd 252 measurably does:
 
@@ -42,7 +45,14 @@ Behaviour copied from what systemd 252 measurably does:
 * touching the object path of an unknown unit loads it as ``not-found``
   (systemctl relies on this), as does LoadUnit;
 * a new transient unit announces its ``inactive`` state; a job's state changes
-  are announced before its ``JobRemoved``; a started ``Type=simple`` service
+  are announced before its ``JobRemoved``; a unit's Service-interface changes are
+  announced just before its Unit-interface ones (what ``core.run_records`` relies on);
+* every start gives the unit a new 16-byte ``InvocationID`` and stamps
+  ``InactiveExitTimestamp``; a ``oneshot`` run ends with ``ExecMainCode`` 1 (exited),
+  ``ExecMainStatus`` the unit's ``exit_status`` (a knob, 0 by default), ``Result``
+  ``success`` (inactive) or ``exit-code`` (failed) and ``InactiveEnterTimestamp``;
+* the ``aux`` units of ``StartTransientUnit`` (a timer's service) stay loaded while the
+  unit that references them is, and are collected with it; a started ``Type=simple`` service
   and a timer go straight to ``active``, other services pass ``activating``
   first and a ``oneshot`` without RemainAfterExit ends ``inactive``; SIGTERM makes
   an active unit ``inactive``, SIGKILL ``failed`` (Result ``signal``); a
@@ -51,7 +61,9 @@ Behaviour copied from what systemd 252 measurably does:
   ResetFailedUnit; unit ``PropertiesChanged`` are only sent once some client
   called Subscribe, ``JobRemoved`` always (systemd tracks the job's creator).
 
-Not modelled: unit dependencies, processes, timers firing, ``Restart=``, job merging.
+Not modelled: other unit dependencies, processes, timers firing, ``Restart=``, job
+merging. ``observers`` are told of each unit start, oneshot run and stop, so a fake
+Podman (``tests/fakes/podman.py``) can run and stop the containers a unit names.
 
 Fault injection: :meth:`FakeSystemd.fail_next`, :attr:`FakeSystemd.job_result_next`,
 :meth:`FakeSystemd.delay_job_removed`, :attr:`FakeSystemd.emit_job_removed_before_reply`.
@@ -63,7 +75,10 @@ received off the wire (structs arrive as lists, variants as ``Variant``).
 # the annotations at class creation, and cannot evaluate a postponed ``None`` return.
 import asyncio
 import fnmatch
+import os
+import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -76,6 +91,7 @@ from dbus_fast.annotations import (
     DBusSignature,
     DBusStr,
     DBusUInt32,
+    DBusUInt64,
 )
 from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
@@ -84,6 +100,7 @@ from iyclo.systemd.const import (
     BUS_NAME,
     IFACE_MANAGER,
     IFACE_SERVICE,
+    IFACE_TIMER,
     IFACE_UNIT,
     JOB_PATH_PREFIX,
     OBJECT_PATH,
@@ -107,6 +124,7 @@ StrList = Annotated[list[str], DBusSignature("as")]
 UnitRows = Annotated[list[list[Any]], DBusSignature("a(ssssssouso)")]
 JobRemovedArgs = Annotated[list[Any], DBusSignature("uoss")]
 UnitPathArgs = Annotated[list[Any], DBusSignature("so")]
+InvocationBytes = Annotated[bytes, DBusSignature("ay")]
 
 _SIGNALS_THAT_EXIT_CLEANLY = frozenset({1, 2, 13, 15})  # SIGHUP SIGINT SIGPIPE SIGTERM
 
@@ -126,6 +144,16 @@ class FakeUnit:
     n_restarts: int = 0
     properties: dict[str, Variant] = field(default_factory=dict)
     """Every property set through StartTransientUnit/SetUnitProperties, as received."""
+    invocation_id: bytes = b""
+    inactive_exit_usec: int = 0
+    active_enter_usec: int = 0
+    inactive_enter_usec: int = 0
+    exec_main_code: int = 0
+    exec_main_status: int = 0
+    exit_status: int = 0
+    """What the next run of this oneshot exits with (a knob for tests)."""
+    referenced_by: str | None = None
+    """The unit whose ``StartTransientUnit`` made this one (a timer, for its service)."""
 
     @property
     def path(self) -> str:
@@ -159,6 +187,22 @@ class _UnitInterface(ServiceInterface):
     def SubState(self) -> DBusStr:
         return self.unit.sub_state
 
+    @dbus_property(access=PropertyAccess.READ)
+    def InvocationID(self) -> InvocationBytes:
+        return self.unit.invocation_id
+
+    @dbus_property(access=PropertyAccess.READ)
+    def InactiveExitTimestamp(self) -> DBusUInt64:
+        return self.unit.inactive_exit_usec
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ActiveEnterTimestamp(self) -> DBusUInt64:
+        return self.unit.active_enter_usec
+
+    @dbus_property(access=PropertyAccess.READ)
+    def InactiveEnterTimestamp(self) -> DBusUInt64:
+        return self.unit.inactive_enter_usec
+
 
 class _ServiceInterface(ServiceInterface):
     """``org.freedesktop.systemd1.Service`` of one fake ``*.service`` unit."""
@@ -178,6 +222,30 @@ class _ServiceInterface(ServiceInterface):
     @dbus_property(access=PropertyAccess.READ)
     def NRestarts(self) -> DBusUInt32:
         return self.unit.n_restarts
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Slice(self) -> DBusStr:
+        return str(_value(self.unit.properties, "Slice", "system.slice"))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ExecMainCode(self) -> DBusInt32:
+        return self.unit.exec_main_code
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ExecMainStatus(self) -> DBusInt32:
+        return self.unit.exec_main_status
+
+
+class _TimerInterface(ServiceInterface):
+    """``org.freedesktop.systemd1.Timer`` of one fake ``*.timer`` unit."""
+
+    def __init__(self, unit: FakeUnit) -> None:
+        super().__init__(IFACE_TIMER)
+        self.unit = unit
+
+    @dbus_property(access=PropertyAccess.READ)
+    def NextElapseUSecRealtime(self) -> DBusUInt64:
+        return 0
 
 
 class _ManagerInterface(ServiceInterface):
@@ -284,6 +352,11 @@ class FakeSystemd:
         self._interfaces: dict[str, list[ServiceInterface]] = {}
         self._bus: MessageBus | None = None
         self._manager = _ManagerInterface(self)
+        self.oneshot_seconds = 0.0
+        """How long a oneshot's run takes (0: it ends in the same turn of the loop)."""
+        self.observers: list[Callable[[FakeUnit, str], None]] = []
+        """Told ``(unit, what)`` for what = "started", "ran" (a oneshot's run ended) and
+        "stopped", after the unit's state changed."""
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -390,6 +463,8 @@ class FakeSystemd:
         interfaces: list[ServiceInterface] = [_UnitInterface(unit)]
         if unit.name.endswith(".service"):
             interfaces.append(_ServiceInterface(unit))
+        elif unit.name.endswith(".timer"):
+            interfaces.append(_TimerInterface(unit))
         for interface in interfaces:
             self._bus.export(unit.path, interface)
         self._interfaces[unit.name] = interfaces
@@ -401,22 +476,39 @@ class FakeSystemd:
         failed_too = collect_mode is not None and collect_mode.value == "inactive-or-failed"
         if not unit.transient:
             return
+        if unit.referenced_by is not None and unit.referenced_by in self.units:
+            return  # kept loaded by the unit that references it
         if unit.active_state == "inactive" or (failed_too and unit.active_state == "failed"):
             self.units.pop(unit.name, None)
             if self._bus is not None:
                 self._bus.unexport(unit.path)
             self._interfaces.pop(unit.name, None)
             self._manager.unit_removed(unit.name, unit.path)
+            for other in list(self.units.values()):
+                if other.referenced_by == unit.name:
+                    self._collect(other)
 
     def _announce(self, unit: FakeUnit, service: dict[str, Any] | None = None) -> None:
+        """Service-interface values first, then the Unit's, as systemd sends them."""
         if not self._subscribers or unit.name not in self._interfaces:
             return
         unit_iface, *rest = self._interfaces[unit.name]
-        unit_iface.emit_properties_changed(
-            {"ActiveState": unit.active_state, "SubState": unit.sub_state}
-        )
-        if service and rest:
+        if service and rest and unit.name.endswith(".service"):
             rest[0].emit_properties_changed(service)
+        unit_iface.emit_properties_changed(
+            {
+                "ActiveState": unit.active_state,
+                "SubState": unit.sub_state,
+                "InvocationID": unit.invocation_id,
+                "InactiveExitTimestamp": unit.inactive_exit_usec,
+                "ActiveEnterTimestamp": unit.active_enter_usec,
+                "InactiveEnterTimestamp": unit.inactive_enter_usec,
+            }
+        )
+
+    def _tell(self, unit: FakeUnit, what: str) -> None:
+        for observer in list(self.observers):
+            observer(unit, what)
 
     def _loaded(self, name: str, missing: str) -> FakeUnit:
         unit = self.units.get(name)
@@ -479,40 +571,98 @@ class FakeSystemd:
     def _finish_job(
         self, job_id: int, job_path: str, unit: FakeUnit, kind: str, result: str
     ) -> None:
+        if kind in ("start", "restart") and result == "done" and self._runs_to_completion(unit):
+            self._begin(unit)
+            unit.active_state, unit.sub_state = "activating", "start"
+            self._announce(unit, self._service_values(unit))
+            self._tell(unit, "started")
+            if not self.oneshot_seconds:
+                self._end_run(job_id, job_path, unit, result)
+                return
+
+            def end() -> None:
+                self._pending.discard(handle)
+                self._end_run(job_id, job_path, unit, result)
+
+            handle = asyncio.get_running_loop().call_later(self.oneshot_seconds, end)
+            self._pending.add(handle)
+            return
         if kind in ("start", "restart"):
             if result == "done":
                 self._activate(unit)
             elif result in ("failed", "timeout"):
                 unit.active_state, unit.sub_state = "failed", "failed"
                 unit.result = "exit-code" if result == "failed" else "timeout"
-            self._announce(unit, {"Result": unit.result})
+            self._announce(unit, self._service_values(unit))
+            if result == "done":
+                self._tell(unit, "started")
         elif kind == "stop" and result == "done":
             unit.active_state, unit.sub_state = "deactivating", "stop-sigterm"
             self._announce(unit)
             unit.active_state, unit.sub_state = "inactive", "dead"
+            unit.inactive_enter_usec = _now_usec()
             self._announce(unit)
+            self._tell(unit, "stopped")
+        self._manager.job_removed(job_id, job_path, unit.name, result)
+        self._collect(unit)
+
+    @staticmethod
+    def _runs_to_completion(unit: FakeUnit) -> bool:
+        """A oneshot without RemainAfterExit: its start job lasts as long as its run."""
+        return (
+            unit.name.endswith(".service")
+            and _value(unit.properties, "Type", "simple") == "oneshot"
+            and not _value(unit.properties, "RemainAfterExit", False)
+        )
+
+    def _begin(self, unit: FakeUnit) -> None:
+        """Every start is a new invocation."""
+        unit.result = "success"
+        unit.invocation_id = os.urandom(16)
+        unit.inactive_exit_usec = _now_usec()
+
+    def _end_run(self, job_id: int, job_path: str, unit: FakeUnit, result: str) -> None:
+        """A oneshot's process exited with the unit's ``exit_status``."""
+        unit.exec_main_code, unit.exec_main_status = 1, unit.exit_status  # CLD_EXITED
+        unit.inactive_enter_usec = _now_usec()
+        if unit.exit_status == 0:
+            unit.active_state, unit.sub_state = "inactive", "dead"
+        else:
+            unit.active_state, unit.sub_state, unit.result = "failed", "failed", "exit-code"
+        self._announce(unit, self._service_values(unit))
+        self._tell(unit, "ran")
         self._manager.job_removed(job_id, job_path, unit.name, result)
         self._collect(unit)
 
     def _activate(self, unit: FakeUnit) -> None:
         """The state changes of a successful start, as systemd 252 shows them: a Type=simple
-        service and a timer go straight to active, other services pass through activating,
-        and a oneshot without RemainAfterExit ends inactive once its process exited."""
-        unit.result = "success"
+        service and a timer go straight to active, other services pass through activating
+        (a oneshot with RemainAfterExit ends active, exited; one without it is
+        ``_runs_to_completion``)."""
+        self._begin(unit)
         if not unit.name.endswith(".service"):
             sub_state = "waiting" if unit.name.endswith(".timer") else "running"
             unit.active_state, unit.sub_state = "active", sub_state
+            unit.active_enter_usec = unit.inactive_exit_usec
             return
         service_type = _value(unit.properties, "Type", "simple")
         if service_type != "simple":
             unit.active_state, unit.sub_state = "activating", "start"
-            self._announce(unit)
-        if service_type != "oneshot":
-            unit.active_state, unit.sub_state = "active", "running"
-        elif _value(unit.properties, "RemainAfterExit", False):
+            self._announce(unit, self._service_values(unit))
+        if service_type == "oneshot":
+            unit.exec_main_code, unit.exec_main_status = 1, 0  # CLD_EXITED
             unit.active_state, unit.sub_state = "active", "exited"
         else:
-            unit.active_state, unit.sub_state = "inactive", "dead"
+            unit.active_state, unit.sub_state = "active", "running"
+        unit.active_enter_usec = _now_usec()
+
+    @staticmethod
+    def _service_values(unit: FakeUnit) -> dict[str, Any]:
+        return {
+            "Result": unit.result,
+            "ExecMainCode": unit.exec_main_code,
+            "ExecMainStatus": unit.exec_main_status,
+        }
 
     # -- method bodies -----------------------------------------------------------------
 
@@ -538,6 +688,8 @@ class FakeSystemd:
             unit = self.add_unit(unit_name, transient=True)
             unit.properties = props
             unit.description = _value(props, "Description", "")
+            if unit_name != name:
+                unit.referenced_by = name
             self._announce(unit)  # systemd announces a new unit's (inactive) state
         return self._queue_job(self.units[name], "start")
 
@@ -611,9 +763,19 @@ class FakeSystemd:
         unit.properties.update(self._check_properties(properties))
 
 
+def _now_usec() -> int:
+    return int(time.time() * 1_000_000)
+
+
 def _value(properties: dict[str, Variant], name: str, default: Any) -> Any:
     variant = properties.get(name)
     return default if variant is None else variant.value
 
 
-_SERVICE_PROPERTY_NAMES = {"result": "Result", "main_pid": "MainPID", "n_restarts": "NRestarts"}
+_SERVICE_PROPERTY_NAMES = {
+    "result": "Result",
+    "main_pid": "MainPID",
+    "n_restarts": "NRestarts",
+    "exec_main_code": "ExecMainCode",
+    "exec_main_status": "ExecMainStatus",
+}

@@ -1,0 +1,184 @@
+"""A fake Podman: the calls ``iyclo.podman.client.PodmanClient`` makes, over a dict.
+
+Pods and containers are made from the specs the core plans, with their labels, so the
+core finds them again by label as it does on a real host. Containers run when systemd
+runs them: the fake observes a ``FakeSystemd`` and, when a unit whose ``ExecStart``
+names a Podman pod (``podman pod start P``) or its containers (``podman start --attach
+P-c``) starts, runs or stops, sets their state as Podman would (running, or exited with
+the unit's exit status) and sends the container event Podman sends. Every call is
+recorded (``calls``); ``fail_next`` makes a call raise, ``hold`` makes it wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from iyclo.core import naming
+from iyclo.errors import NotFoundError, PodmanError
+
+from .systemd import FakeSystemd, FakeUnit
+
+INFRA = "infra"
+
+
+def _matches(labels: Mapping[str, str], label: str) -> bool:
+    key, _, value = label.partition("=")
+    return key in labels and (not value or labels[key] == value)
+
+
+class FakePodman:
+    def __init__(self, systemd: FakeSystemd | None = None) -> None:
+        self.url = "unix:///fake/podman.sock"
+        self.images: set[str] = set()
+        self.missing_images: set[str] = set()
+        """References that cannot be pulled."""
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.containers: dict[str, dict[str, Any]] = {}
+        self.calls: defaultdict[str, list[tuple[Any, ...]]] = defaultdict(list)
+        self._failures: dict[str, BaseException] = {}
+        self._gates: dict[str, asyncio.Event] = {}
+        self.entered: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self._events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._closed = threading.Event()
+        self._ids = 0
+        if systemd is not None:
+            systemd.observers.append(self._unit_did)
+
+    # -- test controls ------------------------------------------------------------------
+
+    def fail_next(self, method: str, exc: BaseException) -> None:
+        self._failures[method] = exc
+
+    def hold(self, method: str) -> asyncio.Event:
+        """Calls of ``method`` wait until the returned event is set."""
+        gate = self._gates[method] = asyncio.Event()
+        return gate
+
+    def container_died(self, name: str, exit_code: int) -> None:
+        """A container exited on its own, as its process would."""
+        self._set(self.containers[name], "exited", exit_code)
+
+    async def _enter(self, method: str, *args: Any) -> None:
+        self.calls[method].append(args)
+        self.entered[method].set()
+        gate = self._gates.get(method)
+        if gate is not None:
+            await gate.wait()
+        failure = self._failures.pop(method, None)
+        if failure is not None:
+            raise failure
+
+    # -- what systemd does to the containers --------------------------------------------
+
+    def _unit_did(self, unit: FakeUnit, what: str) -> None:
+        variant = unit.properties.get("ExecStart")
+        for _path, argv, _ignore in variant.value if variant is not None else []:
+            for container in self._named_by(list(argv)):
+                if what == "started":
+                    self._set(container, "running", 0)
+                elif what == "ran":
+                    self._set(container, "exited", unit.exec_main_status)
+                elif container["State"] == "running":
+                    self._set(container, "exited", 0)
+
+    def _named_by(self, argv: list[str]) -> list[dict[str, Any]]:
+        if argv[1:3] == ["pod", "start"]:
+            return [c for c in self.containers.values() if c["Pod"] == argv[3]]
+        if argv[1:3] == ["start", "--attach"]:
+            return [self.containers[argv[3]]] if argv[3] in self.containers else []
+        return []
+
+    def _set(self, container: dict[str, Any], state: str, exit_code: int) -> None:
+        was = container["State"]
+        container["State"], container["ExitCode"] = state, exit_code
+        if state == "running":
+            container["StartedAt"] = container.get("StartedAt") or 1_700_000_000
+        if was != state and container["Labels"].get(naming.LABEL_CONTAINER):
+            action = "start" if state == "running" else "died"
+            attributes = {**container["Labels"], "name": container["Names"][0]}
+            if action == "died":
+                attributes["containerExitCode"] = str(exit_code)
+            actor = {"ID": container["Id"], "Attributes": attributes}
+            self._events.put({"Type": "container", "Action": action, "Actor": actor})
+
+    # -- the PodmanClient API -----------------------------------------------------------
+
+    def close(self) -> None:
+        self._closed.set()
+
+    async def ping(self) -> None:
+        await self._enter("ping")
+
+    async def ensure_image(self, reference: str) -> None:
+        await self._enter("ensure_image", reference)
+        if reference in self.missing_images:
+            raise PodmanError(
+                f'image "{reference}" is not present and could not be pulled: '
+                f"{reference}: image not known"
+            )
+        self.images.add(reference)
+
+    async def create_pod_with_containers(
+        self, name: str, spec: Mapping[str, Any], containers: Sequence[Mapping[str, Any]]
+    ) -> None:
+        await self._enter("create_pod_with_containers", name, dict(spec), list(containers))
+        await self._remove(name)
+        self._ids += 1
+        labels = dict(spec.get("labels") or {})
+        self.pods[name] = {"Name": name, "Id": f"{self._ids:064x}", "Labels": labels}
+        for container in [{"name": f"{name}-{INFRA}", "labels": labels, "image": "infra"},
+                          *containers]:  # fmt: skip
+            self._ids += 1
+            self.containers[container["name"]] = {
+                "Id": f"{self._ids:064x}", "Names": [container["name"]], "Pod": name,
+                "Image": container["image"], "Labels": dict(container["labels"]),
+                "State": "created", "ExitCode": 0, "StartedAt": 0,
+            }  # fmt: skip
+
+    async def pod_exists(self, name: str) -> bool:
+        await self._enter("pod_exists", name)
+        return name in self.pods
+
+    async def inspect_pod(self, name: str) -> dict[str, Any]:
+        await self._enter("inspect_pod", name)
+        if name not in self.pods:
+            raise NotFoundError(f'pod "{name}": no such pod')
+        return dict(self.pods[name])
+
+    async def remove_pod(self, name: str) -> None:
+        await self._enter("remove_pod", name)
+        await self._remove(name)
+
+    async def _remove(self, name: str) -> None:
+        self.pods.pop(name, None)
+        for container in [c for c in self.containers.values() if c["Pod"] == name]:
+            del self.containers[container["Names"][0]]
+
+    async def list_pods(self, label: str) -> list[dict[str, Any]]:
+        await self._enter("list_pods", label)
+        return [dict(p) for p in self.pods.values() if _matches(p["Labels"], label)]
+
+    async def list_containers(self, label: str) -> list[dict[str, Any]]:
+        await self._enter("list_containers", label)
+        return [dict(c) for c in self.containers.values() if _matches(c["Labels"], label)]
+
+    async def inspect_container(self, name: str) -> dict[str, Any]:
+        await self._enter("inspect_container", name)
+        if name not in self.containers:
+            raise NotFoundError(f'container "{name}": no such container')
+        return dict(self.containers[name])
+
+    def container_events(self, label: str) -> Iterator[dict[str, Any]]:
+        """Blocking, like the real stream: events as they happen, until ``close``."""
+        while not self._closed.is_set():
+            try:
+                event = self._events.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if label in (event.get("Actor") or {}).get("Attributes", {}):
+                yield event
