@@ -24,8 +24,9 @@ from iyclo.api.jsonrpc import JsonRpcServer
 from iyclo.client.dbus import DBusClient
 from iyclo.client.jsonrpc import JsonRpcClient
 from iyclo.errors import InvalidError, IycloError
-from tests.fakes.service import FakeService
+from tests.fakes.fixtures import Core
 
+WEB = (Path(__file__).parent.parent / "examples" / "web.json").read_text()
 INTERNAL = re.compile(r"^internal error \(id ([0-9a-f]{8}); see the daemon's log\)$")
 
 
@@ -40,16 +41,41 @@ def assert_leaks_nothing(text: str) -> str:
 
 
 @pytest.fixture
-async def fronts(dbus_address: str, tmp_path: Path) -> AsyncIterator[tuple[FakeService, Path]]:
-    service = FakeService()
-    server = JsonRpcServer(service, tmp_path / "iyclo.sock")
+async def fronts(
+    core: Core, dbus_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Core, Path]]:
+    """The real service behind both fronts; ``core.entered`` records which of its
+    methods a front called."""
+    entered: list[str] = []
+    for method in ("status", "manifest", "list_all"):
+        real = getattr(core.service, method)
+
+        async def recorded(*args: Any, _real: Any = real, _name: str = method) -> Any:
+            entered.append(_name)
+            return await _real(*args)
+
+        monkeypatch.setattr(core.service, method, recorded)
+    core.entered = entered  # type: ignore[attr-defined]
+    server = JsonRpcServer(core.service, tmp_path / "iyclo.sock")
     await server.start()
-    unexport = await export_service(service, bus_address=dbus_address)
+    unexport = await export_service(core.service, bus_address=dbus_address)
+    entered.clear()  # the exporter's own start-up read
     try:
-        yield service, tmp_path / "iyclo.sock"
+        yield core, tmp_path / "iyclo.sock"
     finally:
         await unexport()
         await server.close()
+
+
+def fail_once(monkeypatch: pytest.MonkeyPatch, core: Core, error: BaseException) -> None:
+    """The next read of a record raises ``error``: a bug deep inside the real service."""
+    real = core.store.get
+
+    def get(name: str) -> Any:
+        monkeypatch.setattr(core.store, "get", real)
+        raise error
+
+    monkeypatch.setattr(core.store, "get", get)
 
 
 async def _rpc(path: Path, request: dict[str, Any]) -> dict[str, Any]:
@@ -80,13 +106,16 @@ async def _dbus(
 
 @pytest.mark.parametrize("error", [Exception("oops"), TypeError("oops() got an argument 'x'")])
 async def test_a_bug_inside_a_method_leaks_nothing(
-    fronts: tuple[FakeService, Path], dbus_address: str, error: Exception
+    fronts: tuple[Core, Path],
+    dbus_address: str,
+    error: Exception,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    service, socket_path = fronts
+    core, socket_path = fronts
     with structlog.testing.capture_logs() as logs:
-        service.fail_next("status", error)
+        fail_once(monkeypatch, core, error)
         reply = await _dbus(dbus_address, "Get", "s", ["web"])
-        service.fail_next("status", error)
+        fail_once(monkeypatch, core, error)
         answer = await _rpc(socket_path, {"method": "get", "params": {"name": "web"}})
 
     assert reply.message_type is MessageType.ERROR
@@ -106,17 +135,18 @@ async def test_a_bug_inside_a_method_leaks_nothing(
 
 
 async def test_the_clients_raise_the_internal_error_as_one_line(
-    fronts: tuple[FakeService, Path], dbus_address: str
+    fronts: tuple[Core, Path], dbus_address: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    service, socket_path = fronts
+    core, socket_path = fronts
+    await core.service.apply(WEB)
     via_dbus = await asyncio.to_thread(DBusClient, bus_address=dbus_address, timeout=10)
     via_json = await asyncio.to_thread(JsonRpcClient, socket_path, timeout=10)
     try:
         with structlog.testing.capture_logs():
             for client in (via_dbus, via_json):
-                service.fail_next("list", Exception("oops"))
+                fail_once(monkeypatch, core, Exception("oops"))
                 with pytest.raises(IycloError) as caught:
-                    await asyncio.to_thread(client.call, "list")
+                    await asyncio.to_thread(client.call, "get", name="web")
                 assert type(caught.value) is IycloError
                 assert_leaks_nothing(caught.value.message)
     finally:
@@ -134,21 +164,20 @@ async def test_the_clients_raise_the_internal_error_as_one_line(
     ],
 )
 async def test_parameters_are_refused_before_the_call(
-    fronts: tuple[FakeService, Path], params: Any, message: str
+    fronts: tuple[Core, Path], params: Any, message: str
 ) -> None:
-    service, socket_path = fronts
+    core, socket_path = fronts
     answer = await _rpc(socket_path, {"method": "get", "params": params})
     assert answer["error"] == {"code": -32602, "message": message}
-    assert service.called("status") == []  # never entered
+    assert core.entered == []  # type: ignore[attr-defined]  # never entered
 
 
 async def test_both_clients_refuse_the_same_parameters_alike(
-    fronts: tuple[FakeService, Path], dbus_address: str
+    fronts: tuple[Core, Path], dbus_address: str
 ) -> None:
-    service, socket_path = fronts
+    core, socket_path = fronts
     via_dbus = await asyncio.to_thread(DBusClient, bus_address=dbus_address, timeout=10)
     via_json = await asyncio.to_thread(JsonRpcClient, socket_path, timeout=10)
-    before = len(service.calls)  # the exporter's start-up reads
     try:
         for params in ({"nam": "web"}, {"name": "web", "generation": True}):
             messages = []
@@ -160,4 +189,4 @@ async def test_both_clients_refuse_the_same_parameters_alike(
     finally:
         await asyncio.to_thread(via_dbus.close)
         await asyncio.to_thread(via_json.close)
-    assert service.calls[before:] == []
+    assert core.entered == []  # type: ignore[attr-defined]

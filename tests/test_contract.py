@@ -33,7 +33,7 @@ from iyclo.contract.events import (
     event_from_signal,
 )
 from iyclo.core.events import EventBus
-from tests.fakes.service import FakeService
+from tests.fakes.fixtures import Core
 
 ROOT = Path(__file__).parent.parent
 
@@ -92,14 +92,15 @@ def test_signal_signatures_follow_the_fields() -> None:
 
 
 @pytest.fixture
-async def fronts(dbus_address: str, tmp_path: Path) -> AsyncIterator[tuple[EventBus, Path]]:
-    """One service behind both fronts: the D-Bus interface and the JSON socket."""
-    service = FakeService()
-    server = JsonRpcServer(service, tmp_path / "iyclo.sock")  # type: ignore[arg-type]
+async def fronts(
+    core: Core, dbus_address: str, tmp_path: Path
+) -> AsyncIterator[tuple[EventBus, Path]]:
+    """The real service behind both fronts: the D-Bus interface and the JSON socket."""
+    server = JsonRpcServer(core.service, tmp_path / "iyclo.sock")
     await server.start()
-    unexport = await export_service(service, bus_address=dbus_address)
+    unexport = await export_service(core.service, bus_address=dbus_address)
     try:
-        yield service.events, tmp_path / "iyclo.sock"
+        yield core.service.events, tmp_path / "iyclo.sock"
     finally:
         await unexport()
         await server.close()
@@ -107,6 +108,49 @@ async def fronts(dbus_address: str, tmp_path: Path) -> AsyncIterator[tuple[Event
 
 def _take(events: Iterator[Event], count: int) -> list[dict[str, Any]]:
     return [next(events).to_json() for _ in range(count)]
+
+
+JOB = {
+    "apiVersion": "iyclo/v1", "kind": "Job", "name": "backup", "network": "none",
+    "schedule": {"calendar": "*-*-* 03:00:00"},
+    "containers": [{"name": "dump", "image": "localhost/busybox:latest",
+                    "command": ["sh", "-c", "exit 3"]}],
+}  # fmt: skip
+
+
+async def test_what_the_core_publishes_reads_the_same_on_both_transports(
+    core: Core, fronts: tuple[EventBus, Path], dbus_address: str
+) -> None:
+    """The producers' own events, not hand-made ones: a pod's life and a job's run whose
+    container exits 3, event for event on both transports."""
+    bus, socket_path = fronts
+    await core.service.start_watching()
+    via_dbus = await asyncio.to_thread(DBusClient, bus_address=dbus_address, timeout=10)
+    via_json = await asyncio.to_thread(JsonRpcClient, socket_path, timeout=10)
+    count = 10
+    try:
+        dbus_events = await asyncio.to_thread(via_dbus.events)
+        taking_json = asyncio.ensure_future(asyncio.to_thread(_take, via_json.events(), count))
+        async with asyncio.timeout(10):
+            while bus.subscribers < 2:  # noqa: ASYNC110 (nothing to wait on but the count)
+                await asyncio.sleep(0.01)
+        web = json.loads((ROOT / "examples" / "web.json").read_text())
+        await core.service.apply(web)
+        await core.service.stop("web")
+        await core.service.remove("web")
+        await core.service.apply(JOB)
+        core.systemd.units["iyclo-job-backup.service"].exit_status = 3
+        await core.service.run_job("backup")
+        from_dbus = await asyncio.to_thread(_take, dbus_events, count)
+        from_json = await asyncio.wait_for(taking_json, 10)
+    finally:
+        await asyncio.to_thread(via_dbus.close)
+        await asyncio.to_thread(via_json.close)
+    assert from_dbus == from_json
+    finished = [e for e in from_json if e["event"] == "JobFinished"]
+    assert [(e["exitCode"], e["result"], e["state"]) for e in finished] == [
+        (3, "exit-code", "failed")
+    ]
 
 
 async def test_one_sequence_reads_the_same_on_both_transports(
@@ -185,8 +229,8 @@ async def test_iyclo_events_json_prints_the_same_on_both_transports(
     assert outputs[0] == outputs[1] == [e.to_json() for e in SEQUENCE]
 
 
-def test_no_event_type_is_left_unsignalled() -> None:
+def test_no_event_type_is_left_unsignalled(core: Core) -> None:
     from iyclo.api.dbus import ManagerInterface
 
-    signals = {s.name: s.signature for s in ManagerInterface(FakeService()).introspect().signals}
+    signals = {s.name: s.signature for s in ManagerInterface(core.service).introspect().signals}
     assert signals == {cls.MEMBER: cls.dbus_signature() for cls in EVENT_TYPES}

@@ -1,9 +1,10 @@
 """iyclod's D-Bus interface and the CLI's D-Bus client, over real buses.
 
 Each test module run spawns private ``dbus-daemon``s under a temporary directory; the
-service behind the interface is ``tests.fakes.service.FakeService`` (no systemd, no
-Podman). Calls go through ``DBusClient``, through ``busctl`` and ``gdbus``, and through a
-raw dbus-fast connection that also watches the signals. The synchronous client runs in
+service behind the interface is the real ``Service`` (``tests.fakes.fixtures.core``) on a
+real store, over the fake systemd (a real D-Bus service on its own private bus) and a fake
+Podman that runs the containers the fake systemd's units name. Calls go through
+``DBusClient``, through ``busctl`` and ``gdbus``, and through a raw dbus-fast connection that also watches the signals. The synchronous client runs in
 worker threads so the event loop serving the interface stays free; every test that
 serves the interface also checks that loop was never blocked for more than 0.2 s.
 """
@@ -48,7 +49,7 @@ from iyclo.api.dbus import (
 from iyclo.api.jsonrpc import JsonRpcServer
 from iyclo.client.dbus import DBusClient, bus_label_unescape
 from iyclo.client.jsonrpc import JsonRpcClient
-from iyclo.contract.events import JobFinished, PodChanged
+from iyclo.contract.events import PodChanged
 from iyclo.errors import (
     AccessDeniedError,
     ConflictError,
@@ -59,7 +60,7 @@ from iyclo.errors import (
     StoreError,
     SystemdError,
 )
-from tests.fakes.service import FakeService
+from tests.fakes.fixtures import Core
 
 ROOT = Path(__file__).parent.parent
 SRC_DIR = Path(iyclo.__file__).parent.parent
@@ -212,15 +213,33 @@ async def lag() -> AsyncIterator[LagWatch]:
 
 
 @pytest.fixture
-def fake() -> FakeService:
-    return FakeService()
+async def served(address: str, core: Core, lag: LagWatch) -> AsyncIterator[Core]:
+    unexport = await export_service(core.service, bus_address=address)
+    yield core
+    await unexport()
 
 
 @pytest.fixture
-async def served(address: str, fake: FakeService, lag: LagWatch) -> AsyncIterator[FakeService]:
-    unexport = await export_service(fake, bus_address=address)
-    yield fake
-    await unexport()
+async def watching(served: Core) -> Core:
+    """The service follows systemd and Podman too: pods' live state, jobs' runs."""
+    await served.service.start_watching()
+    return served
+
+
+def fail_once(monkeypatch: pytest.MonkeyPatch, core: Core, error: BaseException) -> None:
+    """The next read of a record fails with ``error``, deep inside the real service."""
+    real = core.store.get
+
+    def get(name: str) -> Any:
+        monkeypatch.setattr(core.store, "get", real)
+        raise error
+
+    monkeypatch.setattr(core.store, "get", get)
+
+
+def unit_calls(core: Core, member: str) -> list[str]:
+    """The units the service asked the fake systemd to ``member`` (StopUnit, ...)."""
+    return [str(args[0]) for args in core.systemd.calls[member]]
 
 
 @pytest.fixture
@@ -415,11 +434,11 @@ def test_object_path_labels_follow_sd_bus(name: str, label: str) -> None:
 # -- every method, three ways -------------------------------------------------------------
 
 
-async def test_client_speaks_every_manager_method(served: FakeService, client: DBusClient) -> None:
-    fake = served
+async def test_client_speaks_every_manager_method(served: Core, client: DBusClient) -> None:
+    service = served.service
     assert await call(client, "version") == iyclo.__version__
     assert await call(client, "validate", manifest=WEB) == []
-    assert await call(client, "validate", manifest=BAD_NAME) == await fake.validate(BAD_NAME)
+    assert await call(client, "validate", manifest=BAD_NAME) == await service.validate(BAD_NAME)
     assert len(await call(client, "validate", manifest=BAD_NAME)) == 2
     assert (await call(client, "diff", manifest=WEB)).startswith("--- (none)\n")
 
@@ -431,7 +450,7 @@ async def test_client_speaks_every_manager_method(served: FakeService, client: D
         "changed": True,
         "state": "running",
     }
-    assert fake.called("apply") == [(WEB,)]  # the text reaches the service untouched
+    assert await service.manifest("web") == wire(json.loads(WEB))  # the text, as applied
     assert (await call(client, "apply", manifest=WEB))["changed"] is False
     assert await call(client, "diff", manifest=WEB) == ""
     changed = json.loads(manifest(labels={"app": "web", "tier": "front"}))
@@ -443,17 +462,16 @@ async def test_client_speaks_every_manager_method(served: FakeService, client: D
         "state": "running",
     }
 
-    assert await call(client, "list") == wire(await fake.list_all())
+    assert await call(client, "list") == wire(await service.list_all())
     status = await call(client, "get", name="web")
-    assert status == wire(await fake.status("web"))
+    assert status == wire(await service.status("web"))
     assert status["containers"][0]["name"] == "httpd"
     current = await call(client, "get_manifest", name="web")
     first = await call(client, "get_manifest", name="web", generation=1)
-    assert fake.called("manifest") == [("web", 0), ("web", 1)]
-    assert current == wire(await fake.manifest("web")) != first
-    assert first == wire(await fake.manifest("web", 1))
+    assert current == wire(await service.manifest("web")) != first
+    assert first == wire(await service.manifest("web", 1))
     assert current["labels"] == changed["labels"]
-    assert await call(client, "history", name="web") == wire(await fake.history("web"))
+    assert await call(client, "history", name="web") == wire(await service.history("web"))
     assert [h["current"] for h in await call(client, "history", name="web")] == [False, True]
 
     assert await call(client, "stop", name="web") == "stopped"
@@ -466,49 +484,49 @@ async def test_client_speaks_every_manager_method(served: FakeService, client: D
         "removed": [],
         "failed": [],
     }
-    with pytest.raises(InvalidError, match=r"^pod 'web' is not a job$"):
+    with pytest.raises(InvalidError, match=r"^pod 'web' is not a job; only jobs can be run$"):
         await call(client, "run_job", name="web")
     assert await call(client, "remove", name="web") is None
     assert await call(client, "list") == []
-    assert fake.called("remove") == [("web",)]
+    assert "iyclo-pod-web.service" in unit_calls(served, "StopUnit")
+    assert served.podman.pods == {}
     # The name comes back from the object path's label: one that needs escaping.
     assert (await call(client, "apply", manifest=manifest("9-lives")))["name"] == "9-lives"
 
 
 async def test_client_list_leaves_out_a_pod_removed_meanwhile(
-    served: FakeService, client: DBusClient
+    served: Core, client: DBusClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await served.apply(manifest("a"))
-    await served.apply(manifest("b"))
-    list_pods = served.list_all
+    service = served.service
+    await service.apply(manifest("a"))
+    await service.apply(manifest("b"))
+    list_all = service.list_all
 
     async def list_then_lose_a() -> list[dict[str, Any]]:
-        rows = await list_pods()
-        del served.pods["a"]  # removed between the client's List and its Get
+        rows = await list_all()
+        await asyncio.to_thread(served.store.remove, "a")  # between the List and its Get
         return rows
 
-    served.list_all = list_then_lose_a  # type: ignore[method-assign]
+    monkeypatch.setattr(service, "list_all", list_then_lose_a)
     assert [p["name"] for p in await call(client, "list")] == ["b"]
 
 
 async def test_same_results_as_the_json_socket(
-    address: str, client: DBusClient, tmp_path: Path, lag: LagWatch
+    address: str, core: Core, client: DBusClient, tmp_path: Path, lag: LagWatch
 ) -> None:
-    """The same calls on two identical fakes, one behind each front, give equal results."""
-
-    def clock() -> str:
-        return "2024-05-01T12:00:00.000Z"
-
-    behind_json, behind_dbus = FakeService(now=clock), FakeService(now=clock)
-    server = JsonRpcServer(behind_json, tmp_path / "iyclo.sock")  # type: ignore[arg-type]
+    """One service behind both fronts: each call made on both gives equal results. A change
+    is made once beforehand, so that both fronts then see (and repeat) the same state."""
+    service = core.service
+    server = JsonRpcServer(service, tmp_path / "iyclo.sock")
     await server.start()
-    unexport = await export_service(behind_dbus, bus_address=address)
+    unexport = await export_service(service, bus_address=address)
     json_client = await asyncio.to_thread(JsonRpcClient, tmp_path / "iyclo.sock")
+    labelled = json.loads(manifest(labels={"x": "y"}))
     try:
+        await service.apply(WEB)
+        await service.apply(labelled)
         for method, params in [
-            ("apply", {"manifest": WEB}),
-            ("apply", {"manifest": WEB}),
-            ("apply", {"manifest": json.loads(manifest(labels={"x": "y"}))}),
+            ("apply", {"manifest": labelled}),
             ("validate", {"manifest": BAD_NAME}),
             ("diff", {"manifest": WEB}),
             ("list", {}),
@@ -517,17 +535,23 @@ async def test_same_results_as_the_json_socket(
             ("get_manifest", {"name": "web"}),
             ("history", {"name": "web"}),
             ("stop", {"name": "web"}),
+            ("get", {"name": "web"}),
             ("start", {"name": "web"}),
             ("restart", {"name": "web"}),
             ("reconcile", {}),
             ("version", {}),
-            ("remove", {"name": "web"}),
-            ("list", {}),
+            ("logs", {"name": "web", "lines": 3}),
         ]:
             via_json = await asyncio.to_thread(json_client.call, method, **params)
             via_dbus = await call(client, method, **params)
             assert via_dbus == via_json, method
-        for method, params in [("get", {"name": "web"}), ("apply", {"manifest": BAD_NAME})]:
+        await service.remove("web")
+        for method, params in [
+            ("get", {"name": "web"}),
+            ("apply", {"manifest": BAD_NAME}),
+            ("runs", {"name": "web"}),
+            ("remove", {"name": "web"}),
+        ]:
             with pytest.raises(IycloError) as from_json:
                 await asyncio.to_thread(json_client.call, method, **params)
             with pytest.raises(IycloError) as from_dbus:
@@ -543,10 +567,12 @@ async def test_same_results_as_the_json_socket(
         await server.close()
 
 
-async def test_busctl_speaks_every_manager_method(served: FakeService, address: str) -> None:
-    fake = served
+async def test_busctl_speaks_every_manager_method(served: Core, address: str) -> None:
+    service = served.service
     assert await busctl_call(address, "Validate", "s", WEB) == [[]]
-    assert await busctl_call(address, "Validate", "s", BAD_NAME) == [await fake.validate(BAD_NAME)]
+    assert await busctl_call(address, "Validate", "s", BAD_NAME) == [
+        await service.validate(BAD_NAME)
+    ]
     assert (await busctl_call(address, "Diff", "s", WEB))[0].startswith("--- (none)")
     assert await busctl_call(address, "Apply", "s", manifest("web-1")) == [
         "/io/github/iyclo1/pod/web_2d1",
@@ -563,7 +589,7 @@ async def test_busctl_speaks_every_manager_method(served: FakeService, address: 
     running = ["web-1", "Pod", "running", 1, 0, 2, "iyclo-pod-web-1.service"]
     assert await busctl_call(address, "List") == [[running]]
     (text,) = await busctl_call(address, "Get", "s", "web-1")
-    assert json.loads(text) == wire(await fake.status("web-1"))
+    assert json.loads(text) == wire(await service.status("web-1"))
     (text,) = await busctl_call(address, "GetManifest", "su", "web-1", "0")
     assert json.loads(text) == json.loads(manifest("web-1"))
     (text,) = await busctl_call(address, "History", "s", "web-1")
@@ -579,7 +605,10 @@ async def test_busctl_speaks_every_manager_method(served: FakeService, address: 
         address, "call", BUS_NAME, MANAGER_PATH, MANAGER_INTERFACE, "RunJob", "s", "web-1"
     )
     assert code != 0
-    assert busctl_error(err) == ("io.github.iyclo1.Error.Invalid", "pod 'web-1' is not a job")
+    assert busctl_error(err) == (
+        "io.github.iyclo1.Error.Invalid",
+        "pod 'web-1' is not a job; only jobs can be run",
+    )
     for prop, expected in (("Version", iyclo.__version__), ("PodCount", 1)):
         code, out, err = await busctl(
             address, "--json=short", "get-property", BUS_NAME, MANAGER_PATH, MANAGER_INTERFACE, prop
@@ -591,8 +620,8 @@ async def test_busctl_speaks_every_manager_method(served: FakeService, address: 
 
 
 @needs_gdbus
-async def test_gdbus_speaks_every_manager_method(served: FakeService, address: str) -> None:
-    fake = served
+async def test_gdbus_speaks_every_manager_method(served: Core, address: str) -> None:
+    service = served.service
 
     async def ok(member: str, *args: str) -> str:
         code, out, err = await gdbus_call(address, member, *args)
@@ -600,7 +629,7 @@ async def test_gdbus_speaks_every_manager_method(served: FakeService, address: s
         return out.strip()
 
     assert await ok("Validate", WEB) == "(@as [],)"
-    assert await ok("Validate", BAD_NAME) == repr((await fake.validate(BAD_NAME),))
+    assert await ok("Validate", BAD_NAME) == repr((await service.validate(BAD_NAME),))
     assert gvariant_strings(await ok("Diff", WEB))[0].startswith("--- (none)")
     assert (
         await ok("Apply", WEB)
@@ -610,9 +639,9 @@ async def test_gdbus_speaks_every_manager_method(served: FakeService, address: s
         "([('web', 'Pod', 'running', uint32 1, uint32 0, uint32 2, 'iyclo-pod-web.service')],)"
     )
     status = json.loads(gvariant_strings(await ok("Get", "web"))[0])
-    assert status == wire(await fake.status("web"))
+    assert status == wire(await service.status("web"))
     manifest_text = gvariant_strings(await ok("GetManifest", "web", "0"))[0]
-    assert json.loads(manifest_text) == json.loads(WEB)
+    assert json.loads(manifest_text) == await service.manifest("web")
     assert len(json.loads(gvariant_strings(await ok("History", "web"))[0])) == 1
     assert await ok("Stop", "web") == "('stopped',)"
     assert await ok("Start", "web") == "('running',)"
@@ -620,7 +649,7 @@ async def test_gdbus_speaks_every_manager_method(served: FakeService, address: s
     assert json.loads(gvariant_strings(await ok("Reconcile"))[0])["adopted"] == ["web"]
     code, _, err = await gdbus_call(address, "RunJob", "web")
     assert code != 0
-    assert "GDBus.Error:io.github.iyclo1.Error.Invalid: pod 'web' is not a job" in err
+    assert "GDBus.Error:io.github.iyclo1.Error.Invalid: pod 'web' is not a job;" in err
     assert await ok("Remove", "web") == "()"
     code, out, err = await run(
         GDBUS or "gdbus", "call", "--address", address, "--dest", BUS_NAME, "--object-path",
@@ -648,9 +677,9 @@ ERRORS: list[IycloError] = [
 
 @pytest.mark.parametrize("error", ERRORS, ids=lambda e: type(e).__name__)
 async def test_errors_reach_the_client_typed(
-    served: FakeService, client: DBusClient, error: IycloError
+    served: Core, client: DBusClient, error: IycloError, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    served.fail_next("stop", copy.copy(error))
+    fail_once(monkeypatch, served, copy.copy(error))
     with pytest.raises(IycloError) as caught:
         await call(client, "stop", name="web")
     assert type(caught.value) is type(error)
@@ -662,9 +691,9 @@ async def test_errors_reach_the_client_typed(
 
 @pytest.mark.parametrize("error", ERRORS, ids=lambda e: type(e).__name__)
 async def test_errors_reach_busctl_and_gdbus_by_name(
-    served: FakeService, address: str, error: IycloError
+    served: Core, address: str, error: IycloError, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    served.fail_next("status", copy.copy(error))
+    fail_once(monkeypatch, served, copy.copy(error))
     code, _, err = await busctl(
         address, "call", BUS_NAME, MANAGER_PATH, MANAGER_INTERFACE, "Get", "s", "web"
     )
@@ -672,16 +701,16 @@ async def test_errors_reach_busctl_and_gdbus_by_name(
     name, message = busctl_error(err)
     assert (name, message) == (error.dbus_name, error.message)
     if GDBUS is not None:
-        served.fail_next("status", copy.copy(error))
+        fail_once(monkeypatch, served, copy.copy(error))
         code, _, err = await gdbus_call(address, "Get", "web")
         assert code != 0
         assert f"GDBus.Error:{error.dbus_name}: {error.message}" in err
 
 
 async def test_invalid_manifest_lists_every_problem(
-    served: FakeService, client: DBusClient, address: str
+    served: Core, client: DBusClient, address: str
 ) -> None:
-    expected = await served.validate(BAD_NAME)
+    expected = await served.service.validate(BAD_NAME)
     with pytest.raises(InvalidError) as caught:
         await call(client, "apply", manifest=BAD_NAME)
     assert caught.value.details == expected
@@ -711,59 +740,72 @@ def test_client_cannot_reach_a_missing_bus(tmp_path: Path) -> None:
 # -- signals and objects ------------------------------------------------------------------
 
 
-async def test_pod_changed_signals_in_order(served: FakeService, client: DBusClient) -> None:
+async def test_events_reach_the_client_in_order_as_produced(
+    watching: Core, client: DBusClient
+) -> None:
+    """What the core publishes, as the producers spell it: a pod's states, then a job's,
+    and the end of a run whose container exits 3."""
     events = await asyncio.to_thread(client.events)
     before = time.time()
     await call(client, "apply", manifest=WEB)
     await call(client, "stop", name="web")
     await call(client, "remove", name="web")
-    served.events.publish(
-        JobFinished(
-            name="backup", run=3, state="failed", exit_code=3, result="exit-code", duration_sec=1.5
-        )
-    )
-    received = [(await asyncio.to_thread(next, events)).to_json() for _ in range(6)]
+    await call(client, "apply", manifest=JOB)
+    watching.systemd.units["iyclo-job-backup.service"].exit_status = 3
+    run = await call(client, "run_job", name="backup")
+    received = [(await asyncio.to_thread(next, events)).to_json() for _ in range(10)]
     assert [(e["event"], e["name"], e["state"]) for e in received] == [
         ("PodChanged", "web", "applying"),
         ("PodChanged", "web", "running"),
         ("PodChanged", "web", "stopped"),
         ("PodChanged", "web", "removing"),
         ("PodChanged", "web", "removed"),
+        ("JobChanged", "backup", "applying"),
+        ("JobChanged", "backup", "scheduled"),
+        ("JobChanged", "backup", "running"),
         ("JobFinished", "backup", "failed"),
+        ("JobChanged", "backup", "scheduled"),
     ]
     assert set(received[0]) == {"event", "name", "state", "generation", "error", "at"}
-    assert (received[0]["generation"], received[2]["generation"]) == (1, 0)
-    assert received[5]["run"] == 3
-    assert (received[5]["exitCode"], received[5]["result"]) == (3, "exit-code")
+    assert {e["generation"] for e in received if e["event"] != "JobFinished"} == {1}
+    finished = received[8]
+    assert (finished["run"], finished["exitCode"], finished["result"]) == (
+        run["run"],
+        3,
+        "exit-code",
+    )
+    assert finished["durationSec"] > 0
     times = [e["at"] for e in received]
     assert before <= times[0]
     assert times == sorted(times)
 
 
-async def test_events_wait_for_what_comes_next(served: FakeService, client: DBusClient) -> None:
+async def test_events_wait_for_what_comes_next(served: Core, client: DBusClient) -> None:
     events = await asyncio.to_thread(client.events)
     for state in ("starting", "running", "stopping", "stopped"):
         waiting = asyncio.ensure_future(asyncio.to_thread(next, events))
         await asyncio.sleep(0.05)  # the client now waits on an empty queue
-        served.events.publish(PodChanged(name="web", state=state))
+        served.service.events.publish(PodChanged(name="web", state=state))
         assert (await waiting).state == state
     assert await call(client, "version") == iyclo.__version__
 
 
-async def test_pod_objects_follow_the_pods(served: FakeService, observer: Observer) -> None:
+async def test_pod_objects_follow_the_pods(watching: Core, observer: Observer) -> None:
+    service = watching.service
     path = pod_path("web-1")
     assert path == "/io/github/iyclo1/pod/web_2d1"
     assert await observer.get_all(path, POD_INTERFACE) is None
 
-    await served.apply(manifest("web-1"))
+    await service.apply(manifest("web-1"))
 
-    async def exported() -> bool:
-        return await observer.get_all(path, POD_INTERFACE) is not None
+    async def exported() -> bool:  # the object follows the events: applying, then running
+        props = await observer.get_all(path, POD_INTERFACE)
+        return props is not None and props["State"] == "running"
 
     await eventually(exported)
     props = await observer.get_all(path, POD_INTERFACE)
     assert props is not None
-    status = await served.status("web-1")
+    status = await service.status("web-1")
     assert props == {
         "Name": "web-1",
         "Kind": "Pod",
@@ -776,11 +818,17 @@ async def test_pod_objects_follow_the_pods(served: FakeService, observer: Observ
 
     # A crash systemd restarts: State and Restarts change, nothing else is announced.
     mark = len(observer.signals)
-    served.set_state("web-1", "restarting", restarts=1)
+    watching.systemd.set_unit_state(
+        "iyclo-pod-web-1.service", "activating", "auto-restart", n_restarts=1
+    )
     await observer.wait_for(lambda m: m.member == "PropertiesChanged" and m.path == path, mark)
     assert observer.properties_changed(path, POD_INTERFACE, mark) == [
         {"State": "restarting", "Restarts": 1}
     ]
+    watching.systemd.set_unit_state("iyclo-pod-web-1.service", "active", "running")
+    await observer.wait_for(
+        lambda m: m.member == "PropertiesChanged" and "State" in m.body[1], mark + 1
+    )
 
     # The pod object's own methods go to the service.
     mark = len(observer.signals)
@@ -792,8 +840,8 @@ async def test_pod_objects_follow_the_pods(served: FakeService, observer: Observ
     assert [c[1] for c in changed["Containers"]] == ["exited", "exited"]
     assert (await observer.call(path, POD_INTERFACE, "Start")).body == ["running"]
     assert (await observer.call(path, POD_INTERFACE, "Restart")).body == ["running"]
-    assert served.called("stop") == [("web-1",)]
-    assert served.called("restart") == [("web-1",)]
+    assert unit_calls(watching, "StopUnit").count("iyclo-pod-web-1.service") == 1
+    assert unit_calls(watching, "RestartUnit") == ["iyclo-pod-web-1.service"]
 
     reply = await observer.call(path, POD_INTERFACE, "Remove")
     assert reply.message_type is MessageType.METHOD_RETURN
@@ -802,11 +850,11 @@ async def test_pod_objects_follow_the_pods(served: FakeService, observer: Observ
         return await observer.get_all(path, POD_INTERFACE) is None
 
     await eventually(gone)
-    assert served.called("remove") == [("web-1",)]
+    assert watching.podman.pods == {}
 
 
 async def test_job_objects_follow_the_jobs(
-    served: FakeService, observer: Observer, address: str
+    watching: Core, observer: Observer, address: str
 ) -> None:
     """A job is a Job object at /job/<label> from the moment Apply answers until Remove
     answers, never a Pod object; its properties follow the job's events."""
@@ -835,7 +883,23 @@ async def test_job_objects_follow_the_jobs(
     assert reply.body == ["stopped"]
     await observer.wait_for(lambda m: m.member == "PropertiesChanged" and m.path == path, mark)
     assert observer.properties_changed(path, JOB_INTERFACE, mark) == [{"State": "stopped"}]
-    assert served.called("stop") == [("night-backup",)]
+    assert unit_calls(watching, "StopUnit")[-1] == "iyclo-job-night-backup.timer"
+
+    # A run through the object itself; its end shows in the Last* properties.
+    assert (await observer.call(path, JOB_INTERFACE, "Start")).body == ["scheduled"]
+    watching.systemd.units["iyclo-job-night-backup.service"].exit_status = 3
+    reply = await observer.call(path, JOB_INTERFACE, "Run")
+    assert json.loads(reply.body[0])["run"] == 1
+
+    async def ran() -> bool:
+        props = await observer.get_all(path, JOB_INTERFACE)
+        return props is not None and props["LastState"] == "failed"
+
+    await eventually(ran)
+    props = await observer.get_all(path, JOB_INTERFACE)
+    assert props is not None
+    assert (props["LastRun"], props["LastExitCode"], props["LastResult"]) == (1, 3, "exit-code")
+    assert props["State"] == "scheduled"
 
     assert await busctl_call(address, "Remove", "s", "night-backup") is None
     assert await observer.get_all(path, JOB_INTERFACE) is None  # gone before Remove answered
@@ -844,21 +908,22 @@ async def test_job_objects_follow_the_jobs(
     assert counts["JobCount"] == 0
 
 
-async def test_pod_method_errors_are_typed(served: FakeService, observer: Observer) -> None:
-    await served.apply(WEB)
+async def test_pod_method_errors_are_typed(served: Core, observer: Observer) -> None:
+    await served.service.apply(WEB)
+    await served.service.stop("web")
 
     async def exported() -> bool:
         return await observer.get_all(pod_path("web"), POD_INTERFACE) is not None
 
     await eventually(exported)
-    served.fail_next("start", SystemdError("unit iyclo-pod-web.service did not start (failed)"))
+    served.systemd.job_result_next = "failed"  # the unit's start job fails
     reply = await observer.call(pod_path("web"), POD_INTERFACE, "Start")
     assert reply.message_type is MessageType.ERROR
     assert reply.error_name == "io.github.iyclo1.Error.Systemd"
     assert reply.body == ["unit iyclo-pod-web.service did not start (failed)"]
 
 
-async def test_pod_count_follows_the_pods(served: FakeService, observer: Observer) -> None:
+async def test_pod_count_follows_the_pods(served: Core, observer: Observer) -> None:
     async def pod_count() -> int:
         reply = await observer.call(
             MANAGER_PATH,
@@ -877,9 +942,9 @@ async def test_pod_count_follows_the_pods(served: FakeService, observer: Observe
 
     assert await pod_count() == 0
     for change, expected in (
-        (served.apply(manifest("a")), 1),
-        (served.apply(manifest("b")), 2),
-        (served.remove("a"), 1),
+        (served.service.apply(manifest("a")), 1),
+        (served.service.apply(manifest("b")), 2),
+        (served.service.remove("a"), 1),
     ):
         mark = len(observer.signals)
         await change
@@ -894,11 +959,11 @@ async def test_pod_count_follows_the_pods(served: FakeService, observer: Observe
 
 
 async def test_pods_present_at_start_are_exported_at_once(
-    address: str, fake: FakeService, observer: Observer, lag: LagWatch
+    address: str, core: Core, observer: Observer, lag: LagWatch
 ) -> None:
-    await fake.apply(WEB)
-    await fake.stop("web")
-    unexport = await export_service(fake, bus_address=address)
+    await core.service.apply(WEB)
+    await core.service.stop("web")
+    unexport = await export_service(core.service, bus_address=address)
     try:
         props = await observer.get_all(pod_path("web"), POD_INTERFACE)
         assert props is not None
@@ -941,10 +1006,10 @@ def own_interfaces(xml_text: str) -> set[str]:
 
 
 async def test_introspection_xml_files_match_what_is_exported(
-    served: FakeService, observer: Observer
+    served: Core, observer: Observer
 ) -> None:
-    await served.apply(WEB)
-    await served.apply(JOB)
+    await served.service.apply(WEB)
+    await served.service.apply(JOB)
 
     async def introspect(path: str) -> str:
         reply = await observer.call(path, "org.freedesktop.DBus.Introspectable", "Introspect")
@@ -982,16 +1047,17 @@ async def test_introspection_xml_files_match_what_is_exported(
 
 
 async def test_a_slow_apply_does_not_block_the_bus(
-    served: FakeService, client: DBusClient, address: str, lag: LagWatch
+    served: Core, client: DBusClient, address: str, lag: LagWatch
 ) -> None:
-    gate = served.hold("apply")
+    gate = served.podman.hold("ensure_image")  # a pull that takes its time
     applying = asyncio.ensure_future(call(client, "apply", manifest=WEB))
-    await asyncio.wait_for(served.entered["apply"].wait(), 10)
+    await asyncio.wait_for(served.podman.entered["ensure_image"].wait(), 10)
     other = await asyncio.to_thread(DBusClient, bus_address=address, timeout=10)
     try:
         started = time.monotonic()
         assert await call(other, "version") == iyclo.__version__
-        assert await call(other, "list") == []
+        # the pod being applied is listed already (its record is in), nothing waits for it
+        assert [p["name"] for p in await call(other, "list")] == ["web"]
         assert await busctl_call(address, "Validate", "s", WEB) == [[]]
         assert time.monotonic() - started < 5
         assert not applying.done()
@@ -1006,7 +1072,7 @@ async def test_a_slow_apply_does_not_block_the_bus(
 
 
 async def test_unexport_releases_the_name(
-    address: str, fake: FakeService, observer: Observer, lag: LagWatch
+    address: str, core: Core, observer: Observer, lag: LagWatch
 ) -> None:
     async def owned() -> bool:
         reply = await observer.call(
@@ -1016,20 +1082,20 @@ async def test_unexport_releases_the_name(
         value: bool = reply.body[0]
         return value
 
-    unexport = await export_service(fake, bus_address=address)
+    unexport = await export_service(core.service, bus_address=address)
     assert await owned()
     await unexport()
     assert not await owned()
     await unexport()  # twice is harmless
-    fake.events.publish(PodChanged(name="web", state="running"))  # nobody listens any more
+    core.service.events.publish(PodChanged(name="web", state="running"))  # nobody listens
 
 
-async def test_losing_the_bus(bus_dir: Path, fake: FakeService, lag: LagWatch) -> None:
+async def test_losing_the_bus(bus_dir: Path, core: Core, lag: LagWatch) -> None:
     """The daemon logs it; a client streaming events, or calling, gets a one-line error."""
     proc, doomed = spawn_bus("--session", f"--address=unix:path={bus_dir}/doomed")
     with structlog.testing.capture_logs() as logs:
         try:
-            unexport = await export_service(fake, bus_address=doomed)
+            unexport = await export_service(core.service, bus_address=doomed)
             dbus_client = await asyncio.to_thread(DBusClient, bus_address=doomed, timeout=10)
             events = await asyncio.to_thread(dbus_client.events)
             waiting = asyncio.ensure_future(asyncio.to_thread(next, events))
@@ -1048,12 +1114,12 @@ async def test_losing_the_bus(bus_dir: Path, fake: FakeService, lag: LagWatch) -
         await unexport()
 
 
-async def test_a_second_daemon_is_refused(served: FakeService, address: str) -> None:
+async def test_a_second_daemon_is_refused(served: Core, address: str) -> None:
     with pytest.raises(ConflictError, match=r"already owned .* is another iyclod running"):
-        await export_service(FakeService(), bus_address=address)
+        await export_service(served.service, bus_address=address)
 
 
-async def test_name_refused_by_bus_policy(bus_dir: Path, fake: FakeService) -> None:
+async def test_name_refused_by_bus_policy(bus_dir: Path, core: Core) -> None:
     config = bus_dir / "deny.conf"
     config.write_text(
         f"""<busconfig>
@@ -1072,7 +1138,7 @@ async def test_name_refused_by_bus_policy(bus_dir: Path, fake: FakeService) -> N
     proc, deny_address = spawn_bus(f"--config-file={config}")
     try:
         with pytest.raises(AccessDeniedError) as caught:
-            await export_service(fake, bus_address=deny_address)
+            await export_service(core.service, bus_address=deny_address)
     finally:
         stop_bus(proc)
     assert "\n" not in caught.value.message
@@ -1095,12 +1161,17 @@ client.close()
 """
 
 NOBODY_DAEMON = """
-import asyncio, sys
+import asyncio, sys, tempfile
+from pathlib import Path
 from iyclo.api.dbus import export_service
+from iyclo.core.service import Service
 from iyclo.errors import IycloError
-from tests.fakes.service import FakeService
+from iyclo.store import Store
+# The real service on an empty store: the bus refuses the name before systemd or Podman
+# would be asked anything, so it has neither.
+service = Service(Store.open(Path(tempfile.mkdtemp())), None, None)
 try:
-    asyncio.run(export_service(FakeService(), bus_address=sys.argv[1]))
+    asyncio.run(export_service(service, bus_address=sys.argv[1]))
 except IycloError as exc:
     print(type(exc).__name__, exc.message)
 """
@@ -1111,13 +1182,11 @@ def python_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "PYTHONDONTWRITEBYTECODE": "1"}
 
 
-async def test_system_bus_policy_file(
-    system_address: str, fake: FakeService, lag: LagWatch
-) -> None:
+async def test_system_bus_policy_file(system_address: str, core: Core, lag: LagWatch) -> None:
     """dbus/io.github.iyclo1.conf on a bus with the system bus's default policy."""
     if os.geteuid() != 0:
         with pytest.raises(AccessDeniedError):
-            await export_service(fake, bus_address=system_address)
+            await export_service(core.service, bus_address=system_address)
         pytest.skip("the rest needs root: it checks what root and uid nobody may do")
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is needed to act as uid nobody")
@@ -1130,9 +1199,9 @@ async def test_system_bus_policy_file(
     assert out.startswith("AccessDeniedError the ")
     assert "io.github.iyclo1.conf" in out
 
-    unexport = await export_service(fake, bus_address=system_address)
+    unexport = await export_service(core.service, bus_address=system_address)
     try:
-        await fake.apply(WEB)
+        await core.service.apply(WEB)
         requests = [
             ("list", {}),
             ("get", {"name": "web"}),
@@ -1166,7 +1235,7 @@ async def test_system_bus_policy_file(
         assert [p["name"] for p in answers["list"]["ok"]] == ["web"]
         for method in ("apply", "stop", "start", "restart", "remove", "reconcile", "run_job"):
             assert answers[method]["error"] == "AccessDeniedError", (method, answers[method])
-        assert fake.called("stop") == fake.called("remove") == []
+        assert unit_calls(core, "StopUnit") == []
 
         # busctl as nobody: introspection and properties are open, the Pod methods are not.
         code, out, err = await busctl(
@@ -1220,7 +1289,7 @@ print("closed")
 """
 
 
-async def test_client_closes_cleanly_after_ctrl_c(served: FakeService, address: str) -> None:
+async def test_client_closes_cleanly_after_ctrl_c(served: Core, address: str) -> None:
     """`iyclo events` ends with Ctrl-C: closing then must leave nothing half-done behind."""
     code, out, err = await run(
         sys.executable, "-W", "error", "-c", CTRL_C, address, env=python_env()
@@ -1248,8 +1317,8 @@ print(json.dumps({"import": t1 - t0, "call": t2 - t1, "version": version, "pods"
 """
 
 
-async def test_client_import_and_call_are_quick_and_lean(served: FakeService, address: str) -> None:
-    await served.apply(WEB)
+async def test_client_import_and_call_are_quick_and_lean(served: Core, address: str) -> None:
+    await served.service.apply(WEB)
     code, out, err = await run(sys.executable, "-c", MEASURE, address, env=python_env())
     assert code == 0, err
     measured = json.loads(out)
