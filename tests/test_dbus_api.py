@@ -4,9 +4,10 @@ Each test module run spawns private ``dbus-daemon``s under a temporary directory
 service behind the interface is the real ``Service`` (``tests.fakes.fixtures.core``) on a
 real store, over the fake systemd (a real D-Bus service on its own private bus) and a fake
 Podman that runs the containers the fake systemd's units name. Calls go through
-``DBusClient``, through ``busctl`` and ``gdbus``, and through a raw dbus-fast connection that also watches the signals. The synchronous client runs in
-worker threads so the event loop serving the interface stays free; every test that
-serves the interface also checks that loop was never blocked for more than 0.2 s.
+``DBusClient``, through ``busctl`` and ``gdbus``, and through a raw dbus-fast connection
+that also watches the signals. The synchronous client runs in worker threads so the event
+loop serving the interface stays free; every test that serves the interface also checks
+that loop was never blocked for more than 0.2 s.
 """
 
 from __future__ import annotations
