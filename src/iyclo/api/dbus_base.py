@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, ClassVar, ParamSpec, TypeVar
 
 import structlog
-from dbus_fast import DBusError
+from dbus_fast import DBusError, Message, MessageType
 from dbus_fast import introspection as intr
 from dbus_fast.annotations import DBusSignature
 from dbus_fast.service import ServiceInterface
@@ -83,6 +83,32 @@ def error_text(exc: IycloError) -> str:
     return "\n".join([exc.message, *details])
 
 
+class HintedDBusError(DBusError):
+    """An error reply with the hint as a second argument: busctl, gdbus and every other
+    caller show the first (the message); iyclo's own client gives the CLI the hint."""
+
+    def __init__(self, type_: str, text: str, hint: str) -> None:
+        super().__init__(type_, text)
+        self.hint = hint
+
+    def _as_message(self, msg: Message) -> Message:
+        return Message(
+            message_type=MessageType.ERROR,
+            reply_serial=msg.serial,
+            destination=msg.sender,
+            error_name=self.type,
+            signature="ss",
+            body=[self.text, self.hint],
+        )
+
+
+def dbus_error(exc: IycloError) -> DBusError:
+    """The D-Bus error of a typed error: its name, its text, and its hint if it has one."""
+    if exc.hint:
+        return HintedDBusError(exc.dbus_name, error_text(exc), exc.hint)
+    return DBusError(exc.dbus_name, error_text(exc))
+
+
 def translated(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Coroutine[Any, Any, _T]]:
     """The one place errors cross to D-Bus: typed errors by name; anything else is a bug,
     logged with its traceback and answered as ``Failed`` with an incident id only.
@@ -96,7 +122,7 @@ def translated(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Coroutine[Any, A
         try:
             return await fn(*args, **kwargs)
         except IycloError as exc:
-            raise DBusError(exc.dbus_name, error_text(exc)) from None
+            raise dbus_error(exc) from None
         except DBusError:
             raise
         except Exception:  # a bug must not take the daemon down, nor reach the caller

@@ -52,6 +52,8 @@ def error_for(exc: IycloError) -> dict[str, Any]:
     data: dict[str, Any] = {"type": exc.dbus_name.rsplit(".", 1)[-1]}
     if isinstance(exc, InvalidError):
         data["details"] = exc.details
+    if exc.hint:
+        data["hint"] = exc.hint  # for the CLI to print; the message stands without it
     return _error(exc.rpc_code, exc.message, data)
 
 

@@ -2,6 +2,8 @@
 
 Kept lean on purpose: it imports neither podman nor the daemon's modules, so
 `iyclo ps` starts fast. Commands that need the daemon import their client lazily.
+Imports go one way: this module → the command modules (``commands``, ``jobs``) →
+``formats``, ``output``, ``transport``.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from typing import Any
 import rich_click as click
 
 from iyclo import __version__
-from iyclo.cli import jobs, remote
-from iyclo.cli.output import die, print_json, set_debug
+from iyclo.cli import commands, jobs
+from iyclo.cli.output import die, json_option, print_json, set_debug
 from iyclo.errors import InvalidError
 
 click.rich_click.USE_MARKDOWN = True
@@ -57,7 +59,7 @@ def cli(debug: bool, socket: str | None, bus: str) -> None:
 
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@json_option
 def validate(files: tuple[Path, ...], as_json: bool) -> None:
     """Check manifests offline and list every problem of each.
 
@@ -140,15 +142,13 @@ def completion(shell: str) -> None:
     click.echo(completer(cli, {}, "iyclo", "_IYCLO_COMPLETE").source())
 
 
-def _run_daemon(args: list[str]) -> None:
-    from iyclo.daemon import main as daemon_main
-
-    daemon_main(args)
-
-
-remote.register(cli)
-jobs.register(cli)
-remote.daemon_command(cli, _run_daemon)
+for command in (
+    commands.apply, commands.diff, commands.ps, commands.inspect, commands.history,
+    commands.rm, commands.start, commands.stop, commands.restart, commands.reconcile,
+    commands.events, jobs.run, jobs.jobs, jobs.logs, commands.daemon_cmd,
+):  # fmt: skip
+    cli.add_command(command)
+cli.add_command(commands.ps, name="list")
 
 
 def main() -> None:

@@ -1,14 +1,26 @@
-"""How the CLI speaks to people: one line per failure, tracebacks only with --debug."""
+"""How the CLI speaks to people: one line per failure (and its hint), tracebacks only
+with --debug, JSON for scripts, and rich on the console, imported on first use (importing
+rich.console costs ~20 ms the CLI need not pay up front)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import rich_click as click
 
 from iyclo.errors import IycloError
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
 _debug = False
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+"""The one ``--json`` flag every command that prints data takes."""
 
 
 def set_debug(enabled: bool) -> None:
@@ -29,6 +41,41 @@ def die(message: str, *, code: int = 1, hint: str | None = None) -> NoReturn:
 
 
 def fail(exc: IycloError) -> NoReturn:
+    """An error from the daemon or a client: its message, then its hint (only the CLI
+    prints hints; see ``IycloError``)."""
     if _debug:
         raise exc
-    die(exc.message, code=exc.exit_code)
+    die(exc.message, code=exc.exit_code, hint=exc.hint)
+
+
+@functools.cache
+def _console(stderr: bool) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def out() -> Console:
+    """Where results go (stdout)."""
+    return _console(False)
+
+
+def console() -> Console:
+    """Where progress goes (stderr), so that stdout stays the result."""
+    return _console(True)
+
+
+def make_table(*columns: str) -> Table:
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in columns:
+        table.add_column(column)
+    return table
+
+
+def escape(text: str) -> str:
+    """rich markup escaping, imported on use like the rest of rich."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)

@@ -4,9 +4,16 @@ D-Bus otherwise. Both speak the same method names and raise the same typed error
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+import rich_click as click
+
+from iyclo.cli.output import fail
+from iyclo.errors import InvalidError, IycloError
 
 if TYPE_CHECKING:
     from iyclo.contract.events import Event
@@ -29,3 +36,24 @@ def connect(socket_path: str | None, bus: str, timeout: float | None = 300.0) ->
     from iyclo.client.dbus import DBusClient
 
     return DBusClient(bus=bus, timeout=timeout)
+
+
+@contextmanager
+def daemon(ctx: click.Context) -> Iterator[Transport]:
+    """The daemon the root options name; any typed error ends the command in one line
+    (every problem of an invalid manifest, one per line), then its hint."""
+    opts = ctx.find_root().params
+    try:
+        transport = connect(opts.get("socket"), opts.get("bus") or "system")
+    except IycloError as exc:
+        fail(exc)
+    try:
+        yield transport
+    except InvalidError as exc:
+        for line in exc.details[1:]:
+            sys.stderr.write(f"iyclo: error: {line}\n")
+        fail(exc)
+    except IycloError as exc:
+        fail(exc)
+    finally:
+        transport.close()

@@ -241,6 +241,8 @@ class DBusClient:
             exc = error_from_dbus_name(name, lines[0])
             if isinstance(exc, InvalidError):
                 exc.details = lines
+            if len(body) > 1 and isinstance(body[1], str):
+                exc.hint = body[1] or None  # the daemon's advice for the CLI
             return exc
         if name in NOT_RUNNING:
             return IycloError(f"the iyclo daemon is not running on {self.label} ({text})")

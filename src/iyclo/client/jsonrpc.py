@@ -72,9 +72,11 @@ class JsonRpcClient:
         if "error" in reply:
             error = reply["error"]
             exc = error_from_rpc_code(int(error.get("code", -32000)), str(error.get("message")))
-            details = (error.get("data") or {}).get("details")
+            data = error.get("data") or {}
+            details = data.get("details")
             if details is not None and hasattr(exc, "details"):
                 exc.details = list(details)
+            exc.hint = data.get("hint") or None
             raise exc
         return reply.get("result")
 

@@ -1,0 +1,212 @@
+"""CLI commands that deploy and manage pods and jobs through a running daemon."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import rich_click as click
+
+from iyclo.cli.formats import print_generations_table, print_runs_table, print_status_table
+from iyclo.cli.output import console, fail, json_option, out, print_json
+from iyclo.cli.transport import daemon
+from iyclo.errors import InvalidError, NotFoundError
+
+names_argument = click.argument("names", nargs=-1, required=True)
+
+
+def _read_manifest(path: str) -> str:
+    try:
+        if path == "-":
+            return sys.stdin.read()
+        return Path(path).read_text()
+    except OSError as exc:
+        fail(InvalidError(f"{path}: {exc.strerror or exc}"))
+
+
+@click.command()
+@click.option("-f", "--file", "path", required=True, help="Manifest file, or - for stdin.")
+@json_option
+@click.pass_context
+def apply(ctx: click.Context, path: str, as_json: bool) -> None:
+    """Create or update a pod or job from a manifest; waits until it runs.
+
+    An unchanged manifest is a no-op; a changed one replaces the pod with a new
+    generation, and if that fails the previous one keeps running.
+
+    Example: `iyclo apply -f examples/web.json`
+    """
+    text = _read_manifest(path)
+    with daemon(ctx) as client:
+        with console().status("applying…", spinner="dots"):
+            result = client.call("apply", manifest=text)
+        if as_json:
+            print_json(result)
+            return
+        verb = "configured" if result["changed"] else "unchanged"
+        out().print(
+            f"{result['kind'].lower()}/{result['name']} {verb} "
+            f"(generation {result['generation']}, {result['state']})"
+        )
+
+
+@click.command()
+@click.option("-f", "--file", "path", required=True, help="Manifest file, or - for stdin.")
+@click.pass_context
+def diff(ctx: click.Context, path: str) -> None:
+    """Show what `apply` would change; exits 1 when there is a difference.
+
+    Example: `iyclo diff -f examples/web.json`
+    """
+    text = _read_manifest(path)
+    with daemon(ctx) as client:
+        result = client.call("diff", manifest=text)
+    sys.stdout.write(result)
+    sys.exit(1 if result else 0)
+
+
+@click.command(name="ps")
+@json_option
+@click.pass_context
+def ps(ctx: click.Context, as_json: bool) -> None:
+    """List pods and jobs with their state. Alias: `list`."""
+    with daemon(ctx) as client:
+        rows = client.call("list")
+    print_json(rows) if as_json else print_status_table(rows)
+
+
+@click.command()
+@click.argument("name")
+@click.pass_context
+def inspect(ctx: click.Context, name: str) -> None:
+    """Show everything iyclo knows about a pod or job, as JSON."""
+    with daemon(ctx) as client:
+        status = client.call("get", name=name)
+        status["manifest"] = client.call("get_manifest", name=name, generation=0)
+    print_json(status)
+
+
+@click.command()
+@click.argument("name")
+@click.option("--generations", is_flag=True, help="For a job: its manifest generations.")
+@json_option
+@click.pass_context
+def history(ctx: click.Context, name: str, generations: bool, as_json: bool) -> None:
+    """List a job's runs, or the stored generations of a pod's manifest.
+
+    A removed job's runs stay listed unless it was removed with `--purge-history`.
+    """
+    with daemon(ctx) as client:
+        try:
+            kind = client.call("get", name=name).get("kind")
+        except NotFoundError:
+            kind = None  # maybe a removed job whose runs were kept
+        if kind != "Pod" and not generations:
+            runs = client.call("runs", name=name)
+            print_json(runs) if as_json else print_runs_table(runs)
+            return
+        rows = client.call("history", name=name)
+    print_json(rows) if as_json else print_generations_table(rows)
+
+
+@click.command(name="rm")
+@names_argument
+@click.option(
+    "--purge-history/--keep-history",
+    default=False,
+    help="For jobs: also delete the run history [default: keep, like the journal].",
+)
+@click.pass_context
+def rm(ctx: click.Context, names: tuple[str, ...], purge_history: bool) -> None:
+    """Remove pods or jobs: units, containers and records.
+
+    A job's run history is kept (numbering continues if it comes back) unless
+    `--purge-history` is given; its journal lines are journald's to keep either way.
+    """
+    params = {"purge_history": True} if purge_history else {}
+    with daemon(ctx) as client:
+        for name in names:
+            with console().status(f"rm {name}…", spinner="dots"):
+                client.call("remove", name=name, **params)
+            out().print(f"{name}: removed")
+
+
+def _each(ctx: click.Context, names: tuple[str, ...], method: str, done: str) -> None:
+    with daemon(ctx) as client:
+        for name in names:
+            with console().status(f"{method} {name}…", spinner="dots"):
+                client.call(method, name=name)
+            out().print(f"{name}: {done}")
+
+
+@click.command()
+@names_argument
+@click.pass_context
+def start(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Start stopped pods, or schedule stopped jobs again."""
+    _each(ctx, names, "start", "started")
+
+
+@click.command()
+@names_argument
+@click.pass_context
+def stop(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Stop pods, or jobs (timer and any run going); they stay stopped until `iyclo start`."""
+    _each(ctx, names, "stop", "stopped")
+
+
+@click.command()
+@names_argument
+@click.pass_context
+def restart(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Restart pods through systemd, or a job's timer."""
+    _each(ctx, names, "restart", "restarted")
+
+
+@click.command()
+@json_option
+@click.pass_context
+def reconcile(ctx: click.Context, as_json: bool) -> None:
+    """Make systemd and Podman match the stored state now."""
+    with daemon(ctx) as client:
+        report = client.call("reconcile")
+    if as_json:
+        print_json(report)
+        return
+    for key in ("adopted", "recreated", "removed"):
+        out().print(f"{key}: {', '.join(report[key]) or '-'}")
+    for item in report["failed"]:
+        out().print(f"[red]failed[/]: {item['name']}: {item['error']}")
+
+
+@click.command()
+@json_option
+@click.pass_context
+def events(ctx: click.Context, as_json: bool) -> None:
+    """Stream pod and job events as they happen (Ctrl-C to stop).
+
+    `--json` prints each as the JSON socket sends it, over D-Bus too.
+    """
+    with daemon(ctx) as client:
+        for event in client.events():
+            if as_json:
+                sys.stdout.write(json.dumps(event.to_json()) + "\n")
+                sys.stdout.flush()
+            else:
+                when = time.strftime("%H:%M:%S", time.localtime(event.at))
+                out().print(f"{when} {event.MEMBER} {event.name} {event.state}")
+
+
+@click.command(
+    name="daemon",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def daemon_cmd(args: tuple[str, ...]) -> None:
+    """Run the daemon in the foreground (same as `iyclod`; see `iyclo daemon --help`)."""
+    from iyclo.daemon import main as daemon_main
+
+    daemon_main(list(args))
