@@ -570,7 +570,7 @@ class Jobs:
             "activeState": (service or {}).get("ActiveState", "inactive"),
             "subState": (service or {}).get("SubState", "dead"),
             "since": last["startedAt"] if last and state == "running" else "",
-            "slice": naming.SLICE,
+            "slice": plan.slice,
             "containers": containers,
         }
 

@@ -53,6 +53,7 @@ from iyclo.core.plan import (
     labels_for,
     pod_stop_timeout,
     podman_binary,
+    podman_environment,
     sandbox_properties,
     slice_properties,
 )
@@ -166,7 +167,7 @@ def job_service_properties(
         # Kept while the timer exists (it references the service), so the last run's
         # result stays readable; collected together with the timer, even after a failure.
         ("CollectMode", "inactive-or-failed"),
-        ("Environment", [f"PODMAN_SYSTEMD_UNIT={service}"]),
+        ("Environment", podman_environment(service)),
     ]
     props.extend(sandbox_properties(manifest.systemd, resources=False))
     return props
