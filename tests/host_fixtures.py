@@ -1,4 +1,4 @@
-"""Pytest fixtures that boot real test hosts (see `iyclo.testhost`).
+"""Pytest fixtures that boot real test hosts (see `tools/iyclo_testhost.py`).
 
 Load them from a conftest with `pytest_plugins = ["tests.host_fixtures"]` (or
 `from tests.host_fixtures import *`). Tests that use them should carry `@pytest.mark.host`.
@@ -20,7 +20,7 @@ from typing import NoReturn, Protocol
 
 import pytest
 
-from iyclo.testhost import (
+from iyclo_testhost import (
     DEFAULT_BASE,
     Host,
     TestHostUnavailable,

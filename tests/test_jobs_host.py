@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from iyclo.errors import ConflictError, InvalidError, NotFoundError, PodmanError
-from iyclo.testhost import Host
+from iyclo_testhost import Host
 from tests.daemon_fixtures import Daemon, pod_manifest, pods_of, unit_show, wait_for
 from tests.daemon_fixtures import remove as remove_deployment
 

@@ -19,7 +19,7 @@ import pytest
 
 from iyclo.core import naming
 from iyclo.errors import InvalidError, NotFoundError
-from iyclo.testhost import Host
+from iyclo_testhost import Host
 from tests.daemon_fixtures import Daemon, inspect, remove, unit_show, wait_for
 
 pytestmark = [pytest.mark.host, pytest.mark.timeout(300)]

@@ -21,7 +21,7 @@ from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 from podman import PodmanClient
 
-from iyclo.testhost import (
+from iyclo_testhost import (
     DEFAULT_BASE,
     Host,
     HostCommandError,
@@ -430,7 +430,7 @@ def test_cli_up_exec_status_down(testhost_base: Path) -> None:
             [
                 sys.executable,
                 "-m",
-                "iyclo.testhost",
+                "iyclo_testhost",
                 command,
                 "--root",
                 str(root),

@@ -132,7 +132,7 @@ MASKED_UNITS: Final = (
 # which deletes e.g. /etc/passwd.lock and empties /var/lib/cni/networks on the real disk. Keep
 # it to the filesystems that belong to the test host.
 TMPFILES_DROPIN: Final = """\
-# Written by iyclo.testhost: only touch filesystems private to the test host.
+# Written by iyclo_testhost: only touch filesystems private to the test host.
 [Service]
 ExecStart=
 ExecStart=systemd-tmpfiles --create --remove --boot --prefix=/run --prefix=/tmp \
@@ -140,13 +140,13 @@ ExecStart=systemd-tmpfiles --create --remove --boot --prefix=/run --prefix=/tmp 
 """
 
 JOURNALD_CONF: Final = """\
-# Written by iyclo.testhost: keep the journal in the private /run, never in /var/log/journal.
+# Written by iyclo_testhost: keep the journal in the private /run, never in /var/log/journal.
 [Journal]
 Storage=volatile
 """
 
 CONTAINERS_CONF: Final = """\
-# Written by iyclo.testhost.
+# Written by iyclo_testhost.
 [containers]
 # The sandbox lacks CAP_SYS_RESOURCE and caps nofile at 20000: Podman's defaults fail there.
 default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
@@ -204,10 +204,20 @@ SETUP_SCRIPT: Final = (
     CGROUP_MOUNT_FN
     + r"""
 set -eu
-name=$1 root=$2
-mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /var/tmp
+name=$1 root=$2 rootfs=$3  # rootfs "": the host runs on the machine's own filesystem
+tab=$(printf '\t')
+# Bind sources are staged first: a checkout under /tmp is hidden once the host's /tmp is up.
+n=0
+while IFS=$tab read -r src dst; do
+    mkdir -p "$root/boot/binds/$n"
+    mount --rbind "$src" "$root/boot/binds/$n"
+    n=$((n + 1))
+done < "$root/boot/binds.tsv"
+R=$rootfs
+if [ -n "$R" ]; then mount --bind "$R" "$R"; fi  # pivot_root and containers/storage need it
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$R/run"
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/tmp"
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/var/tmp"
 cgroup_mount_all
 while IFS=: read -r _ ctrl path; do
     parent=$(cgroup_dir "$ctrl")${path%/}
@@ -219,34 +229,60 @@ while IFS=: read -r _ ctrl path; do
     echo $$ > "$own/cgroup.procs"
 done < /proc/self/cgroup
 umount -R /sys/fs/cgroup
-exec unshare --cgroup sh "$root/boot/setup-2.sh" "$name" "$root"
+exec unshare --cgroup sh "$root/boot/setup-2.sh" "$name" "$root" "$rootfs"
 """
 )
 
+# Step two. On the machine's filesystem, private overlays and bind mounts (see the module
+# docstring). On a fresh root, only the kernel's /sys (with the private cgroup tree just
+# mounted on it) and /dev come from the machine; then `pivot_root`, not `chroot`: under a
+# chroot, /proc/PID/exe of a process in a nested mount namespace reads as the path outside
+# the root, and a test host booted inside would look as if its systemd never started.
 SETUP_SCRIPT_2: Final = (
     CGROUP_MOUNT_FN
     + r"""
 set -eu
-name=$1 root=$2
+name=$1 root=$2 rootfs=$3
+tab=$(printf '\t')
 cgroup_mount_all
-mount -t proc -o nosuid,nodev,noexec proc /proc
-overlay_dir() {
-    mount -t tmpfs -o mode=0755 tmpfs "$2"
-    cp -a "$1/." "$2/"
-}
-overlay_dir "$root/boot/run" /run
-overlay_dir "$root/boot/systemd-system" /etc/systemd/system
-overlay_dir "$root/boot/dbus-system.d" /etc/dbus-1/system.d
-overlay_dir "$root/boot/containers-etc" /etc/containers
-mount --bind "$root/containers-networks" /etc/containers/networks
-mount --bind "$root/containers" /var/lib/containers
-mount --bind "$root/iyclo" /var/lib/iyclo
-mount --bind "$root/systemd-timers" /var/lib/systemd/timers
-mount --bind "$root/boot/console.log" /dev/console
-# journalctl would also read the machine's persistent journal (same machine id): hide it.
-if [ -d /var/log/journal ]; then mount -t tmpfs -o mode=0755 tmpfs /var/log/journal; fi
-ip link set lo up 2>/dev/null || busybox ip link set lo up
+R=$rootfs
+if [ -z "$R" ]; then
+    mount -t proc -o nosuid,nodev,noexec proc /proc
+    overlay_dir() {
+        mount -t tmpfs -o mode=0755 tmpfs "$2"
+        cp -a "$1/." "$2/"
+    }
+    overlay_dir "$root/boot/run" /run
+    overlay_dir "$root/boot/systemd-system" /etc/systemd/system
+    overlay_dir "$root/boot/dbus-system.d" /etc/dbus-1/system.d
+    overlay_dir "$root/boot/containers-etc" /etc/containers
+    mount --bind "$root/containers-networks" /etc/containers/networks
+    mount --bind "$root/containers" /var/lib/containers
+    mount --bind "$root/iyclo" /var/lib/iyclo
+    mount --bind "$root/systemd-timers" /var/lib/systemd/timers
+    # journalctl would also read the machine's persistent journal (same machine id): hide it.
+    if [ -d /var/log/journal ]; then mount -t tmpfs -o mode=0755 tmpfs /var/log/journal; fi
+    ip link set lo up 2>/dev/null || busybox ip link set lo up
+else
+    mount --rbind /sys "$R/sys"
+    mount --rbind /dev "$R/dev"
+    mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
+fi
+mount --bind "$root/boot/console.log" "$R/dev/console"
+n=0
+while IFS=$tab read -r src dst; do
+    mkdir -p "$R$dst"
+    mount --rbind "$root/boot/binds/$n" "$R$dst"
+    n=$((n + 1))
+done < "$root/boot/binds.tsv"
 export container="$name"
+if [ -n "$R" ]; then
+    cd "$R"
+    mkdir -p .oldroot
+    pivot_root . .oldroot
+    umount -l /.oldroot
+    rmdir /.oldroot
+fi
 exec /lib/systemd/systemd --system --unit=multi-user.target
 """
 )
@@ -276,6 +312,31 @@ exit $rc
 GENERATOR_DIRS: Final = (
     Path("/lib/systemd/system-generators"),
     Path("/usr/local/lib/systemd/system-generators"),
+)
+SUITES: Final = {"bookworm": "Debian 12", "trixie": "Debian 13"}
+"""Debian releases a fresh root can be made of (`boot(suite=...)`)."""
+FRESH_PACKAGES: Final = "systemd,systemd-sysv,dbus,python3,git,ca-certificates"
+"""What a newcomer's minimal Debian has before the README's commands: a booting systemd and
+git to clone with. Everything else must come from the project's own install steps."""
+CA_BUNDLE: Final = Path("/etc/ssl/certs/ca-certificates.crt")
+# Passed into a fresh root's commands so its apt and pip reach the package registries the
+# way the machine does (through its proxy, trusting its CA bundle, copied in at boot).
+NETWORK_ENV: Final = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
+                      "NO_PROXY", "PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")  # fmt: skip
+# Units of a fresh root that would act on what it shares with the machine: the kernel's
+# settings, /dev, and the console.
+FRESH_MASKED_UNITS: Final = (
+    "systemd-sysctl.service",
+    "systemd-binfmt.service",
+    "systemd-modules-load.service",
+    "kmod-static-nodes.service",
+    "systemd-tmpfiles-setup-dev.service",
+    "systemd-tmpfiles-setup-dev-early.service",
+    "systemd-udevd.service",
+    "systemd-udev-trigger.service",
+    "systemd-firstboot.service",
+    "getty.target",
+    "console-getty.service",
 )
 NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 HIDDEN_PREFIXES: Final = ("/tmp", "/var/tmp", "/run", "/proc", "/sys", "/dev")
@@ -317,6 +378,7 @@ class _Record:
     unshare_pid: int
     pid_ns: str
     cgroups: tuple[str, ...]
+    suite: str = ""  # a fresh root of this Debian release; "" for the machine's filesystem
 
     @classmethod
     def load(cls, path: Path) -> _Record:
@@ -327,6 +389,7 @@ class _Record:
             unshare_pid=int(data["unshare_pid"]),
             pid_ns=str(data["pid_ns"]),
             cgroups=tuple(str(c) for c in data["cgroups"]),
+            suite=str(data.get("suite", "")),
         )
 
     def dump(self, path: Path) -> None:
@@ -422,7 +485,7 @@ class Host:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**INNER_ENV, **(env or {})},
+            env={**self.environment(), **(env or {})},
             cwd="/",
             start_new_session=True,
         ) as proc:
@@ -439,6 +502,13 @@ class Host:
         if check and result.returncode != 0:
             raise HostCommandError(argv, result.returncode, out, err)
         return result
+
+    def environment(self) -> dict[str, str]:
+        """`INNER_ENV`, and on a fresh root what its apt and pip need to reach the network."""
+        if not self._record.suite:
+            return {**INNER_ENV}
+        passed = {key: os.environ[key] for key in NETWORK_ENV if key in os.environ}
+        return {**INNER_ENV, **passed}
 
     def podman_ping(self, timeout: float = 1.0) -> bool:
         """True when the Podman API answers `GET /_ping` on its socket, from outside."""
@@ -567,21 +637,24 @@ def default_root(name: str = DEFAULT_NAME) -> Path:
     return DEFAULT_BASE / name
 
 
-def check_available() -> None:
-    """Raise `TestHostUnavailable` with a one-line reason if this machine cannot boot a host."""
+def check_available(*, fresh_root: bool = False) -> None:
+    """Raise `TestHostUnavailable` with a one-line reason if this machine cannot boot a host.
+
+    A host on a fresh root brings its own systemd and has no Podman yet: it needs only the
+    namespace tools here.
+    """
     if sys.platform != "linux":
         raise TestHostUnavailable("test host needs Linux namespaces")
     if os.geteuid() != 0:
         raise TestHostUnavailable("test host needs root (it mounts and unshares namespaces)")
-    for tool, package in (
-        ("unshare", "util-linux"),
-        ("nsenter", "util-linux"),
-        ("podman", "podman"),
-        ("runc", "runc"),
-        ("ip", "iproute2"),
-    ):
+    tools = [("unshare", "util-linux"), ("nsenter", "util-linux")]
+    if not fresh_root:
+        tools += [("podman", "podman"), ("runc", "runc"), ("ip", "iproute2")]
+    for tool, package in tools:
         if shutil.which(tool, path=INNER_ENV["PATH"]) is None:
             raise TestHostUnavailable(f"{tool} not found (apt-get install {package})")
+    if fresh_root:
+        return
     if not os.access(SYSTEMD, os.X_OK):
         raise TestHostUnavailable(f"{SYSTEMD} not found (apt-get install systemd)")
     if not Path("/lib/systemd/system/podman.socket").exists():
@@ -596,14 +669,25 @@ def boot(
     name: str = DEFAULT_NAME,
     timeout: float = 30,
     extra_dbus_policies: Sequence[Path] = (),
+    binds: Sequence[tuple[Path, str]] = (),
+    suite: str = "",
 ) -> Host:
     """Boot a test host whose disk is `root` and return once systemd and Podman answer.
 
     `root` must lie outside the paths that are private inside (`/tmp`, `/run`, ...) because the
     setup script reads it from inside. Booting again on the same root after `shutdown()` is
     a reboot: Podman storage and `/var/lib/iyclo` persist, `/run` does not.
+
+    `binds` are (path here, path inside) pairs, bind-mounted after the host's private
+    mounts, so a checkout under `/tmp` stays visible inside at the same path.
+
+    With `suite` ("bookworm", "trixie"), the host runs on a fresh copy of a minimal Debian root
+    (see `fresh_base`) instead of the machine's filesystem, with systemd as PID 1 and the
+    machine's network, as a newcomer's machine: no Podman, no iyclo, nothing installed.
     """
-    check_available()
+    if suite and suite not in SUITES:
+        raise TestHostError(f"unknown Debian suite {suite!r} (one of {', '.join(SUITES)})")
+    check_available(fresh_root=bool(suite))
     if not NAME_RE.fullmatch(name):
         raise TestHostError(f"invalid test host name {name!r} (letters, digits, '_.-')")
     root = root.resolve()
@@ -622,13 +706,19 @@ def boot(
     if busy := _pids_in_cgroups(cgroups):
         raise TestHostError(f"a test host named {name!r} is running (pids {sorted(busy)[:5]})")
     _remove_cgroups(cgroups)  # a crashed host's empty tree
-    _stage(root, extra_dbus_policies)
+    _stage(root, extra_dbus_policies, binds)
+    rootfs = ""
+    if suite:
+        rootfs = str(_fresh_rootfs(root, suite, name))
+        deadline = time.monotonic() + timeout  # copying the root is not booting
     log = (root / "boot" / "unshare.log").open("wb")
+    # A fresh root shares the machine's network: its apt and pip need the registries.
+    network = [] if suite else ["--net"]
     with log:
         process = subprocess.Popen(
             ["unshare", "--pid", "--fork", "--mount", "--propagation", "private",
-             "--net", "--uts", "--ipc",
-             "sh", str(root / "boot" / "setup-1.sh"), name, str(root)],
+             *network, "--uts", "--ipc",
+             "sh", str(root / "boot" / "setup-1.sh"), name, str(root), rootfs],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -638,7 +728,7 @@ def boot(
         )  # fmt: skip
     try:
         pid = _wait_for_systemd(process, root, deadline)
-        record = _Record(name, pid, process.pid, os.readlink(f"/proc/{pid}/ns/pid"), cgroups)
+        record = _Record(name, pid, process.pid, os.readlink(f"/proc/{pid}/ns/pid"), cgroups, suite)
         record.dump(root / "host.json")
         (root / "host.pid").write_text(f"{pid}\n")
         host = Host(root, record, process)
@@ -650,7 +740,9 @@ def boot(
     return host
 
 
-def _stage(root: Path, extra_dbus_policies: Sequence[Path]) -> None:
+def _stage(
+    root: Path, extra_dbus_policies: Sequence[Path], binds: Sequence[tuple[Path, str]] = ()
+) -> None:
     """Create root's persistent dirs and regenerate `root/boot/`, the files this boot mounts."""
     for d in ("containers", "iyclo", "containers-networks", "systemd-timers"):
         (root / d).mkdir(parents=True, exist_ok=True)
@@ -665,6 +757,17 @@ def _stage(root: Path, extra_dbus_policies: Sequence[Path]) -> None:
     (boot_dir / "console.log").touch()
     (boot_dir / "setup-1.sh").write_text(SETUP_SCRIPT)
     (boot_dir / "setup-2.sh").write_text(SETUP_SCRIPT_2)
+    lines = []
+    for given, inside in binds:
+        source = given.resolve()
+        if (
+            not source.exists()
+            or not inside.startswith("/")
+            or any(c in f"{source}{inside}" for c in "\t\n")
+        ):
+            raise TestHostError(f"cannot bind {given} to {inside!r} in the test host")
+        lines.append(f"{source}\t{inside}\n")
+    (boot_dir / "binds.tsv").write_text("".join(lines))
 
     system = boot_dir / "systemd-system"
     system.mkdir()
@@ -700,6 +803,57 @@ def _stage(root: Path, extra_dbus_policies: Sequence[Path]) -> None:
     _copy_tree(Path("/etc/containers"), containers, skip=("networks",))
     (containers / "networks").mkdir()
     (containers / "containers.conf").write_text(CONTAINERS_CONF)
+
+
+def fresh_base(suite: str, *, refresh: bool = False) -> Path:
+    """A minimal Debian root of `suite` (see `FRESH_PACKAGES`), made once by mmdebstrap.
+
+    Cached under `DEFAULT_BASE/fresh/<suite>/` (about 300 MB, 20-30 s to make) and copied
+    anew for every boot, so each run starts from what a newcomer has.
+    """
+    base = DEFAULT_BASE / "fresh" / suite
+    made = base / "made"
+    if made.exists() and not refresh:
+        return base / "root"
+    if shutil.which("mmdebstrap") is None:
+        print("iyclo-testhost: installing mmdebstrap", file=sys.stderr)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for argv in (
+            ["apt-get", "update", "-qq"],
+            ["apt-get", "install", "-y", "-qq", "mmdebstrap"],
+        ):
+            subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
+    made.unlink(missing_ok=True)
+    shutil.rmtree(base / "root", ignore_errors=True)
+    base.mkdir(parents=True, exist_ok=True)
+    log = base / "mmdebstrap.log"
+    with log.open("wb") as out:
+        result = subprocess.run(
+            ["mmdebstrap", "--variant=minbase", f"--include={FRESH_PACKAGES}", suite,
+             str(base / "root")],
+            stdout=out, stderr=subprocess.STDOUT, check=False,
+        )  # fmt: skip
+    if result.returncode != 0:
+        tail = " | ".join(log.read_text(errors="replace").splitlines()[-3:])
+        raise TestHostError(f"mmdebstrap {suite} failed (exit {result.returncode}): {tail}")
+    made.write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+    return base / "root"
+
+
+def _fresh_rootfs(root: Path, suite: str, name: str) -> Path:
+    """A throw-away copy of the cached fresh root for one boot of the host on `root`."""
+    base = fresh_base(suite)
+    rootfs = root / "rootfs"
+    shutil.rmtree(rootfs, ignore_errors=True)
+    subprocess.run(["cp", "-a", str(base), str(rootfs)], check=True)
+    if CA_BUNDLE.exists():  # the machine's trust store: its proxy may sign what it forwards
+        shutil.copyfile(CA_BUNDLE, rootfs / CA_BUNDLE.relative_to("/"))
+    (rootfs / "etc" / "hostname").write_text(f"{name}\n")
+    system = rootfs / "etc" / "systemd" / "system"
+    for unit in FRESH_MASKED_UNITS:
+        (system / unit).unlink(missing_ok=True)
+        (system / unit).symlink_to("/dev/null")
+    return rootfs
 
 
 def _copy_tree(src: Path, dst: Path, skip: Sequence[str] = ()) -> None:
@@ -749,6 +903,8 @@ def _wait_until_up(host: Host, deadline: float) -> None:
             break
         time.sleep(0.02)
     host.boot_state = state
+    if host._record.suite:
+        return  # the machine's network, and no Podman before the project installs it
     lo = host.run(["ip", "-o", "link", "show", "lo"]).stdout
     if "UP" not in lo.partition("<")[2].partition(">")[0].split(","):
         raise TestHostError(f"loopback is down in test host {host.name}: {lo.strip()}")
@@ -972,6 +1128,20 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--no-busybox", action="store_true", help="do not import localhost/busybox:latest"
     )
+    up.add_argument(
+        "--suite",
+        choices=sorted(SUITES),
+        default="",
+        help="boot a fresh minimal Debian root of this release instead of this machine's "
+        "filesystem (nothing installed; the machine's network)",
+    )
+    up.add_argument(
+        "--bind",
+        action="append",
+        default=[],
+        metavar="PATH[:INSIDE]",
+        help="bind-mount PATH into the host (at INSIDE, default the same path)",
+    )
     ex = sub.add_parser("exec", parents=[common], help="run a command inside (default: bash)")
     ex.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
     sub.add_parser("down", parents=[common], help="kill the host")
@@ -985,11 +1155,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     root: Path = (args.root or default_root(args.name)).resolve()
     try:
         if args.command == "up":
+            binds = []
+            for spec in args.bind:
+                source, _, inside = spec.partition(":")
+                binds.append((Path(source), inside or str(Path(source).resolve())))
             host = boot(
-                root, name=args.name, timeout=args.timeout, extra_dbus_policies=args.dbus_policy
+                root,
+                name=args.name,
+                timeout=args.timeout,
+                extra_dbus_policies=args.dbus_policy,
+                binds=binds,
+                suite=args.suite,
             )
             try:
-                if not args.no_busybox:
+                if not args.no_busybox and not args.suite:
                     ensure_busybox_image(host)
             except BaseException:
                 host.shutdown()
