@@ -256,6 +256,8 @@ if [ -z "$R" ]; then
     overlay_dir "$root/boot/systemd-system" /etc/systemd/system
     overlay_dir "$root/boot/dbus-system.d" /etc/dbus-1/system.d
     overlay_dir "$root/boot/containers-etc" /etc/containers
+    overlay_dir "$root/boot/empty" /etc/iyclo
+    overlay_dir "$root/boot/empty" /usr/local/share/dbus-1/system-services
     mount --bind "$root/containers-networks" /etc/containers/networks
     mount --bind "$root/containers" /var/lib/containers
     mount --bind "$root/iyclo" /var/lib/iyclo
@@ -748,13 +750,17 @@ def _stage(
         (root / d).mkdir(parents=True, exist_ok=True)
     # Mount points on the real filesystem. /var/lib/containers exists wherever Podman is
     # installed; /var/lib/iyclo and /var/lib/systemd/timers (systemd's own place for timer
-    # stamps) are the only directories this may have to create on the machine, empty.
-    for mountpoint in ("/var/lib/containers", "/var/lib/iyclo", "/var/lib/systemd/timers"):
+    # stamps) are directories this may have to create on the machine, empty; so are
+    # /etc/iyclo and /usr/local/share/dbus-1/system-services, where `iyclo system
+    # install` writes its config and D-Bus activation file (empty tmpfs in every host).
+    for mountpoint in ("/var/lib/containers", "/var/lib/iyclo", "/var/lib/systemd/timers",
+                       "/etc/iyclo", "/usr/local/share/dbus-1/system-services"):  # fmt: skip
         Path(mountpoint).mkdir(parents=True, exist_ok=True)
     boot_dir = root / "boot"
     shutil.rmtree(boot_dir, ignore_errors=True)
     boot_dir.mkdir()
     (boot_dir / "console.log").touch()
+    (boot_dir / "empty").mkdir()
     (boot_dir / "setup-1.sh").write_text(SETUP_SCRIPT)
     (boot_dir / "setup-2.sh").write_text(SETUP_SCRIPT_2)
     lines = []
@@ -1145,6 +1151,7 @@ def _parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("exec", parents=[common], help="run a command inside (default: bash)")
     ex.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
     sub.add_parser("down", parents=[common], help="kill the host")
+    sub.add_parser("busybox-tar", help="print the path of the busybox rootfs tar (made once)")
     sub.add_parser("status", parents=[common], help="exit 0 if the host runs, 3 if not")
     return parser
 
@@ -1152,7 +1159,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """`iyclo-testhost up|exec|down|status`: one-line errors, exit codes like systemctl."""
     args = _parser().parse_args(argv)
-    root: Path = (args.root or default_root(args.name)).resolve()
+    name = getattr(args, "name", DEFAULT_NAME)
+    root: Path = (getattr(args, "root", None) or default_root(name)).resolve()
     try:
         if args.command == "up":
             binds = []
@@ -1186,6 +1194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.flush()
             env = {**INNER_ENV, **({"TERM": os.environ["TERM"]} if "TERM" in os.environ else {})}
             os.execvpe("nsenter", host.nsenter_argv(cmd or ["bash"]), env)
+        if args.command == "busybox-tar":
+            print(busybox_rootfs_tar())
+            return 0
         if args.command == "down":
             try:
                 host = Host.attach(root)

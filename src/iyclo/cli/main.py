@@ -140,6 +140,60 @@ def completion(shell: str) -> None:
     click.echo(completer(cli, {}, "iyclo", "_IYCLO_COMPLETE").source())
 
 
+@cli.group()
+def system() -> None:
+    """Install iyclod as a systemd service on this host, or remove it."""
+
+
+@system.command("install")
+@click.option(
+    "--prefix",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("/"),
+    show_default=True,
+    help="Install under this root; nothing is reloaded unless /.",
+)
+@click.option("--dry-run", is_flag=True, help="Print what would be done, and do nothing.")
+@click.option("--enable", is_flag=True, help="Also `systemctl enable --now iyclod.service`.")
+def system_install(prefix: Path, dry_run: bool, enable: bool) -> None:
+    """Install iyclod's unit, slice, D-Bus policy and activation file, and a sample config.
+
+    Then `systemctl start iyclod` starts it, and so does the first D-Bus call to
+    `io.github.iyclo1`. The unit runs the iyclod of this installation.
+
+    Example: `iyclo system install --dry-run`
+    """
+    from iyclo.errors import IycloError
+    from iyclo.install import install
+
+    try:
+        for step in install(prefix, dry_run=dry_run, enable=enable):
+            click.echo(("would " if dry_run else "") + step.text)
+    except IycloError as exc:
+        die(exc.message, code=exc.exit_code)
+
+
+@system.command("uninstall")
+@click.option(
+    "--prefix",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("/"),
+    show_default=True,
+    help="Remove from under this root.",
+)
+@click.option("--dry-run", is_flag=True, help="Print what would be done, and do nothing.")
+def system_uninstall(prefix: Path, dry_run: bool) -> None:
+    """Stop iyclod and remove what `install` wrote; the config and the state stay."""
+    from iyclo.errors import IycloError
+    from iyclo.install import uninstall
+
+    try:
+        for step in uninstall(prefix, dry_run=dry_run):
+            click.echo(("would " if dry_run else "") + step.text)
+    except IycloError as exc:
+        die(exc.message, code=exc.exit_code)
+
+
 def _run_daemon(args: list[str]) -> None:
     from iyclo.daemon import main as daemon_main
 
