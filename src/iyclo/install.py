@@ -1,7 +1,6 @@
 """`iyclo system install`: put iyclod on a host the way its packages would.
 
-What a systemd host needs to run iyclod as a service: its unit and the slice it runs in,
-the D-Bus policy that lets it own `io.github.iyclo1` (without it root is refused the name),
+What a systemd host needs to run iyclod as a service: its unit, the D-Bus policy that lets it own `io.github.iyclo1` (without it root is refused the name),
 the D-Bus activation file (a call to `io.github.iyclo1` starts `iyclod.service`), and a
 sample config. The unit's `ExecStart=` names the `iyclod` of this installation (a venv's
 or /usr/local/bin's), not a path it may not have.
@@ -85,13 +84,18 @@ def render_unit(shipped: str, iyclod: Path) -> str:
 
 def planned_files(iyclod: Path) -> list[InstallFile]:
     data = data_dir()
-    packaging, dbus = data / "packaging", data / "dbus"
+    try:
+        return _files(data / "packaging", data / "dbus", iyclod)
+    except OSError as exc:
+        raise IycloError(f"cannot read iyclo's data file {exc.filename}: {exc.strerror}") from None
+
+
+def _files(packaging: Path, dbus: Path, iyclod: Path) -> list[InstallFile]:
     return [
         InstallFile(
             UNIT_DIR / "iyclod.service",
             render_unit((packaging / "iyclod.service").read_text(), iyclod),
         ),
-        InstallFile(UNIT_DIR / "iyclo.slice", (packaging / "iyclo.slice").read_text()),
         InstallFile(
             DBUS_POLICY_DIR / "io.github.iyclo1.conf", (dbus / "io.github.iyclo1.conf").read_text()
         ),
