@@ -1,6 +1,7 @@
 """`iyclo system install`: put iyclod on a host the way its packages would.
 
-What a systemd host needs to run iyclod as a service: its unit, the D-Bus policy that lets it own `io.github.iyclo1` (without it root is refused the name),
+What a systemd host needs to run iyclod as a service: its unit, the D-Bus policy that
+lets it own `io.github.iyclo1` (without it root is refused the name),
 the D-Bus activation file (a call to `io.github.iyclo1` starts `iyclod.service`), and a
 sample config. The unit's `ExecStart=` names the `iyclod` of this installation (a venv's
 or /usr/local/bin's), not a path it may not have.
