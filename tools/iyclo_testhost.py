@@ -46,6 +46,7 @@ import io
 import json
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
@@ -264,7 +265,6 @@ if [ -z "$R" ]; then
     mount --bind "$root/systemd-timers" /var/lib/systemd/timers
     # journalctl would also read the machine's persistent journal (same machine id): hide it.
     if [ -d /var/log/journal ]; then mount -t tmpfs -o mode=0755 tmpfs /var/log/journal; fi
-    ip link set lo up 2>/dev/null || busybox ip link set lo up
 else
     mount --rbind /sys "$R/sys"
     mount --rbind /dev "$R/dev"
@@ -277,6 +277,7 @@ while IFS=$tab read -r src dst; do
     mount --rbind "$root/boot/binds/$n" "$R$dst"
     n=$((n + 1))
 done < "$root/boot/binds.tsv"
+ip link set lo up 2>/dev/null || busybox ip link set lo up
 export container="$name"
 if [ -n "$R" ]; then
     cd "$R"
@@ -381,6 +382,7 @@ class _Record:
     pid_ns: str
     cgroups: tuple[str, ...]
     suite: str = ""  # a fresh root of this Debian release; "" for the machine's filesystem
+    slirp_pid: int = 0  # a fresh root's user-mode network (slirp4netns), 0 if none
 
     @classmethod
     def load(cls, path: Path) -> _Record:
@@ -392,6 +394,7 @@ class _Record:
             pid_ns=str(data["pid_ns"]),
             cgroups=tuple(str(c) for c in data["cgroups"]),
             suite=str(data.get("suite", "")),
+            slirp_pid=int(data.get("slirp_pid", 0)),
         )
 
     def dump(self, path: Path) -> None:
@@ -567,6 +570,7 @@ class Host:
             return
         record = self._record
         deadline = time.monotonic() + timeout
+        _stop_slirp(record.slirp_pid)
         was_running = _is_our_systemd(record)
         if was_running:
             with contextlib.suppress(ProcessLookupError):
@@ -685,7 +689,7 @@ def boot(
 
     With `suite` ("bookworm", "trixie"), the host runs on a fresh copy of a minimal Debian root
     (see `fresh_base`) instead of the machine's filesystem, with systemd as PID 1 and the
-    machine's network, as a newcomer's machine: no Podman, no iyclo, nothing installed.
+    user-mode network of its own, as a newcomer's machine: no Podman, no iyclo, nothing installed.
     """
     if suite and suite not in SUITES:
         raise TestHostError(f"unknown Debian suite {suite!r} (one of {', '.join(SUITES)})")
@@ -714,12 +718,10 @@ def boot(
         rootfs = str(_fresh_rootfs(root, suite, name))
         deadline = time.monotonic() + timeout  # copying the root is not booting
     log = (root / "boot" / "unshare.log").open("wb")
-    # A fresh root shares the machine's network: its apt and pip need the registries.
-    network = [] if suite else ["--net"]
     with log:
         process = subprocess.Popen(
             ["unshare", "--pid", "--fork", "--mount", "--propagation", "private",
-             *network, "--uts", "--ipc",
+             "--net", "--uts", "--ipc",
              "sh", str(root / "boot" / "setup-1.sh"), name, str(root), rootfs],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -728,14 +730,20 @@ def boot(
             cwd="/",
             start_new_session=True,
         )  # fmt: skip
+    slirp = 0
     try:
         pid = _wait_for_systemd(process, root, deadline)
-        record = _Record(name, pid, process.pid, os.readlink(f"/proc/{pid}/ns/pid"), cgroups, suite)
+        if suite:
+            slirp = _start_slirp(pid, deadline)
+        record = _Record(
+            name, pid, process.pid, os.readlink(f"/proc/{pid}/ns/pid"), cgroups, suite, slirp
+        )
         record.dump(root / "host.json")
         (root / "host.pid").write_text(f"{pid}\n")
         host = Host(root, record, process)
         _wait_until_up(host, deadline)
     except BaseException:
+        _stop_slirp(slirp)
         _abort_boot(process, root, cgroups)
         raise
     host.boot_seconds = time.monotonic() - started
@@ -811,6 +819,57 @@ def _stage(
     (containers / "containers.conf").write_text(CONTAINERS_CONF)
 
 
+def _need(tool: str, package: str) -> None:
+    """Install a tool only the fresh-root harness needs, saying so, when it is missing."""
+    if shutil.which(tool, path=INNER_ENV["PATH"]) is not None:
+        return
+    print(f"iyclo-testhost: installing {package}", file=sys.stderr)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
+        subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
+
+
+def _start_slirp(pid: int, deadline: float) -> int:
+    """Give the network namespace of `pid` a user-mode network (slirp4netns) to the outside.
+
+    A fresh root needs the package registries, yet must not share the machine's network
+    namespace: its Podman would put its bridge and firewall rules there, and its pods'
+    ports would clash with the machine's (measured: two fresh roots' web pods on
+    127.0.0.1:18080). slirp4netns forwards the namespace's traffic through ordinary sockets
+    of this process, so nothing changes on the machine; `--disable-host-loopback` keeps the
+    machine's own 127.0.0.1 out of reach.
+    """
+    _need("slirp4netns", "slirp4netns")
+    ready_r, ready_w = os.pipe()
+    try:
+        slirp = subprocess.Popen(
+            ["slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",
+             f"--ready-fd={ready_w}", str(pid), "tap0"],
+            pass_fds=(ready_w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        os.close(ready_w)
+        ready_w = -1
+        readable, _, _ = select.select([ready_r], [], [], max(deadline - time.monotonic(), 1))
+        if not readable or os.read(ready_r, 1) != b"1":
+            slirp.kill()
+            slirp.wait(5)
+            raise TestHostError("slirp4netns did not set up the fresh root's network")
+    finally:
+        os.close(ready_r)
+        if ready_w >= 0:
+            os.close(ready_w)
+    with warnings.catch_warnings():  # it outlives this handle, as the host does
+        warnings.simplefilter("ignore", ResourceWarning)
+        return slirp.pid
+
+
+def _stop_slirp(pid: int) -> None:
+    if pid and _pid_alive(pid, "slirp4netns"):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def fresh_base(suite: str, *, refresh: bool = False) -> Path:
     """A minimal Debian root of `suite` (see `FRESH_PACKAGES`), made once by mmdebstrap.
 
@@ -821,14 +880,7 @@ def fresh_base(suite: str, *, refresh: bool = False) -> Path:
     made = base / "made"
     if made.exists() and not refresh:
         return base / "root"
-    if shutil.which("mmdebstrap") is None:
-        print("iyclo-testhost: installing mmdebstrap", file=sys.stderr)
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for argv in (
-            ["apt-get", "update", "-qq"],
-            ["apt-get", "install", "-y", "-qq", "mmdebstrap"],
-        ):
-            subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
+    _need("mmdebstrap", "mmdebstrap")
     made.unlink(missing_ok=True)
     shutil.rmtree(base / "root", ignore_errors=True)
     base.mkdir(parents=True, exist_ok=True)
@@ -1139,7 +1191,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=sorted(SUITES),
         default="",
         help="boot a fresh minimal Debian root of this release instead of this machine's "
-        "filesystem (nothing installed; the machine's network)",
+        "filesystem (nothing installed; a user-mode network of its own)",
     )
     up.add_argument(
         "--bind",
