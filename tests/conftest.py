@@ -1,1 +1,6 @@
-pytest_plugins = ["tests.host_fixtures", "tests.daemon_fixtures", "tests.fakes.fixtures"]
+pytest_plugins = [
+    "tests.host_fixtures",
+    "tests.daemon_fixtures",
+    "tests.fakes.fixtures",
+    "tests.nobody",
+]

@@ -57,6 +57,7 @@ from iyclo.errors import (
     SystemdError,
 )
 from tests.fakes.service import FakeService
+from tests.nobody import NobodyPython
 
 ROOT = Path(__file__).parent.parent
 SRC_DIR = Path(iyclo.__file__).parent.parent
@@ -1063,7 +1064,7 @@ def python_env() -> dict[str, str]:
 
 
 async def test_system_bus_policy_file(
-    system_address: str, fake: FakeService, lag: LagWatch
+    system_address: str, fake: FakeService, lag: LagWatch, nobody_python: NobodyPython
 ) -> None:
     """dbus/io.github.iyclo1.conf on a bus with the system bus's default policy."""
     if os.geteuid() != 0:
@@ -1075,7 +1076,8 @@ async def test_system_bus_policy_file(
 
     # Nobody but root owns the name.
     code, out, err = await run(
-        *as_nobody(sys.executable, "-c", NOBODY_DAEMON, system_address), env=python_env()
+        *as_nobody(nobody_python.python, "-c", NOBODY_DAEMON, system_address),
+        env=nobody_python.env(),
     )
     assert code == 0, err
     assert out.startswith("AccessDeniedError the ")
@@ -1101,11 +1103,11 @@ async def test_system_bus_policy_file(
             ("run_job", {"name": "web"}),
         ]
         proc = await asyncio.create_subprocess_exec(
-            *as_nobody(sys.executable, "-c", NOBODY_CLIENT, system_address),
+            *as_nobody(nobody_python.python, "-c", NOBODY_CLIENT, system_address),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=python_env(),
+            env=nobody_python.env(),
         )
         stdin = "".join(json.dumps(r) + "\n" for r in requests).encode()
         out_bytes, err_bytes = await asyncio.wait_for(proc.communicate(stdin), 60)

@@ -312,6 +312,22 @@ exit $rc
 """
 )
 
+# Run in a private mount namespace by a command about to enter a host: joins the host's
+# cgroups ("controllers:path" specs, then "--"), then execs the rest.
+JOIN_CGROUPS_SCRIPT: Final = (
+    CGROUP_MOUNT_FN
+    + r"""
+set -eu
+cgroup_mount_all
+while [ "$1" != "--" ]; do
+    echo $$ > "$(cgroup_dir "${1%%:*}")${1#*:}/cgroup.procs"
+    shift
+done
+shift
+exec "$@"
+"""
+)
+
 GENERATOR_DIRS: Final = (
     Path("/lib/systemd/system-generators"),
     Path("/usr/local/lib/systemd/system-generators"),
@@ -450,9 +466,22 @@ class Host:
     # -- running things inside -------------------------------------------------------------
 
     def nsenter_argv(self, argv: Sequence[str]) -> list[str]:
-        """The host-side argv that runs `argv` inside every namespace of this host."""
+        """The host-side argv that runs `argv` inside every namespace of this host.
+
+        On a fresh root the command also joins the host's cgroups first, in every
+        hierarchy, as `docker exec` does: a test host booted by that command (the suite
+        run inside a fresh root) makes its own cgroup below the one it is in, and outside
+        the host's cgroup namespace that would read as "/.." (measured).
+        """
         self._check_alive()
+        join = (
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", JOIN_CGROUPS_SCRIPT,
+             "iyclo-testhost-join", *self._record.cgroups, "--"]
+            if self._record.suite
+            else []
+        )  # fmt: skip
         return [
+            *join,
             "nsenter",
             "-t",
             str(self.pid),
@@ -1244,8 +1273,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
             host = Host.attach(root)
             sys.stdout.flush()
-            env = {**INNER_ENV, **({"TERM": os.environ["TERM"]} if "TERM" in os.environ else {})}
-            os.execvpe("nsenter", host.nsenter_argv(cmd or ["bash"]), env)
+            env = {
+                **host.environment(),
+                **({"TERM": os.environ["TERM"]} if "TERM" in os.environ else {}),
+            }
+            argv = host.nsenter_argv(cmd or ["bash"])
+            os.execvpe(argv[0], argv, env)
         if args.command == "busybox-tar":
             print(busybox_rootfs_tar())
             return 0
