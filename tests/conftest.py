@@ -3,4 +3,5 @@ pytest_plugins = [
     "tests.daemon_fixtures",
     "tests.fakes.fixtures",
     "tests.nobody",
+    "tests.report_guard",
 ]

@@ -667,6 +667,19 @@ class Host:
 # -- booting ------------------------------------------------------------------------------
 
 
+def hidden_binds(*paths: Path) -> list[tuple[Path, str]]:
+    """Binds that keep `paths` visible inside a host at the same place: those under a
+    prefix the host makes private (a checkout or its venv under /tmp, say)."""
+    hidden = set()
+    for path in paths:
+        resolved = path.resolve()
+        directory = resolved if resolved.is_dir() else resolved.parent  # binds are of dirs
+        if any(directory.is_relative_to(prefix) for prefix in HIDDEN_PREFIXES):
+            hidden.add(directory)
+    outermost = [d for d in hidden if not any(d != o and d.is_relative_to(o) for o in hidden)]
+    return [(d, str(d)) for d in sorted(outermost)]
+
+
 def default_root(name: str = DEFAULT_NAME) -> Path:
     """Where a host named `name` keeps its disk when the caller does not choose."""
     return DEFAULT_BASE / name
