@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """A real systemd + Podman host for tests, booted inside private namespaces.
 
 Why this exists: iyclo supervises Podman pods through systemd transient units, and the only
