@@ -243,7 +243,14 @@ async def run(args: argparse.Namespace) -> int:
         stack.push_async_callback(service.jobs.close)
         try:
             await podman.ping()
+            platform = await podman.platform()
+            if problems := platform.problems():
+                raise StartupError("; ".join(problems))
+            log.info("podman", platform=attrs.asdict(platform),
+                     features=attrs.asdict(platform.features))  # fmt: skip
             report = await service.reconcile()
+        except StartupError:
+            raise  # an unsupported Podman: refuse to run rather than half-work
         except IycloError as exc:
             # Serve anyway: clients get clear errors per call, and `iyclo reconcile`
             # retries once Podman is back (socket activation may just be slow).
