@@ -122,7 +122,7 @@ def test_job_fires_on_schedule_and_records_every_run(daemon: Daemon) -> None:
         assert timer["Persistent"] == "no"
         assert timer["Triggers"] == "iyclo-job-every3.service"
         service = unit_show(host, "iyclo-job-every3.service", "Type", "Slice", "KillMode")
-        assert service == {"Type": "oneshot", "Slice": "iyclo-every3.slice", "KillMode": "process"}
+        assert service == {"Type": "oneshot", "Slice": "iyclo_every3.slice", "KillMode": "process"}
         assert pods_of(host, "every3") == ["iyclo-every3-g1"]
 
         runs = wait_for(
