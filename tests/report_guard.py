@@ -10,6 +10,7 @@ that way, the failure is reported with Python's own traceback instead.
 
 from __future__ import annotations
 
+import linecache
 import traceback
 from collections.abc import Generator
 from typing import Any
@@ -20,6 +21,19 @@ from _pytest.reports import TestReport
 AST_BUG = "AST constructor recursion depth mismatch"
 
 
+def plain_traceback(error: BaseException) -> str:
+    """The traceback without `traceback.format_exception`, which also parses source with
+    `ast` (for its "~~~^^^" markers, Python 3.11+) and so fails the same way."""
+    lines = ["Traceback (most recent call last):"]
+    for frame, lineno in traceback.walk_tb(error.__traceback__):
+        code = frame.f_code
+        lines.append(f'  File "{code.co_filename}", line {lineno}, in {code.co_name}')
+        if source := linecache.getline(code.co_filename, lineno).strip():
+            lines.append(f"    {source}")
+    lines.append(f"{type(error).__qualname__}: {error}")
+    return "\n".join(lines) + "\n"
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[Any]:
     outcome = yield
@@ -28,8 +42,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     except SystemError as exc:
         if AST_BUG not in str(exc) or call.excinfo is None:
             raise
-        error = call.excinfo.value
-        longrepr = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        longrepr = plain_traceback(call.excinfo.value)
         outcome.force_result(
             TestReport(
                 item.nodeid,

@@ -114,6 +114,10 @@ def test_skip_rearms_the_timer_after_each_run() -> None:
         "try-restart", "--no-ask-password", "--job-mode=ignore-dependencies", "iyclo-job-etl.timer"
     ]  # fmt: skip
     assert all(entry[2] for entry in props["ExecStopPost"])  # never fails a run
+    # ... and before it: systemd 257 restarts a timer from its last trigger (see skip_rearm)
+    assert props["ExecStartPre"] == props["ExecStopPost"][1:]
+    queue = plan_job(_backup(overlap="queue"), 1, "d").service_properties
+    assert "ExecStartPre" not in dict(queue)
 
 
 def test_persistent_skip_touches_the_stamp_before_rearming() -> None:

@@ -29,9 +29,13 @@ def run_inner(tmp_path: Path, *plugins: str) -> subprocess.CompletedProcess[str]
     )  # fmt: skip
 
 
-def test_without_the_guard_the_run_dies(tmp_path: Path) -> None:
+def test_without_the_guard_the_report_is_lost(tmp_path: Path) -> None:
+    """INTERNALERROR on Python 3.11; on 3.13 even printing that fails (its traceback
+    module parses source with ast too): either way, no report of the failure."""
     result = run_inner(tmp_path)
-    assert "INTERNALERROR" in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "1 failed" not in output
+    assert "AST constructor recursion depth mismatch" in output
 
 
 def test_with_the_guard_the_failure_is_reported(tmp_path: Path) -> None:
