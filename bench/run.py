@@ -23,9 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+
 from tests.daemon_fixtures import Daemon, pod_manifest
 
-from iyclo.testhost import DEFAULT_BASE, Host, boot, ensure_busybox_image
+from iyclo_testhost import DEFAULT_BASE, Host, boot, ensure_busybox_image
 
 ROOT = Path(__file__).parent.parent
 PY = sys.executable

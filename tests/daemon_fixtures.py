@@ -23,7 +23,7 @@ import pytest
 from iyclo.client.dbus import DBusClient
 from iyclo.client.jsonrpc import JsonRpcClient
 from iyclo.errors import NotFoundError
-from iyclo.testhost import Host
+from iyclo_testhost import Host
 
 ROOT = Path(__file__).parent.parent
 INNER_STATE = "/var/lib/iyclo"

@@ -1,4 +1,4 @@
-"""Pytest fixtures that boot real test hosts (see `iyclo.testhost`).
+"""Pytest fixtures that boot real test hosts (see `tools/iyclo_testhost.py`).
 
 Load them from a conftest with `pytest_plugins = ["tests.host_fixtures"]` (or
 `from tests.host_fixtures import *`). Tests that use them should carry `@pytest.mark.host`.
@@ -14,24 +14,31 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn, Protocol
 
 import pytest
 
-from iyclo.testhost import (
+from iyclo_testhost import (
     DEFAULT_BASE,
     Host,
     TestHostUnavailable,
     boot,
     check_available,
     ensure_busybox_image,
+    hidden_binds,
 )
 
 __all__ = ["HostFactory", "fresh_testhost_factory", "testhost", "testhost_base"]
 
 BUSYBOX_TAG = "localhost/busybox:latest"
+# The daemon runs inside hosts from this checkout and its venv: keep them visible there
+# when they live under a path the host makes private (a clone in /tmp).
+CHECKOUT_BINDS = hidden_binds(
+    Path(__file__).resolve().parent.parent, Path(sys.prefix), Path(os.path.realpath(sys.executable))
+)
 _counter = itertools.count(1)
 
 
@@ -76,7 +83,7 @@ def testhost(testhost_base: Path) -> Iterator[Host]:
     """
     try:
         check_available()
-        host = boot(testhost_base / "session", name=_unique_name())
+        host = boot(testhost_base / "session", name=_unique_name(), binds=CHECKOUT_BINDS)
     except TestHostUnavailable as e:
         _unavailable(e)
     with host:
@@ -107,7 +114,7 @@ def fresh_testhost_factory(testhost_base: Path) -> Iterator[HostFactory]:
         name = name or _unique_name()
         root = root or testhost_base / name
         roots.add(root)
-        host = boot(root, name=name, extra_dbus_policies=extra_dbus_policies)
+        host = boot(root, name=name, extra_dbus_policies=extra_dbus_policies, binds=CHECKOUT_BINDS)
         hosts.append(host)
         if busybox:
             ensure_busybox_image(host, BUSYBOX_TAG)

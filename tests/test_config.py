@@ -89,3 +89,41 @@ def test_iyclod_stops_on_a_bad_config_with_one_line(tmp_path: Path) -> None:
         f'iyclod: error: {config}: policy.allowPrivileged: expected true or false, got "yes"\n'
     )
     assert not (tmp_path / "state").exists()  # stopped before it touched anything
+
+
+def _iyclod(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "iyclo.daemon", *argv],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_iyclod_makes_a_missing_log_directory(tmp_path: Path) -> None:
+    """On a fresh host /var/lib/iyclo does not exist yet when the log file is opened."""
+    log = tmp_path / "fresh" / "var-lib-iyclo" / "iyclod.log"
+    result = _iyclod("--log-file", str(log), "--state-dir", str(tmp_path / "state"),
+                     "--socket", str(tmp_path / "s.sock"),
+                     "--systemd-bus-address", f"unix:path={tmp_path}/no-bus")  # fmt: skip
+    assert "Traceback" not in result.stderr
+    assert log.exists()
+    assert result.returncode != 0  # no systemd at that address: one line, not a traceback
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("which", ["--log-file", "--state-dir", "--socket"])
+def test_iyclod_names_a_path_it_cannot_make_in_one_line(tmp_path: Path, which: str) -> None:
+    """A path below a regular file can never be made, not even by root."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    paths = {"--log-file": tmp_path / "log", "--state-dir": tmp_path / "state",
+             "--socket": tmp_path / "s.sock"}  # fmt: skip
+    paths[which] = blocker / "sub" / "x"
+    argv = [arg for flag, path in paths.items() for arg in (flag, str(path))]
+    result = _iyclod(*argv, "--systemd-bus-address", f"unix:path={tmp_path}/no-bus")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("iyclod: error: ")
+    assert str(blocker) in lines[0]
+    assert "Not a directory" in lines[0]

@@ -62,6 +62,7 @@ from iyclo.errors import (
     SystemdError,
 )
 from tests.fakes.fixtures import Core
+from tests.nobody import NobodyPython
 
 ROOT = Path(__file__).parent.parent
 SRC_DIR = Path(iyclo.__file__).parent.parent
@@ -1183,7 +1184,9 @@ def python_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "PYTHONDONTWRITEBYTECODE": "1"}
 
 
-async def test_system_bus_policy_file(system_address: str, core: Core, lag: LagWatch) -> None:
+async def test_system_bus_policy_file(
+    system_address: str, core: Core, lag: LagWatch, nobody_python: NobodyPython
+) -> None:
     """dbus/io.github.iyclo1.conf on a bus with the system bus's default policy."""
     if os.geteuid() != 0:
         with pytest.raises(AccessDeniedError):
@@ -1194,7 +1197,8 @@ async def test_system_bus_policy_file(system_address: str, core: Core, lag: LagW
 
     # Nobody but root owns the name.
     code, out, err = await run(
-        *as_nobody(sys.executable, "-c", NOBODY_DAEMON, system_address), env=python_env()
+        *as_nobody(nobody_python.python, "-c", NOBODY_DAEMON, system_address),
+        env=nobody_python.env(),
     )
     assert code == 0, err
     assert out.startswith("AccessDeniedError the ")
@@ -1220,11 +1224,11 @@ async def test_system_bus_policy_file(system_address: str, core: Core, lag: LagW
             ("run_job", {"name": "web"}),
         ]
         proc = await asyncio.create_subprocess_exec(
-            *as_nobody(sys.executable, "-c", NOBODY_CLIENT, system_address),
+            *as_nobody(nobody_python.python, "-c", NOBODY_CLIENT, system_address),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=python_env(),
+            env=nobody_python.env(),
         )
         stdin = "".join(json.dumps(r) + "\n" for r in requests).encode()
         out_bytes, err_bytes = await asyncio.wait_for(proc.communicate(stdin), 60)

@@ -20,7 +20,7 @@ from iyclo.errors import IycloError, NotFoundError
 from iyclo.systemd import SystemdManager, exec_command, prop
 from iyclo.systemd.const import IFACE_SERVICE, IFACE_UNIT
 from iyclo.systemd.manager import UnitChange
-from iyclo.testhost import Host
+from iyclo_testhost import Host
 from tests.fakes.systemd import FakeSystemd
 
 pytestmark = [pytest.mark.host, pytest.mark.timeout(120)]

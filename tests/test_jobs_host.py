@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from iyclo.errors import ConflictError, InvalidError, NotFoundError, PodmanError
-from iyclo.testhost import Host
+from iyclo_testhost import Host
 from tests.daemon_fixtures import Daemon, pod_manifest, pods_of, unit_show, wait_for
 from tests.daemon_fixtures import remove as remove_deployment
 
@@ -122,7 +122,7 @@ def test_job_fires_on_schedule_and_records_every_run(daemon: Daemon) -> None:
         assert timer["Persistent"] == "no"
         assert timer["Triggers"] == "iyclo-job-every3.service"
         service = unit_show(host, "iyclo-job-every3.service", "Type", "Slice", "KillMode")
-        assert service == {"Type": "oneshot", "Slice": "iyclo-every3.slice", "KillMode": "process"}
+        assert service == {"Type": "oneshot", "Slice": "iyclo_every3.slice", "KillMode": "process"}
         assert pods_of(host, "every3") == ["iyclo-every3-g1"]
 
         runs = wait_for(
@@ -523,16 +523,16 @@ def test_job_limits_bound_its_run_through_its_slice(daemon: Daemon) -> None:
     manifest["systemd"] = {"memoryMax": "96M", "tasksMax": 64}
     daemon.call("apply", manifest=manifest)
     try:
-        props = unit_show(host, "iyclo-bounded.slice", "MemoryMax", "TasksMax", "ActiveState")
+        props = unit_show(host, "iyclo_bounded.slice", "MemoryMax", "TasksMax", "ActiveState")
         assert props == {"MemoryMax": str(96 * 2**20), "TasksMax": "64", "ActiveState": "active"}
         service = unit_show(host, "iyclo-job-bounded.service", "Slice")
-        assert service["Slice"] == "iyclo-bounded.slice"
+        assert service["Slice"] == "iyclo_bounded.slice"
         daemon.call("run_job", name="bounded")
         wait_for(lambda: finished_runs(daemon, "bounded"), timeout=20, what="the run")
         output = json.dumps(daemon.call("logs", name="bounded", run=1))
-        assert "iyclo-bounded.slice" in output  # the container's own cgroup is in the slice
+        assert "iyclo_bounded.slice" in output  # the container's own cgroup is in the slice
         remove(daemon, "bounded")
         # (a slice needs no unit file, so `systemctl show` loads one on the spot)
-        assert unit_show(host, "iyclo-bounded.slice", "ActiveState")["ActiveState"] == "inactive"
+        assert unit_show(host, "iyclo_bounded.slice", "ActiveState")["ActiveState"] == "inactive"
     finally:
         remove(daemon, "bounded")

@@ -17,7 +17,7 @@ def _tool(name: str) -> list[str]:
 
 def test_ruff_check() -> None:
     result = subprocess.run(
-        [*_tool("ruff"), "check", "src", "tests", "bench"],
+        [*_tool("ruff"), "check", "src", "tests", "bench", "tools"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -28,7 +28,7 @@ def test_ruff_check() -> None:
 
 def test_ruff_format() -> None:
     result = subprocess.run(
-        [*_tool("ruff"), "format", "--check", "src", "tests", "bench"],
+        [*_tool("ruff"), "format", "--check", "src", "tests", "bench", "tools"],
         cwd=ROOT,
         capture_output=True,
         text=True,

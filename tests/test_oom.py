@@ -11,8 +11,8 @@ from iyclo.core.oom import KmsgOomWatch, OomKill, oom_fields, parse_kmsg_line, r
 CID = "7f60084cf633d77376b5014aa9a9e67312b145af5e9810bc0d1279b4ccb8659a"
 # Shape of a record measured on the test host's kernel (6.x), paths shortened; /dev/kmsg
 # escapes the backslash of the pod slice's "\\x2d" (a "-" of the pod name) as "\\x5c".
-POD_SLICE = "/process_api/33da/iyclo-testhost.t1/iyclo.slice/iyclo-big\\x5cx2dhog.slice"
-POD = f"{POD_SLICE}/iyclo-big\\x5cx2dhog-libpod_pod_b4a5b1d2.slice"
+POD_SLICE = "/process_api/33da/iyclo-testhost.t1/iyclo_big\\x5cx2dhog.slice"
+POD = f"{POD_SLICE}/iyclo_big\\x5cx2dhog-libpod_pod_b4a5b1d2.slice"
 CONTAINER_LIMIT = (
     f"6,3602,2419377883,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),"
     f"cpuset=libpod-{CID}.scope,mems_allowed=0,oom_memcg={POD}/libpod-{CID}.scope,"

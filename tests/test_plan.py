@@ -31,8 +31,8 @@ def test_names_and_labels() -> None:
     assert plan.pod_spec["labels"][naming.LABEL_GENERATION] == "3"
     assert plan.pod_spec["labels"][naming.LABEL_HASH] == manifest_digest(pod)
     assert plan.pod_spec["labels"]["app"] == "web"
-    assert plan.pod_spec["cgroup_parent"] == "iyclo-web.slice"
-    assert plan.slice == "iyclo-web.slice"
+    assert plan.pod_spec["cgroup_parent"] == "iyclo_web.slice"
+    assert plan.slice == "iyclo_web.slice"
     assert [c.spec["name"] for c in plan.containers] == [
         "iyclo-web-g3-httpd",
         "iyclo-web-g3-writer",
@@ -73,7 +73,7 @@ def test_pod_publishes_ports_of_all_containers() -> None:
 def test_unit_is_supervised_by_systemd() -> None:
     plan = plan_pod(_web(), 2, "d")
     props = dict(plan.unit_properties)
-    assert props["Slice"] == "iyclo-web.slice"
+    assert props["Slice"] == "iyclo_web.slice"
     assert props["Type"] == "forking"
     assert props["PIDFile"] == "/run/iyclo/iyclo-web-g2-httpd.pid"
     assert props["KillMode"] == "process"
@@ -88,7 +88,10 @@ def test_unit_is_supervised_by_systemd() -> None:
     assert props["ProtectClock"] is True
     assert props["LockPersonality"] is True
     assert "ProtectHome" not in props
-    assert props["Environment"] == ["PODMAN_SYSTEMD_UNIT=iyclo-pod-web.service"]
+    assert props["Environment"] == [
+        "PODMAN_SYSTEMD_UNIT=iyclo-pod-web.service",
+        "PODMAN_IGNORE_CGROUPSV1_WARNING=1",
+    ]
     # limits go on the pod's slice, which also holds the containers' cgroups
     assert "MemoryMax" not in props
 
@@ -210,10 +213,10 @@ def test_slice_holds_every_limit_and_lifts_unset_ones() -> None:
 
 def test_a_dash_in_the_name_does_not_nest_slices() -> None:
     plan = plan_pod(_pod(name="a-b"), 1, "d")
-    assert plan.slice == "iyclo-a\\x2db.slice"
-    assert dict(plan.unit_properties)["Slice"] == "iyclo-a\\x2db.slice"
+    assert plan.slice == "iyclo_a\\x2db.slice"
+    assert dict(plan.unit_properties)["Slice"] == "iyclo_a\\x2db.slice"
     assert naming.parse_slice_name(plan.slice) == "a-b"
-    assert naming.parse_slice_name("iyclo-a\\x2db-libpod_pod_0123.slice") is None
+    assert naming.parse_slice_name("iyclo_a\\x2db-libpod_pod_0123.slice") is None
     assert naming.parse_slice_name("iyclo.slice") is None
     assert naming.parse_slice_name("iyclo-pod-a.service") is None
 

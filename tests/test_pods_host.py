@@ -43,7 +43,7 @@ def test_two_container_pod_runs_under_systemd(daemon: Daemon) -> None:
         }  # fmt: skip
         unit = unit_show(host, "iyclo-pod-duo.service", "ActiveState", "Slice", "Type", "MainPID")
         assert unit["ActiveState"] == "active"
-        assert unit["Slice"] == "iyclo-duo.slice"  # its own, under iyclo.slice
+        assert unit["Slice"] == "iyclo_duo.slice"  # its own, top-level (Podman 5.4)
         assert unit["Type"] == "forking"
 
         main = inspect(host, "iyclo-duo-g1-main")
@@ -74,7 +74,7 @@ def test_two_container_pod_runs_under_systemd(daemon: Daemon) -> None:
             assert labels["team"] == "ops"
         listed = host.run(["systemctl", "list-units", "--plain", "--no-legend", "iyclo-pod-*"])
         assert "iyclo-pod-duo.service" in listed.stdout
-        slice_units = host.run(["systemctl", "show", "iyclo.slice", "-p", "ActiveState"]).stdout
+        slice_units = host.run(["systemctl", "show", "iyclo_duo.slice", "-p", "ActiveState"]).stdout
         assert "active" in slice_units
 
         status = daemon.call("get", name="duo")
@@ -317,9 +317,9 @@ def test_the_web_example_serves_its_page(daemon: Daemon) -> None:
             ("writer", "running"),
         ]
         unit = unit_show(host, "iyclo-pod-web.service", "ProtectClock", "LockPersonality", "Slice")
-        assert unit == {"ProtectClock": "yes", "LockPersonality": "yes", "Slice": "iyclo-web.slice"}
+        assert unit == {"ProtectClock": "yes", "LockPersonality": "yes", "Slice": "iyclo_web.slice"}
         # memoryMax bounds the pod's slice: the unit (conmon) and the containers together
-        assert unit_show(host, "iyclo-web.slice", "MemoryMax") == {"MemoryMax": "268435456"}
+        assert unit_show(host, "iyclo_web.slice", "MemoryMax") == {"MemoryMax": "268435456"}
     finally:
         remove(daemon, "web")
 

@@ -19,7 +19,7 @@ import pytest
 
 from iyclo.core import naming
 from iyclo.errors import InvalidError, NotFoundError
-from iyclo.testhost import Host
+from iyclo_testhost import Host
 from tests.daemon_fixtures import Daemon, inspect, remove, unit_show, wait_for
 
 pytestmark = [pytest.mark.host, pytest.mark.timeout(300)]
@@ -80,9 +80,9 @@ def assert_nothing_made(daemon: Daemon, name: str) -> None:
         daemon.call("get", name=name)
     pods = host.run(["podman", "pod", "ps", "-q", "--filter", f"label=io.github.iyclo.pod={name}"])
     assert pods.stdout.strip() == ""
-    units = host.run(["systemctl", "list-units", "--all", "--plain", "--no-legend", "iyclo-*"])
+    units = host.run(["systemctl", "list-units", "--all", "--plain", "--no-legend", "iyclo[-_]*"])
     assert f"iyclo-pod-{name}.service" not in units.stdout
-    assert naming.slice_name(name) not in units.stdout  # iyclo-sbx\x2drefused.slice
+    assert naming.slice_name(name) not in units.stdout  # iyclo_sbx\x2drefused.slice
 
 
 # -- the container layer: what a manifest gets without asking ------------------------------
@@ -143,9 +143,9 @@ def test_custom_seccomp_profile_denies_its_syscall(daemon: Daemon, defaults: str
 
 def test_pod_and_its_containers_live_in_the_pod_slice(daemon: Daemon, defaults: str) -> None:
     host = daemon.host
-    slice_path = "/iyclo.slice/iyclo-sbx\\x2ddefaults.slice/"
+    slice_path = "/iyclo_sbx\\x2ddefaults.slice/"
     unit = unit_show(host, "iyclo-pod-sbx-defaults.service", "Slice", "MainPID")
-    assert unit["Slice"] == "iyclo-sbx\\x2ddefaults.slice"
+    assert unit["Slice"] == "iyclo_sbx\\x2ddefaults.slice"
     main_pid = inspect(host, f"{defaults}-plain")["State"]["Pid"]
     for controller in ("memory", "pids", "cpu"):
         assert cgroup_of(host, main_pid, controller).startswith(slice_path)
@@ -240,13 +240,13 @@ def test_unit_sandboxing_and_slice_limits(daemon: Daemon, locked: str) -> None:
     # the directives act on the running podman/conmon: systemd's seccomp filters are there
     conmon = read(host, f"/proc/{main_pid}/status")
     assert "Seccomp:\t2" in conmon
-    sl = "iyclo-sbx\\x2dlocked.slice"
+    sl = "iyclo_sbx\\x2dlocked.slice"
     assert unit_show(host, sl, "MemoryMax", "MemoryHigh", "CPUQuotaPerSecUSec", "TasksMax",
                 "IOWeight", "CPUWeight") == {
         "MemoryMax": str(200 * 2**20), "MemoryHigh": str(150 * 2**20),
         "CPUQuotaPerSecUSec": "1.500000s", "TasksMax": "64", "IOWeight": "300", "CPUWeight": "50",
     }  # fmt: skip
-    base = "/sys/fs/cgroup/{}/iyclo.slice/" + sl + "/{}"
+    base = "/sys/fs/cgroup/{}/" + sl + "/{}"
     assert read(host, base.format("memory", "memory.limit_in_bytes")) == str(200 * 2**20)
     assert read(host, base.format("cpu", "cpu.cfs_quota_us")) == "150000"
     assert read(host, base.format("cpu", "cpu.shares")) == "512"  # CPUWeight 50 on cgroup v1
@@ -255,10 +255,10 @@ def test_unit_sandboxing_and_slice_limits(daemon: Daemon, locked: str) -> None:
 
 def test_slice_limits_change_in_place(daemon: Daemon, tmp_path: Path) -> None:
     host = daemon.host
-    name, sl = "sbx-live", "iyclo-sbx\\x2dlive.slice"
+    name, sl = "sbx-live", "iyclo_sbx\\x2dlive.slice"
     manifest = pod(name, {"name": "main"}, systemd={"memoryMax": "100M", "tasksMax": 30})
-    memory = f"/sys/fs/cgroup/memory/iyclo.slice/{sl}/memory.limit_in_bytes"
-    pids = f"/sys/fs/cgroup/pids/iyclo.slice/{sl}/pids.max"
+    memory = f"/sys/fs/cgroup/memory/{sl}/memory.limit_in_bytes"
+    pids = f"/sys/fs/cgroup/pids/{sl}/pids.max"
     try:
         apply(daemon, manifest)
         before = inspect(host, "iyclo-sbx-live-g1-main")
@@ -288,7 +288,7 @@ def test_slice_limits_change_in_place(daemon: Daemon, tmp_path: Path) -> None:
         assert read(host, memory) == str(150 * 2**20)
     finally:
         remove(daemon, name)
-    assert "sbx\\x2dlive" not in host.run(["systemctl", "list-units", "--all", "iyclo-*"]).stdout
+    assert "sbx\\x2dlive" not in host.run(["systemctl", "list-units", "--all", "iyclo[-_]*"]).stdout
 
 
 def test_memory_hog_is_oom_killed_and_shown_in_status(daemon: Daemon) -> None:

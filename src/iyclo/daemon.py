@@ -34,6 +34,15 @@ DEFAULT_STATE_DIR = Path("/var/lib/iyclo")
 DEFAULT_PODMAN_URL = "unix:///run/podman/podman.sock"
 
 
+class StartupError(IycloError):
+    """A directory, file or socket the daemon needs cannot be made or opened."""
+
+
+def _reason(exc: OSError) -> str:
+    """The OS's one-word reason ("Permission denied", "Not a directory")."""
+    return exc.strerror or str(exc)
+
+
 def sd_notify(message: str) -> bool:
     """Tell systemd about our state when it started us with Type=notify."""
     address = os.environ.get("NOTIFY_SOCKET")
@@ -48,12 +57,19 @@ def sd_notify(message: str) -> bool:
 
 
 def configure_logging(log_file: Path | None, level: str) -> TextIO:
-    """Structured JSON lines, to a file or to stderr (which journald captures)."""
-    stream: TextIO = (
-        open(log_file, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (lives as long as we do)
-        if log_file
-        else sys.stderr
-    )
+    """Structured JSON lines, to a file or to stderr (which journald captures).
+
+    The log file's directory is made if it is missing: on a fresh host `/var/lib/iyclo`
+    does not exist before the daemon's first start (and the store, which makes it, opens
+    after logging is set up).
+    """
+    stream: TextIO = sys.stderr
+    if log_file:
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            stream = open(log_file, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (lives as long as we do)
+        except OSError as exc:
+            raise StartupError(f"cannot open log file {log_file}: {_reason(exc)}") from None
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -187,11 +203,16 @@ def build_policy(args: argparse.Namespace) -> Policy:
     )
 
 
-def prepare(state_dir: Path) -> Store:
-    """Blocking start-up work, done before the event loop serves anyone."""
+def prepare(state_dir: Path, socket_path: Path) -> Store:
+    """Blocking start-up work, done before the event loop serves anyone: every directory
+    the daemon needs is made (or named in one line) before it connects to anything."""
     from iyclo.store import Store
 
-    Path(naming.RUN_DIR).mkdir(parents=True, exist_ok=True)
+    for directory in (Path(naming.RUN_DIR), socket_path.parent):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(f"cannot create directory {directory}: {_reason(exc)}") from None
     return Store.open(state_dir)
 
 
@@ -209,7 +230,7 @@ async def run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signum, stop.set)
 
     policy = build_policy(args)
-    store = prepare(args.state_dir)
+    store = prepare(args.state_dir, args.socket)
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(store.close)
         systemd = await SystemdManager.connect(args.systemd_bus_address)
@@ -222,7 +243,14 @@ async def run(args: argparse.Namespace) -> int:
         stack.push_async_callback(service.close)
         try:
             await podman.ping()
+            platform = await podman.platform()
+            if problems := platform.problems():
+                raise StartupError("; ".join(problems))
+            log.info("podman", platform=attrs.asdict(platform),
+                     features=attrs.asdict(platform.features))  # fmt: skip
             report = await service.reconcile()
+        except StartupError:
+            raise  # an unsupported Podman: refuse to run rather than half-work
         except IycloError as exc:
             # Serve anyway: clients get clear errors per call, and `iyclo reconcile`
             # retries once Podman is back (socket activation may just be slow).
@@ -249,8 +277,14 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Every failure to start is one line on stderr (the journal) and a non-zero status
+    that `systemctl status` shows; a traceback would bury the one fact that matters."""
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_file, args.log_level)
+    try:
+        configure_logging(args.log_file, args.log_level)
+    except IycloError as exc:
+        sys.stderr.write(f"iyclod: error: {exc.message}\n")
+        sys.exit(exc.exit_code)
     try:
         code = asyncio.run(run(args))
     except IycloError as exc:

@@ -135,12 +135,17 @@ class JsonRpcServer:
         self._clients: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        self._server = await asyncio.start_unix_server(
-            self._serve, path=str(self.path), limit=self.max_line
-        )
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            self._server = await asyncio.start_unix_server(
+                self._serve, path=str(self.path), limit=self.max_line
+            )
+        except OSError as exc:
+            raise IycloError(
+                f"cannot listen on JSON socket {self.path}: {exc.strerror or exc}"
+            ) from None
         os.chmod(self.path, 0o660)
         log.info("json socket listening", path=str(self.path))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,64 @@ def completion(shell: str) -> None:
     completer = get_completion_class(shell)
     assert completer is not None
     click.echo(completer(cli, {}, "iyclo", "_IYCLO_COMPLETE").source())
+
+
+@cli.group()
+def system() -> None:
+    """Install iyclod as a systemd service on this host, or remove it."""
+
+
+def _system_options(prefix_help: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """--prefix and --dry-run, which install and uninstall share."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        command = click.option(
+            "--dry-run", is_flag=True, help="Print what would be done, and do nothing."
+        )(command)
+        return click.option(
+            "--prefix",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=Path("/"),
+            show_default=True,
+            help=prefix_help,
+        )(command)
+
+    return decorate
+
+
+def _echo_steps(steps: Callable[[], list[Any]], dry_run: bool) -> None:
+    from iyclo.errors import IycloError
+
+    try:
+        for step in steps():
+            click.echo(("would " if dry_run else "") + step.text)
+    except IycloError as exc:
+        die(exc.message, code=exc.exit_code)
+
+
+@system.command("install")
+@_system_options("Install under this root; nothing is reloaded unless /.")
+@click.option("--enable", is_flag=True, help="Also `systemctl enable --now iyclod.service`.")
+def system_install(prefix: Path, dry_run: bool, enable: bool) -> None:
+    """Install iyclod's unit, D-Bus policy and activation file, and a sample config.
+
+    Then `systemctl start iyclod` starts it, and so does the first D-Bus call to
+    `io.github.iyclo1`. The unit runs the iyclod of this installation.
+
+    Example: `iyclo system install --dry-run`
+    """
+    from iyclo.install import install
+
+    _echo_steps(lambda: install(prefix, dry_run=dry_run, enable=enable), dry_run)
+
+
+@system.command("uninstall")
+@_system_options("Remove from under this root.")
+def system_uninstall(prefix: Path, dry_run: bool) -> None:
+    """Stop iyclod and remove what `install` wrote; the config and the state stay."""
+    from iyclo.install import uninstall
+
+    _echo_steps(lambda: uninstall(prefix, dry_run=dry_run), dry_run)
 
 
 for command in (

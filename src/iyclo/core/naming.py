@@ -12,9 +12,7 @@ LABEL_KIND = f"{LABEL_PREFIX}kind"
 LABEL_GENERATION = f"{LABEL_PREFIX}generation"
 LABEL_HASH = f"{LABEL_PREFIX}hash"
 LABEL_CONTAINER = f"{LABEL_PREFIX}container"
-SLICE = "iyclo.slice"
-"""The parent of every pod's own slice, so one limit there bounds everything iyclo runs."""
-SLICE_PREFIX = "iyclo-"
+SLICE_PREFIX = "iyclo_"
 RUN_DIR = "/run/iyclo"
 
 
@@ -23,19 +21,26 @@ def unit_name(kind: str, name: str, suffix: str = "service") -> str:
 
 
 def slice_name(name: str) -> str:
-    """The pod's own slice, a child of iyclo.slice holding its unit and its containers.
+    """The pod's own slice, holding its unit and its containers: a *top-level* slice.
 
-    A "-" in a slice name means a level of the tree ("iyclo-a-b.slice" is a child of
-    "iyclo-a.slice"), so the pod name's dashes are escaped as systemd-escape does:
-    pod "a-b" gets "iyclo-a\\x2db.slice", a sibling of pod "a"'s slice, not its child.
+    Measured on Debian 13: Podman 5.4 cannot use a nested slice ("iyclo-web.slice", a child
+    of "iyclo.slice") as a pod's cgroup parent. It checks whether the pod's cgroup exists at
+    the literal path "<parent>/<parent>-libpod_pod_<id>.slice", while systemd put it at
+    "iyclo.slice/iyclo-web.slice/...", so `podman pod start` creates it a second time and
+    fails with "Unit ... was already loaded". A top-level slice's path is the same both ways,
+    and Podman 4.3 accepts it as well: one layout for both.
+
+    So no "-" may appear in it, as a "-" in a slice name means a level of the tree: the
+    prefix is "iyclo_", and the pod name's dashes are escaped as systemd-escape does
+    (pod "a-b" gets "iyclo_a\\x2db.slice").
     """
     escaped = name.replace("-", "\\x2d")
     return f"{SLICE_PREFIX}{escaped}.slice"
 
 
 def parse_slice_name(unit: str) -> str | None:
-    """The pod name of one of our pod slices, or None (for iyclo.slice, Podman's pod
-    slices "iyclo-<name>-libpod_pod_<id>.slice" and any other unit)."""
+    """The pod name of one of our pod slices, or None (for Podman's pod slices
+    "iyclo_<name>-libpod_pod_<id>.slice" and any other unit)."""
     if not unit.startswith(SLICE_PREFIX) or not unit.endswith(".slice"):
         return None
     stem = unit[len(SLICE_PREFIX) : -len(".slice")]

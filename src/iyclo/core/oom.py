@@ -8,8 +8,8 @@ unified memory controller and only for a unit's own cgroup, which does not hold 
 containers. The kernel, however, logs every memory-cgroup OOM kill on ``/dev/kmsg`` with the
 cgroup whose limit was hit and the victim's cgroup::
 
-    oom-kill:constraint=CONSTRAINT_MEMCG,...,oom_memcg=/iyclo.slice/iyclo-web.slice/...,
-    task_memcg=/iyclo.slice/iyclo-web.slice/.../libpod-<64 hex>.scope,task=sh,pid=42,uid=0
+    oom-kill:constraint=CONSTRAINT_MEMCG,...,oom_memcg=/iyclo_web.slice/...,
+    task_memcg=/iyclo_web.slice/.../libpod-<64 hex>.scope,task=sh,pid=42,uid=0
 
 cAdvisor, and so the kubelet, detects container OOM kills the same way. One limit: the
 kernel rate-limits that summary line (10 per 5 s machine-wide), so in a storm of OOM kills
@@ -60,7 +60,7 @@ def parse_kmsg_line(line: str) -> OomKill | None:
     A record is ``PRIORITY,SEQUENCE,TIMESTAMP,FLAGS;MESSAGE``; continuation lines (which
     start with a space) and records that do not name a container's scope are not kills.
     The kernel escapes a backslash in the message as ``\\x5c``, so the slice of pod
-    "a-b", ``iyclo-a\\x2db.slice``, arrives as ``iyclo-a\\x5cx2db.slice`` (measured).
+    "a-b", ``iyclo_a\\x2db.slice``, arrives as ``iyclo_a\\x5cx2db.slice`` (measured).
     """
     _, sep, message = line.partition(";")
     if not sep or not message.startswith("oom-kill:"):

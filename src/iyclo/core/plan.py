@@ -179,7 +179,7 @@ def _container_spec(
 
 
 def _pod_spec(
-    manifest: Pod | Job, labels: dict[str, str], pod_name: str, cgroup_parent: str = naming.SLICE
+    manifest: Pod | Job, labels: dict[str, str], pod_name: str, cgroup_parent: str
 ) -> dict[str, Any]:
     portmappings = [
         {
@@ -260,6 +260,16 @@ def slice_properties(block: SystemdSandbox) -> list[tuple[str, Any]]:
     ]
 
 
+def podman_environment(unit: str) -> list[str]:
+    """The environment of the podman commands a unit runs.
+
+    PODMAN_SYSTEMD_UNIT tells Podman which unit supervises the containers. Podman 5 warns
+    at every call on a cgroup v1 host that v1 is deprecated; in the unit's journal that
+    line would stand before, and be read as, the start's real error.
+    """
+    return [f"PODMAN_SYSTEMD_UNIT={unit}", "PODMAN_IGNORE_CGROUPSV1_WARNING=1"]
+
+
 def pod_unit_properties(manifest: Pod, pod_name: str, unit: str) -> list[tuple[str, Any]]:
     """A transient service that systemd launches, watches and restarts, as Quadlet would."""
     podman = podman_binary()
@@ -285,7 +295,7 @@ def pod_unit_properties(manifest: Pod, pod_name: str, unit: str) -> list[tuple[s
         ("StartLimitIntervalUSec", parse_duration(restart.window)),
         ("TimeoutStartUSec", 120 * USEC),
         ("TimeoutStopUSec", (grace + 30) * USEC),
-        ("Environment", [f"PODMAN_SYSTEMD_UNIT={unit}"]),
+        ("Environment", podman_environment(unit)),
     ]
     props.extend(sandbox_properties(manifest.systemd, resources=False))
     return props

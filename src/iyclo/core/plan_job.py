@@ -53,6 +53,7 @@ from iyclo.core.plan import (
     labels_for,
     pod_stop_timeout,
     podman_binary,
+    podman_environment,
     sandbox_properties,
     slice_properties,
 )
@@ -127,6 +128,31 @@ def job_timer_properties(manifest: Job) -> list[tuple[str, Any]]:
     return props
 
 
+def skip_rearm(manifest: Job, timer: str) -> list[tuple[str, list[str], bool]]:
+    """The commands that make the timer forget the elapses that fall inside a run.
+
+    Run both before and after each run, because systemd changed what a restarted timer
+    counts from (measured with a 4 s run on a 3 s calendar, 6 runs each): systemd 252
+    restarts a timer from "now" but still holds an elapse that fell inside the run, so
+    only a restart *after* the run drops it; systemd 257 restarts a timer from its last
+    trigger, so after the run that trigger already lies in the past and the restart fires
+    at once (a catch-up run, sometimes), while a restart *at the start* of the run, from
+    the trigger that started it, leaves the elapse inside the run to merge into the running
+    start job. Each restart is harmless on the other version. A persistent timer keeps its
+    last trigger in its stamp file, which a restart reloads: touch it first.
+    """
+    commands: list[tuple[str, list[str], bool]] = []
+    if manifest.schedule.persistent:
+        touch = touch_binary()
+        commands.append((touch, [touch, timer_stamp(timer)], True))
+    systemctl = systemctl_binary()
+    commands.append(
+        (systemctl, [systemctl, "try-restart", "--no-ask-password",
+                     "--job-mode=ignore-dependencies", timer], True)
+    )  # fmt: skip
+    return commands
+
+
 def job_service_properties(
     manifest: Job, pod_name: str, service: str, timer: str
 ) -> list[tuple[str, Any]]:
@@ -139,14 +165,11 @@ def job_service_properties(
     ]
     stop_pod = quiet([podman, "pod", "stop", "--ignore", f"--time={grace}", pod_name])
     stop_post: list[tuple[str, list[str], bool]] = [(*stop_pod, True)]
+    start_pre: list[tuple[str, list[str], bool]] = []
     if manifest.schedule.overlap == "skip":
-        if manifest.schedule.persistent:
-            touch = touch_binary()
-            stop_post.append((touch, [touch, timer_stamp(timer)], True))
-        systemctl = systemctl_binary()
-        rearm = [systemctl, "try-restart", "--no-ask-password",
-                 "--job-mode=ignore-dependencies", timer]  # fmt: skip
-        stop_post.append((systemctl, rearm, True))
+        rearm = skip_rearm(manifest, timer)
+        start_pre.extend(rearm)
+        stop_post.extend(rearm)
     timeout = manifest.schedule.timeout
     props: list[tuple[str, Any]] = [
         ("Description", f"iyclo job {manifest.name}"),
@@ -154,6 +177,7 @@ def job_service_properties(
         # the `systemd` block (set on the slice) bound the run, not only conmon.
         ("Slice", naming.slice_name(manifest.name)),
         ("Type", "oneshot"),
+        *([("ExecStartPre", start_pre)] if start_pre else []),
         ("ExecStart", start),
         ("ExecStopPost", stop_post),
         ("KillMode", "process"),
@@ -166,7 +190,7 @@ def job_service_properties(
         # Kept while the timer exists (it references the service), so the last run's
         # result stays readable; collected together with the timer, even after a failure.
         ("CollectMode", "inactive-or-failed"),
-        ("Environment", [f"PODMAN_SYSTEMD_UNIT={service}"]),
+        ("Environment", podman_environment(service)),
     ]
     props.extend(sandbox_properties(manifest.systemd, resources=False))
     return props

@@ -21,6 +21,7 @@ import podman.errors
 import requests.exceptions
 
 from iyclo.errors import NotFoundError, PodmanError
+from iyclo.podman.platform import Platform
 
 DEFAULT_URL = "unix:///run/podman/podman.sock"
 POD_REMOVE_RETRY_SECONDS = 10.0
@@ -52,6 +53,7 @@ class PodmanClient:
     def __init__(self, url: str = DEFAULT_URL, *, timeout: float = 120) -> None:
         self.url = url
         self._client = podman.PodmanClient(base_url=url, timeout=timeout)
+        self._platform: Platform | None = None
 
     def close(self) -> None:
         self._client.close()
@@ -78,6 +80,14 @@ class PodmanClient:
         ok = await self._call("ping", self._client.ping)
         if not ok:
             raise PodmanError(f"Podman at {self.url} does not answer its ping")
+
+    async def platform(self) -> Platform:
+        """What this Podman is (see `iyclo.podman.platform`), asked once and remembered:
+        a Podman is not swapped for another version behind a running daemon's back."""
+        if self._platform is None:
+            info: dict[str, Any] = await self._call("podman info", self._client.info)
+            self._platform = Platform.from_info(info)
+        return self._platform
 
     async def version(self) -> dict[str, Any]:
         result: dict[str, Any] = await self._call("version", self._client.version)

@@ -105,7 +105,7 @@ class Platform:
         """One line for each way this Podman differs from what iyclo supports."""
         found = []
         version = self.version_tuple
-        if not (MIN_VERSION <= version[:2] and version[:1] <= (MAX_MAJOR,)):
+        if not (version[:2] >= MIN_VERSION and version[:1] <= (MAX_MAJOR,)):
             found.append(
                 f"Podman {self.version or '(unknown version)'} is not supported: iyclo needs "
                 f"Podman {'.'.join(map(str, MIN_VERSION))} to {MAX_MAJOR}.x"
@@ -117,7 +117,9 @@ class Platform:
                 "in containers.conf, then podman system reset)"
             )
         if self.oci_runtime not in SUPPORTED_RUNTIMES:
-            found.append(f'Podman uses the OCI runtime "{self.oci_runtime}": iyclo needs runc or crun')
+            found.append(
+                f'Podman uses the OCI runtime "{self.oci_runtime}": iyclo needs runc or crun'
+            )
         if self.cgroup_manager not in SUPPORTED_CGROUP_MANAGERS:
             found.append(
                 f'Podman uses the "{self.cgroup_manager}" cgroup manager: iyclo needs systemd '

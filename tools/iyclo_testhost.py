@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """A real systemd + Podman host for tests, booted inside private namespaces.
 
 Why this exists: iyclo supervises Podman pods through systemd transient units, and the only
@@ -46,6 +47,7 @@ import io
 import json
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
@@ -132,7 +134,7 @@ MASKED_UNITS: Final = (
 # which deletes e.g. /etc/passwd.lock and empties /var/lib/cni/networks on the real disk. Keep
 # it to the filesystems that belong to the test host.
 TMPFILES_DROPIN: Final = """\
-# Written by iyclo.testhost: only touch filesystems private to the test host.
+# Written by iyclo_testhost: only touch filesystems private to the test host.
 [Service]
 ExecStart=
 ExecStart=systemd-tmpfiles --create --remove --boot --prefix=/run --prefix=/tmp \
@@ -140,13 +142,13 @@ ExecStart=systemd-tmpfiles --create --remove --boot --prefix=/run --prefix=/tmp 
 """
 
 JOURNALD_CONF: Final = """\
-# Written by iyclo.testhost: keep the journal in the private /run, never in /var/log/journal.
+# Written by iyclo_testhost: keep the journal in the private /run, never in /var/log/journal.
 [Journal]
 Storage=volatile
 """
 
 CONTAINERS_CONF: Final = """\
-# Written by iyclo.testhost.
+# Written by iyclo_testhost.
 [containers]
 # The sandbox lacks CAP_SYS_RESOURCE and caps nofile at 20000: Podman's defaults fail there.
 default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
@@ -204,10 +206,20 @@ SETUP_SCRIPT: Final = (
     CGROUP_MOUNT_FN
     + r"""
 set -eu
-name=$1 root=$2
-mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /var/tmp
+name=$1 root=$2 rootfs=$3  # rootfs "": the host runs on the machine's own filesystem
+tab=$(printf '\t')
+# Bind sources are staged first: a checkout under /tmp is hidden once the host's /tmp is up.
+n=0
+while IFS=$tab read -r src dst; do
+    mkdir -p "$root/boot/binds/$n"
+    mount --rbind "$src" "$root/boot/binds/$n"
+    n=$((n + 1))
+done < "$root/boot/binds.tsv"
+R=$rootfs
+if [ -n "$R" ]; then mount --bind "$R" "$R"; fi  # pivot_root and containers/storage need it
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$R/run"
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/tmp"
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/var/tmp"
 cgroup_mount_all
 while IFS=: read -r _ ctrl path; do
     parent=$(cgroup_dir "$ctrl")${path%/}
@@ -219,34 +231,62 @@ while IFS=: read -r _ ctrl path; do
     echo $$ > "$own/cgroup.procs"
 done < /proc/self/cgroup
 umount -R /sys/fs/cgroup
-exec unshare --cgroup sh "$root/boot/setup-2.sh" "$name" "$root"
+exec unshare --cgroup sh "$root/boot/setup-2.sh" "$name" "$root" "$rootfs"
 """
 )
 
+# Step two. On the machine's filesystem, private overlays and bind mounts (see the module
+# docstring). On a fresh root, only the kernel's /sys (with the private cgroup tree just
+# mounted on it) and /dev come from the machine; then `pivot_root`, not `chroot`: under a
+# chroot, /proc/PID/exe of a process in a nested mount namespace reads as the path outside
+# the root, and a test host booted inside would look as if its systemd never started.
 SETUP_SCRIPT_2: Final = (
     CGROUP_MOUNT_FN
     + r"""
 set -eu
-name=$1 root=$2
+name=$1 root=$2 rootfs=$3
+tab=$(printf '\t')
 cgroup_mount_all
-mount -t proc -o nosuid,nodev,noexec proc /proc
-overlay_dir() {
-    mount -t tmpfs -o mode=0755 tmpfs "$2"
-    cp -a "$1/." "$2/"
-}
-overlay_dir "$root/boot/run" /run
-overlay_dir "$root/boot/systemd-system" /etc/systemd/system
-overlay_dir "$root/boot/dbus-system.d" /etc/dbus-1/system.d
-overlay_dir "$root/boot/containers-etc" /etc/containers
-mount --bind "$root/containers-networks" /etc/containers/networks
-mount --bind "$root/containers" /var/lib/containers
-mount --bind "$root/iyclo" /var/lib/iyclo
-mount --bind "$root/systemd-timers" /var/lib/systemd/timers
-mount --bind "$root/boot/console.log" /dev/console
-# journalctl would also read the machine's persistent journal (same machine id): hide it.
-if [ -d /var/log/journal ]; then mount -t tmpfs -o mode=0755 tmpfs /var/log/journal; fi
+R=$rootfs
+if [ -z "$R" ]; then
+    mount -t proc -o nosuid,nodev,noexec proc /proc
+    overlay_dir() {
+        mount -t tmpfs -o mode=0755 tmpfs "$2"
+        cp -a "$1/." "$2/"
+    }
+    overlay_dir "$root/boot/run" /run
+    overlay_dir "$root/boot/systemd-system" /etc/systemd/system
+    overlay_dir "$root/boot/dbus-system.d" /etc/dbus-1/system.d
+    overlay_dir "$root/boot/containers-etc" /etc/containers
+    overlay_dir "$root/boot/empty" /etc/iyclo
+    overlay_dir "$root/boot/empty" /usr/local/share/dbus-1/system-services
+    mount --bind "$root/containers-networks" /etc/containers/networks
+    mount --bind "$root/containers" /var/lib/containers
+    mount --bind "$root/iyclo" /var/lib/iyclo
+    mount --bind "$root/systemd-timers" /var/lib/systemd/timers
+    # journalctl would also read the machine's persistent journal (same machine id): hide it.
+    if [ -d /var/log/journal ]; then mount -t tmpfs -o mode=0755 tmpfs /var/log/journal; fi
+else
+    mount --rbind /sys "$R/sys"
+    mount --rbind /dev "$R/dev"
+    mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
+fi
+mount --bind "$root/boot/console.log" "$R/dev/console"
+n=0
+while IFS=$tab read -r src dst; do
+    mkdir -p "$R$dst"
+    mount --rbind "$root/boot/binds/$n" "$R$dst"
+    n=$((n + 1))
+done < "$root/boot/binds.tsv"
 ip link set lo up 2>/dev/null || busybox ip link set lo up
 export container="$name"
+if [ -n "$R" ]; then
+    cd "$R"
+    mkdir -p .oldroot
+    pivot_root . .oldroot
+    umount -l /.oldroot
+    rmdir /.oldroot
+fi
 exec /lib/systemd/systemd --system --unit=multi-user.target
 """
 )
@@ -273,9 +313,50 @@ exit $rc
 """
 )
 
+# Run in a private mount namespace by a command about to enter a host: joins the host's
+# cgroups ("controllers:path" specs, then "--"), then execs the rest.
+JOIN_CGROUPS_SCRIPT: Final = (
+    CGROUP_MOUNT_FN
+    + r"""
+set -eu
+cgroup_mount_all
+while [ "$1" != "--" ]; do
+    echo $$ > "$(cgroup_dir "${1%%:*}")${1#*:}/cgroup.procs"
+    shift
+done
+shift
+exec "$@"
+"""
+)
+
 GENERATOR_DIRS: Final = (
     Path("/lib/systemd/system-generators"),
     Path("/usr/local/lib/systemd/system-generators"),
+)
+SUITES: Final = {"bookworm": "Debian 12", "trixie": "Debian 13"}
+"""Debian releases a fresh root can be made of (`boot(suite=...)`)."""
+FRESH_PACKAGES: Final = "systemd,systemd-sysv,dbus,python3,git,ca-certificates"
+"""What a newcomer's minimal Debian has before the README's commands: a booting systemd and
+git to clone with. Everything else must come from the project's own install steps."""
+CA_BUNDLE: Final = Path("/etc/ssl/certs/ca-certificates.crt")
+# Passed into a fresh root's commands so its apt and pip reach the package registries the
+# way the machine does (through its proxy, trusting its CA bundle, copied in at boot).
+NETWORK_ENV: Final = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
+                      "NO_PROXY", "PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")  # fmt: skip
+# Units of a fresh root that would act on what it shares with the machine: the kernel's
+# settings, /dev, and the console.
+FRESH_MASKED_UNITS: Final = (
+    "systemd-sysctl.service",
+    "systemd-binfmt.service",
+    "systemd-modules-load.service",
+    "kmod-static-nodes.service",
+    "systemd-tmpfiles-setup-dev.service",
+    "systemd-tmpfiles-setup-dev-early.service",
+    "systemd-udevd.service",
+    "systemd-udev-trigger.service",
+    "systemd-firstboot.service",
+    "getty.target",
+    "console-getty.service",
 )
 NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 HIDDEN_PREFIXES: Final = ("/tmp", "/var/tmp", "/run", "/proc", "/sys", "/dev")
@@ -317,6 +398,8 @@ class _Record:
     unshare_pid: int
     pid_ns: str
     cgroups: tuple[str, ...]
+    suite: str = ""  # a fresh root of this Debian release; "" for the machine's filesystem
+    slirp_pid: int = 0  # a fresh root's user-mode network (slirp4netns), 0 if none
 
     @classmethod
     def load(cls, path: Path) -> _Record:
@@ -327,6 +410,8 @@ class _Record:
             unshare_pid=int(data["unshare_pid"]),
             pid_ns=str(data["pid_ns"]),
             cgroups=tuple(str(c) for c in data["cgroups"]),
+            suite=str(data.get("suite", "")),
+            slirp_pid=int(data.get("slirp_pid", 0)),
         )
 
     def dump(self, path: Path) -> None:
@@ -382,9 +467,22 @@ class Host:
     # -- running things inside -------------------------------------------------------------
 
     def nsenter_argv(self, argv: Sequence[str]) -> list[str]:
-        """The host-side argv that runs `argv` inside every namespace of this host."""
+        """The host-side argv that runs `argv` inside every namespace of this host.
+
+        On a fresh root the command also joins the host's cgroups first, in every
+        hierarchy, as `docker exec` does: a test host booted by that command (the suite
+        run inside a fresh root) makes its own cgroup below the one it is in, and outside
+        the host's cgroup namespace that would read as "/.." (measured).
+        """
         self._check_alive()
+        join = (
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", JOIN_CGROUPS_SCRIPT,
+             "iyclo-testhost-join", *self._record.cgroups, "--"]
+            if self._record.suite
+            else []
+        )  # fmt: skip
         return [
+            *join,
             "nsenter",
             "-t",
             str(self.pid),
@@ -422,7 +520,7 @@ class Host:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**INNER_ENV, **(env or {})},
+            env={**self.environment(), **(env or {})},
             cwd="/",
             start_new_session=True,
         ) as proc:
@@ -439,6 +537,13 @@ class Host:
         if check and result.returncode != 0:
             raise HostCommandError(argv, result.returncode, out, err)
         return result
+
+    def environment(self) -> dict[str, str]:
+        """`INNER_ENV`, and on a fresh root what its apt and pip need to reach the network."""
+        if not self._record.suite:
+            return {**INNER_ENV}
+        passed = {key: os.environ[key] for key in NETWORK_ENV if key in os.environ}
+        return {**INNER_ENV, **passed}
 
     def podman_ping(self, timeout: float = 1.0) -> bool:
         """True when the Podman API answers `GET /_ping` on its socket, from outside."""
@@ -495,6 +600,7 @@ class Host:
             return
         record = self._record
         deadline = time.monotonic() + timeout
+        _stop_slirp(record.slirp_pid)
         was_running = _is_our_systemd(record)
         if was_running:
             with contextlib.suppress(ProcessLookupError):
@@ -562,26 +668,42 @@ class Host:
 # -- booting ------------------------------------------------------------------------------
 
 
+def hidden_binds(*paths: Path) -> list[tuple[Path, str]]:
+    """Binds that keep `paths` visible inside a host at the same place: those under a
+    prefix the host makes private (a checkout or its venv under /tmp, say)."""
+    hidden = set()
+    for path in paths:
+        resolved = path.resolve()
+        directory = resolved if resolved.is_dir() else resolved.parent  # binds are of dirs
+        if any(directory.is_relative_to(prefix) for prefix in HIDDEN_PREFIXES):
+            hidden.add(directory)
+    outermost = [d for d in hidden if not any(d != o and d.is_relative_to(o) for o in hidden)]
+    return [(d, str(d)) for d in sorted(outermost)]
+
+
 def default_root(name: str = DEFAULT_NAME) -> Path:
     """Where a host named `name` keeps its disk when the caller does not choose."""
     return DEFAULT_BASE / name
 
 
-def check_available() -> None:
-    """Raise `TestHostUnavailable` with a one-line reason if this machine cannot boot a host."""
+def check_available(*, fresh_root: bool = False) -> None:
+    """Raise `TestHostUnavailable` with a one-line reason if this machine cannot boot a host.
+
+    A host on a fresh root brings its own systemd and has no Podman yet: it needs only the
+    namespace tools here.
+    """
     if sys.platform != "linux":
         raise TestHostUnavailable("test host needs Linux namespaces")
     if os.geteuid() != 0:
         raise TestHostUnavailable("test host needs root (it mounts and unshares namespaces)")
-    for tool, package in (
-        ("unshare", "util-linux"),
-        ("nsenter", "util-linux"),
-        ("podman", "podman"),
-        ("runc", "runc"),
-        ("ip", "iproute2"),
-    ):
+    tools = [("unshare", "util-linux"), ("nsenter", "util-linux")]
+    if not fresh_root:
+        tools += [("podman", "podman"), ("runc", "runc"), ("ip", "iproute2")]
+    for tool, package in tools:
         if shutil.which(tool, path=INNER_ENV["PATH"]) is None:
             raise TestHostUnavailable(f"{tool} not found (apt-get install {package})")
+    if fresh_root:
+        return
     if not os.access(SYSTEMD, os.X_OK):
         raise TestHostUnavailable(f"{SYSTEMD} not found (apt-get install systemd)")
     if not Path("/lib/systemd/system/podman.socket").exists():
@@ -596,14 +718,25 @@ def boot(
     name: str = DEFAULT_NAME,
     timeout: float = 30,
     extra_dbus_policies: Sequence[Path] = (),
+    binds: Sequence[tuple[Path, str]] = (),
+    suite: str = "",
 ) -> Host:
     """Boot a test host whose disk is `root` and return once systemd and Podman answer.
 
     `root` must lie outside the paths that are private inside (`/tmp`, `/run`, ...) because the
     setup script reads it from inside. Booting again on the same root after `shutdown()` is
     a reboot: Podman storage and `/var/lib/iyclo` persist, `/run` does not.
+
+    `binds` are (path here, path inside) pairs, bind-mounted after the host's private
+    mounts, so a checkout under `/tmp` stays visible inside at the same path.
+
+    With `suite` ("bookworm", "trixie"), the host runs on a fresh copy of a minimal Debian root
+    (see `fresh_base`) instead of the machine's filesystem, with systemd as PID 1 and the
+    user-mode network of its own, as a newcomer's machine: no Podman, no iyclo, nothing installed.
     """
-    check_available()
+    if suite and suite not in SUITES:
+        raise TestHostError(f"unknown Debian suite {suite!r} (one of {', '.join(SUITES)})")
+    check_available(fresh_root=bool(suite))
     if not NAME_RE.fullmatch(name):
         raise TestHostError(f"invalid test host name {name!r} (letters, digits, '_.-')")
     root = root.resolve()
@@ -622,13 +755,17 @@ def boot(
     if busy := _pids_in_cgroups(cgroups):
         raise TestHostError(f"a test host named {name!r} is running (pids {sorted(busy)[:5]})")
     _remove_cgroups(cgroups)  # a crashed host's empty tree
-    _stage(root, extra_dbus_policies)
+    _stage(root, extra_dbus_policies, binds)
+    rootfs = ""
+    if suite:
+        rootfs = str(_fresh_rootfs(root, suite, name))
+        deadline = time.monotonic() + timeout  # copying the root is not booting
     log = (root / "boot" / "unshare.log").open("wb")
     with log:
         process = subprocess.Popen(
             ["unshare", "--pid", "--fork", "--mount", "--propagation", "private",
              "--net", "--uts", "--ipc",
-             "sh", str(root / "boot" / "setup-1.sh"), name, str(root)],
+             "sh", str(root / "boot" / "setup-1.sh"), name, str(root), rootfs],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -636,35 +773,58 @@ def boot(
             cwd="/",
             start_new_session=True,
         )  # fmt: skip
+    slirp = 0
     try:
         pid = _wait_for_systemd(process, root, deadline)
-        record = _Record(name, pid, process.pid, os.readlink(f"/proc/{pid}/ns/pid"), cgroups)
+        if suite:
+            slirp = _start_slirp(pid, deadline)
+        record = _Record(
+            name, pid, process.pid, os.readlink(f"/proc/{pid}/ns/pid"), cgroups, suite, slirp
+        )
         record.dump(root / "host.json")
         (root / "host.pid").write_text(f"{pid}\n")
         host = Host(root, record, process)
         _wait_until_up(host, deadline)
     except BaseException:
+        _stop_slirp(slirp)
         _abort_boot(process, root, cgroups)
         raise
     host.boot_seconds = time.monotonic() - started
     return host
 
 
-def _stage(root: Path, extra_dbus_policies: Sequence[Path]) -> None:
+def _stage(
+    root: Path, extra_dbus_policies: Sequence[Path], binds: Sequence[tuple[Path, str]] = ()
+) -> None:
     """Create root's persistent dirs and regenerate `root/boot/`, the files this boot mounts."""
     for d in ("containers", "iyclo", "containers-networks", "systemd-timers"):
         (root / d).mkdir(parents=True, exist_ok=True)
     # Mount points on the real filesystem. /var/lib/containers exists wherever Podman is
     # installed; /var/lib/iyclo and /var/lib/systemd/timers (systemd's own place for timer
-    # stamps) are the only directories this may have to create on the machine, empty.
-    for mountpoint in ("/var/lib/containers", "/var/lib/iyclo", "/var/lib/systemd/timers"):
+    # stamps) are directories this may have to create on the machine, empty; so are
+    # /etc/iyclo and /usr/local/share/dbus-1/system-services, where `iyclo system
+    # install` writes its config and D-Bus activation file (empty tmpfs in every host).
+    for mountpoint in ("/var/lib/containers", "/var/lib/iyclo", "/var/lib/systemd/timers",
+                       "/etc/iyclo", "/usr/local/share/dbus-1/system-services"):  # fmt: skip
         Path(mountpoint).mkdir(parents=True, exist_ok=True)
     boot_dir = root / "boot"
     shutil.rmtree(boot_dir, ignore_errors=True)
     boot_dir.mkdir()
     (boot_dir / "console.log").touch()
+    (boot_dir / "empty").mkdir()
     (boot_dir / "setup-1.sh").write_text(SETUP_SCRIPT)
     (boot_dir / "setup-2.sh").write_text(SETUP_SCRIPT_2)
+    lines = []
+    for given, inside in binds:
+        source = given.resolve()
+        if (
+            not source.exists()
+            or not inside.startswith("/")
+            or any(c in f"{source}{inside}" for c in "\t\n")
+        ):
+            raise TestHostError(f"cannot bind {given} to {inside!r} in the test host")
+        lines.append(f"{source}\t{inside}\n")
+    (boot_dir / "binds.tsv").write_text("".join(lines))
 
     system = boot_dir / "systemd-system"
     system.mkdir()
@@ -700,6 +860,101 @@ def _stage(root: Path, extra_dbus_policies: Sequence[Path]) -> None:
     _copy_tree(Path("/etc/containers"), containers, skip=("networks",))
     (containers / "networks").mkdir()
     (containers / "containers.conf").write_text(CONTAINERS_CONF)
+
+
+def _need(tool: str, package: str) -> None:
+    """Install a tool only the fresh-root harness needs, saying so, when it is missing."""
+    if shutil.which(tool, path=INNER_ENV["PATH"]) is not None:
+        return
+    print(f"iyclo-testhost: installing {package}", file=sys.stderr)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
+        subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
+
+
+def _start_slirp(pid: int, deadline: float) -> int:
+    """Give the network namespace of `pid` a user-mode network (slirp4netns) to the outside.
+
+    A fresh root needs the package registries, yet must not share the machine's network
+    namespace: its Podman would put its bridge and firewall rules there, and its pods'
+    ports would clash with the machine's (measured: two fresh roots' web pods on
+    127.0.0.1:18080). slirp4netns forwards the namespace's traffic through ordinary sockets
+    of this process, so nothing changes on the machine; `--disable-host-loopback` keeps the
+    machine's own 127.0.0.1 out of reach.
+    """
+    _need("slirp4netns", "slirp4netns")
+    ready_r, ready_w = os.pipe()
+    try:
+        slirp = subprocess.Popen(
+            ["slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",
+             f"--ready-fd={ready_w}", str(pid), "tap0"],
+            pass_fds=(ready_w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        os.close(ready_w)
+        ready_w = -1
+        readable, _, _ = select.select([ready_r], [], [], max(deadline - time.monotonic(), 1))
+        if not readable or os.read(ready_r, 1) != b"1":
+            slirp.kill()
+            slirp.wait(5)
+            raise TestHostError("slirp4netns did not set up the fresh root's network")
+    finally:
+        os.close(ready_r)
+        if ready_w >= 0:
+            os.close(ready_w)
+    with warnings.catch_warnings():  # it outlives this handle, as the host does
+        warnings.simplefilter("ignore", ResourceWarning)
+        return slirp.pid
+
+
+def _stop_slirp(pid: int) -> None:
+    if pid and _pid_alive(pid, "slirp4netns"):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def fresh_base(suite: str, *, refresh: bool = False) -> Path:
+    """A minimal Debian root of `suite` (see `FRESH_PACKAGES`), made once by mmdebstrap.
+
+    Cached under `DEFAULT_BASE/fresh/<suite>/` (about 300 MB, 20-30 s to make) and copied
+    anew for every boot, so each run starts from what a newcomer has.
+    """
+    base = DEFAULT_BASE / "fresh" / suite
+    made = base / "made"
+    if made.exists() and not refresh:
+        return base / "root"
+    _need("mmdebstrap", "mmdebstrap")
+    made.unlink(missing_ok=True)
+    shutil.rmtree(base / "root", ignore_errors=True)
+    base.mkdir(parents=True, exist_ok=True)
+    log = base / "mmdebstrap.log"
+    with log.open("wb") as out:
+        result = subprocess.run(
+            ["mmdebstrap", "--variant=minbase", f"--include={FRESH_PACKAGES}", suite,
+             str(base / "root")],
+            stdout=out, stderr=subprocess.STDOUT, check=False,
+        )  # fmt: skip
+    if result.returncode != 0:
+        tail = " | ".join(log.read_text(errors="replace").splitlines()[-3:])
+        raise TestHostError(f"mmdebstrap {suite} failed (exit {result.returncode}): {tail}")
+    made.write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+    return base / "root"
+
+
+def _fresh_rootfs(root: Path, suite: str, name: str) -> Path:
+    """A throw-away copy of the cached fresh root for one boot of the host on `root`."""
+    base = fresh_base(suite)
+    rootfs = root / "rootfs"
+    shutil.rmtree(rootfs, ignore_errors=True)
+    subprocess.run(["cp", "-a", str(base), str(rootfs)], check=True)
+    if CA_BUNDLE.exists():  # the machine's trust store: its proxy may sign what it forwards
+        shutil.copyfile(CA_BUNDLE, rootfs / CA_BUNDLE.relative_to("/"))
+    (rootfs / "etc" / "hostname").write_text(f"{name}\n")
+    system = rootfs / "etc" / "systemd" / "system"
+    for unit in FRESH_MASKED_UNITS:
+        (system / unit).unlink(missing_ok=True)
+        (system / unit).symlink_to("/dev/null")
+    return rootfs
 
 
 def _copy_tree(src: Path, dst: Path, skip: Sequence[str] = ()) -> None:
@@ -749,6 +1004,8 @@ def _wait_until_up(host: Host, deadline: float) -> None:
             break
         time.sleep(0.02)
     host.boot_state = state
+    if host._record.suite:
+        return  # the machine's network, and no Podman before the project installs it
     lo = host.run(["ip", "-o", "link", "show", "lo"]).stdout
     if "UP" not in lo.partition("<")[2].partition(">")[0].split(","):
         raise TestHostError(f"loopback is down in test host {host.name}: {lo.strip()}")
@@ -972,9 +1229,24 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--no-busybox", action="store_true", help="do not import localhost/busybox:latest"
     )
+    up.add_argument(
+        "--suite",
+        choices=sorted(SUITES),
+        default="",
+        help="boot a fresh minimal Debian root of this release instead of this machine's "
+        "filesystem (nothing installed; a user-mode network of its own)",
+    )
+    up.add_argument(
+        "--bind",
+        action="append",
+        default=[],
+        metavar="PATH[:INSIDE]",
+        help="bind-mount PATH into the host (at INSIDE, default the same path)",
+    )
     ex = sub.add_parser("exec", parents=[common], help="run a command inside (default: bash)")
     ex.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
     sub.add_parser("down", parents=[common], help="kill the host")
+    sub.add_parser("busybox-tar", help="print the path of the busybox rootfs tar (made once)")
     sub.add_parser("status", parents=[common], help="exit 0 if the host runs, 3 if not")
     return parser
 
@@ -982,14 +1254,24 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """`iyclo-testhost up|exec|down|status`: one-line errors, exit codes like systemctl."""
     args = _parser().parse_args(argv)
-    root: Path = (args.root or default_root(args.name)).resolve()
+    name = getattr(args, "name", DEFAULT_NAME)
+    root: Path = (getattr(args, "root", None) or default_root(name)).resolve()
     try:
         if args.command == "up":
+            binds = []
+            for spec in args.bind:
+                source, _, inside = spec.partition(":")
+                binds.append((Path(source), inside or str(Path(source).resolve())))
             host = boot(
-                root, name=args.name, timeout=args.timeout, extra_dbus_policies=args.dbus_policy
+                root,
+                name=args.name,
+                timeout=args.timeout,
+                extra_dbus_policies=args.dbus_policy,
+                binds=binds,
+                suite=args.suite,
             )
             try:
-                if not args.no_busybox:
+                if not args.no_busybox and not args.suite:
                     ensure_busybox_image(host)
             except BaseException:
                 host.shutdown()
@@ -1005,8 +1287,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
             host = Host.attach(root)
             sys.stdout.flush()
-            env = {**INNER_ENV, **({"TERM": os.environ["TERM"]} if "TERM" in os.environ else {})}
-            os.execvpe("nsenter", host.nsenter_argv(cmd or ["bash"]), env)
+            env = {
+                **host.environment(),
+                **({"TERM": os.environ["TERM"]} if "TERM" in os.environ else {}),
+            }
+            argv = host.nsenter_argv(cmd or ["bash"])
+            os.execvpe(argv[0], argv, env)
+        if args.command == "busybox-tar":
+            print(busybox_rootfs_tar())
+            return 0
         if args.command == "down":
             try:
                 host = Host.attach(root)
