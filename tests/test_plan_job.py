@@ -76,6 +76,7 @@ def test_timer_properties_follow_the_schedule() -> None:
         "AccuracyUSec": 1 * SEC,
         "RandomizedDelayUSec": 600 * SEC,
         "RemainAfterElapse": True,
+        "StartLimitIntervalUSec": 0,  # skip's restarts must not hit the start limit
     }
     no_delay = dict(plan_job(_two_step(), 1, "d").timer_properties)
     assert "RandomizedDelayUSec" not in no_delay

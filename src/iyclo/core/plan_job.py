@@ -122,6 +122,11 @@ def job_timer_properties(manifest: Job) -> list[tuple[str, Any]]:
         # The default, spelled out: a calendar with a last elapse (a single date) keeps its
         # timer, and so the service and its last result, loaded after that elapse.
         ("RemainAfterElapse", True),
+        # `overlap: skip` restarts the timer before and after every run (``skip_rearm``):
+        # a 3 s calendar makes ~7 restarts in 10 s, and systemd's default start limit (5 in
+        # 10 s) then fails the timer with start-limit-hit (measured on systemd 252). Those
+        # restarts are ours; the schedule is what limits how often a job runs.
+        ("StartLimitIntervalUSec", 0),
     ]
     if schedule.randomized_delay:
         props.append(("RandomizedDelayUSec", parse_duration(schedule.randomized_delay)))
