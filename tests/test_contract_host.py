@@ -107,6 +107,11 @@ def test_a_run_that_exits_3_reads_the_same_on_dbus_and_the_socket(daemon: Daemon
         remove(daemon, name, purge_history=True)
 
     # On the bus, as busctl decodes it: (name, run, state, exit_code, result, duration, at).
+    print(f"\nbusctl monitor: {signal['member']} {json.dumps(signal['payload'])}")
+    for via, events in seen.items():
+        for event in events:
+            if event["event"] == "JobFinished":
+                print(f"iyclo events --json via {via}: {json.dumps(event)}")
     assert signal["payload"]["type"] == "susisdd"
     bus_name, run, state, exit_code, result, duration, at = signal["payload"]["data"]
     assert (bus_name, run, state, exit_code, result) == (
@@ -145,6 +150,7 @@ def test_a_job_is_a_dbus_object_from_apply_to_rm(daemon: Daemon) -> None:
     try:
         assert applied.returncode == 0, applied.stderr
         tree = _tree(daemon)
+        print(f"\nbusctl tree --list io.github.iyclo1 after apply: {' '.join(tree)}")
         assert path in tree  # there when apply answered
         assert "/io/github/iyclo1/pod/tree_2djob" not in tree  # a job is no pod
         assert _job_property(daemon, path, "Schedule") == YEARLY
@@ -161,6 +167,8 @@ def test_a_job_is_a_dbus_object_from_apply_to_rm(daemon: Daemon) -> None:
         assert _job_property(daemon, path, "LastRun") == 1
         removed = daemon.cli("rm", name, "--purge-history", via="dbus")
         assert removed.returncode == 0, removed.stderr
-        assert path not in _tree(daemon)  # gone when rm answered
+        tree = _tree(daemon)
+        print(f"busctl tree --list io.github.iyclo1 after rm: {' '.join(tree)}")
+        assert path not in tree  # gone when rm answered
     finally:
         remove(daemon, name, purge_history=True)

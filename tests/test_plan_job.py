@@ -242,6 +242,8 @@ def test_invocation_ids_and_times() -> None:
     assert invocation_hex(list(bytes.fromhex(INVOCATION))) == INVOCATION
     assert invocation_hex(INVOCATION.upper()) == INVOCATION
     assert usec_iso(START + 12_345) == "2024-05-01T03:00:00.012Z"
+    assert usec_iso(str(START)) == "2024-05-01T03:00:00.000Z"  # journald's JSON: strings
+    assert usec_iso(0) == usec_iso(None) == usec_iso("x") == ""  # none
 
 
 def _entry(at: int, invocation: str, **fields: str) -> dict[str, Any]:

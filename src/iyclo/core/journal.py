@@ -94,10 +94,7 @@ def journal_lines(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         message = entry.get("MESSAGE", "")
         if isinstance(message, list):  # journald sends non-UTF-8 text as bytes
             message = bytes(message).decode(errors="replace")
-        try:
-            at = usec_iso(int(entry.get("__REALTIME_TIMESTAMP", 0)))
-        except (TypeError, ValueError):
-            at = ""
+        at = usec_iso(entry.get("__REALTIME_TIMESTAMP"))
         lines.append(
             {"at": at, "identifier": entry.get("SYSLOG_IDENTIFIER", ""), "message": message}
         )

@@ -24,6 +24,7 @@ from iyclo.core.locks import Locks
 from iyclo.core.oom import OomKill, oom_fields, record_kill
 from iyclo.core.plan import PodPlan, plan_pod
 from iyclo.core.results import ApplyResult
+from iyclo.core.runs import usec_iso
 from iyclo.core.state import LiveState
 from iyclo.core.steps import Steps, pod_of_unit
 from iyclo.core.timeouts import SYSTEMD_JOB
@@ -59,17 +60,6 @@ def state_word(unit: dict[str, Any] | None, desired: str) -> str:
     if active == Active.FAILED:
         return "failed"
     return "stopped"
-
-
-def usec_iso(value: Any) -> str:
-    """A realtime usec timestamp as ISO 8601 UTC, to the second ("" for none)."""
-    try:
-        usec = int(value)
-    except (TypeError, ValueError):
-        return ""
-    if usec <= 0:
-        return ""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(usec / 1_000_000))
 
 
 class PodHandler:

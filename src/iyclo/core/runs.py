@@ -77,8 +77,16 @@ def invocation_hex(value: Any) -> str:
     return ""
 
 
-def usec_iso(usec: int) -> str:
-    """A realtime ``usec`` timestamp as an ISO 8601 UTC string with milliseconds."""
+def usec_iso(usec: Any) -> str:
+    """A realtime ``usec`` timestamp (as systemd and journald give them) as an ISO 8601 UTC
+    string with milliseconds, the one spelling of a time iyclo reports; "" for none (0, or
+    not a number)."""
+    try:
+        usec = int(usec)
+    except (TypeError, ValueError):
+        return ""
+    if usec <= 0:
+        return ""
     moment = datetime.fromtimestamp(usec / 1_000_000, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
