@@ -206,7 +206,7 @@ def _join(path: str, key: str | int) -> str:
         return f"{path}[{key}]"
     if _IDENT_RE.match(key) and len(key) <= 64:
         return f"{path}.{key}" if path else key
-    return f"{path}[{show(key)}]"
+    return f"{path or 'manifest'}[{show(key)}]"
 
 
 def _invalid(errors: list[str]) -> InvalidError:

@@ -112,7 +112,17 @@ def show(value: object, limit: int = SHOW_LIMIT) -> str:
         text = json.dumps(value, default=str)
     except (ValueError, RecursionError):  # e.g. an int beyond Python's 4300-digit limit
         text = f"a {type(value).__name__} value"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return text if len(text) <= limit else _cut(text, limit - 3) + "..."
+
+
+def _cut(text: str, length: int) -> str:
+    """``text[:length]`` without the start of an escape sequence the cut split
+    (a trailing ``\\`` or ``\\u00``), which would read as a different character."""
+    cut = text[:length]
+    match = re.search(r"(\\+)(u[0-9a-fA-F]{0,3})?$", cut)
+    if match and len(match.group(1)) % 2 == 1:
+        cut = cut[: match.end(1) - 1]
+    return cut
 
 
 def parse_size(text: str) -> int:
