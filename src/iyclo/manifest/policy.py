@@ -101,8 +101,9 @@ class IdRange:
 # default: Debian's users are 1000-59999 and its /etc/subuid ranges 100000-600100000
 # (login.defs SUB_UID_MIN/MAX), systemd-nspawn's container ranges 524288-1879048191 and its
 # foreign range 2147352576-2147418111, SSSD's ID mapping 200000-2000200000. It is the
-# range Podman's own documentation gives rootful `--userns=auto` (containers:2147483647:
-# 2147483648), minus 2^31-1 so it starts 64K-aligned (container ID = host ID mod 65536).
+# range podman-run(1) gives as the example for rootful `--userns=auto` (containers:
+# 2147483647:2147483648), started one ID later so that it is 64K-aligned: with hostIds
+# that are multiples of 65536, container ID = host ID mod 65536.
 # systemd warns that some programs mishandle IDs of 2^31 and above as signed: they show
 # only on files in a pod's volumes, which the pod owns anyway.
 DEFAULT_USERNS_RANGES = (IdRange(2**31, 2**31 - 1),)
