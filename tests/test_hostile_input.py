@@ -108,7 +108,7 @@ def _settings(name: str) -> settings:
     return settings(
         max_examples=CASES[name],
         deadline=None,
-        database=None,  # nothing written into the checkout; failures print their seed
+        database=None,  # no example database: every run explores afresh, failures print theirs
         suppress_health_check=[
             HealthCheck.too_slow,
             HealthCheck.data_too_large,

@@ -162,8 +162,8 @@ def test_seccomp_profile_with_dot_dot_does_not_reach_podman() -> None:
     with pytest.raises(InvalidError) as info:
         parse_manifest(_pod({"security": security}))
     assert info.value.details == [
-        'containers[0].security.seccompProfile: "/etc/iyclo/seccomp/../../../srv/x/allow.json" '
-        'has a ".." component'
+        'containers[0].security.seccompProfile: refused: "/etc/iyclo/seccomp/../../../srv/x/'
+        'allow.json" has a ".." component'
     ]
 
 
@@ -476,13 +476,51 @@ def test_named_volumes_are_checked_against_the_shared_list(tmp_path: Path) -> No
     ],
 )  # fmt: skip
 def test_reserved_label_keys_are_refused(key: str, path: str, reason: str) -> None:
+    refused = "" if key.startswith("io.github.iyclo.") else "refused: "  # that one always
     for manifest in (
         _pod(labels={key: "x", "app": "web"}),
         {**_job("daily"), "labels": {key: "x"}},
     ):
         with pytest.raises(InvalidError) as info:
             parse_manifest(manifest)
-        assert info.value.details == [f"{path}: {json.dumps(key)} {reason}"]
+        assert info.value.details == [f"{path}: {refused}{json.dumps(key)} {reason}"]
+
+
+def test_the_operator_can_allow_a_reserved_label() -> None:
+    """`podman auto-update` is a reason to let io.containers.autoupdate through, and only it."""
+    policy = Policy(label_keys_allow=("io.containers.autoupdate",))
+    labels = {"io.containers.autoupdate": "registry"}
+    assert parse_manifest(_pod(labels=labels), policy).labels == labels
+    authfile = {"io.containers.autoupdate.authfile": "/x"}
+    with pytest.raises(
+        InvalidError, match=r'labels\["io.containers.autoupdate.authfile"\]: refused'
+    ):
+        parse_manifest(_pod(labels=authfile), policy)
+    assert parse_manifest(_pod(labels=authfile), Policy(label_keys_allow=("io.containers.",)))
+    with pytest.raises(InvalidError, match="reserved for iyclo"):
+        parse_manifest(_pod(labels={"io.github.iyclo.pod": "x"}), UNRESTRICTED)
+
+
+def test_label_keys_allow_comes_from_the_config(tmp_path: Path) -> None:
+    path = tmp_path / "iyclo.json"
+    path.write_text(json.dumps({"policy": {"labelKeysAllow": ["io.containers.autoupdate"]}}))
+    policy = load_config(path, required=True).policy
+    labels = {"io.containers.autoupdate": "registry"}
+    assert parse_manifest(_pod(labels=labels), policy).labels == labels
+
+
+def test_stored_manifests_from_before_these_rules_stay_readable() -> None:
+    """The daemon re-reads stored manifests with UNRESTRICTED to stop and remove them: a
+    label or profile refused only since must not make them unreadable. Starting one again
+    is what check_host_path, before every start, still refuses."""
+    escape = "/etc/iyclo/seccomp/../../../srv/x/allow.json"
+    labels = {"PODMAN_SYSTEMD_UNIT": "sshd.service", "io.containers.autoupdate": "x"}
+    stored = _pod({"security": {"seccompProfile": escape}}, labels=labels)
+    manifest = parse_manifest(stored, UNRESTRICTED)
+    assert manifest.containers[0].security.seccomp_profile == escape
+    assert host_problems(manifest, UNRESTRICTED) == [
+        f'containers[0].security.seccompProfile: refused: "{escape}" has a ".." component'
+    ]
 
 
 def test_ordinary_labels_pass() -> None:

@@ -351,15 +351,15 @@ REFUSED = [
      "(/srv, /var/lib/iyclo/volumes)"),
     ({"containers": [{"name": "a", "security": {
         "seccompProfile": "/etc/iyclo/seccomp/../../../srv/x/allow.json"}}]},
-     'containers[0].security.seccompProfile: "/etc/iyclo/seccomp/../../../srv/x/allow.json" has '
-     'a ".." component'),
+     'containers[0].security.seccompProfile: refused: "/etc/iyclo/seccomp/../../../srv/x/'
+     'allow.json" has a ".." component'),
     ({"userns": {"hostId": 1000}},
      "userns.hostId: refused: host IDs 1000-66535 are outside the ranges the daemon allows "
      "(2147483648-4294967294)"),
     ({"labels": {"PODMAN_SYSTEMD_UNIT": "sshd.service"}},
-     'labels.PODMAN_SYSTEMD_UNIT: "PODMAN_SYSTEMD_UNIT" is a key Podman acts on'),
+     'labels.PODMAN_SYSTEMD_UNIT: refused: "PODMAN_SYSTEMD_UNIT" is a key Podman acts on'),
     ({"labels": {"io.containers.autoupdate": "registry"}},
-     'labels["io.containers.autoupdate"]: "io.containers.autoupdate" uses the prefix '
+     'labels["io.containers.autoupdate"]: refused: "io.containers.autoupdate" uses the prefix '
      '"io.containers.", which Podman or Docker-compatible tools act on'),
     ({"network": "host"}, 'network: refused: "host" is not allowed by the daemon'),
     ({"systemd": {"protectHostname": True}},

@@ -16,12 +16,15 @@ from attrs import frozen
 
 from iyclo.manifest.model import Container, Job, Pod, UserNamespace
 from iyclo.manifest.values import (
+    RESERVED_LABEL_KEYS,
+    RESERVED_LABEL_PREFIXES,
     SECCOMP_KEYWORDS,
     AbsPath,
     Capability,
     VolumeName,
     normalise_path,
     path_problem,
+    reserved_label,
     show,
 )
 
@@ -129,6 +132,9 @@ class Policy:
     cap_add_allow: tuple[Capability, ...] = ()
     userns_ranges: tuple[IdRange, ...] = DEFAULT_USERNS_RANGES
     shared_volumes: tuple[VolumeName, ...] = ()
+    # Reserved label keys, or prefixes ending in ".", manifests may set anyway: e.g.
+    # "io.containers.autoupdate" for `podman auto-update`. Never iyclo's own.
+    label_keys_allow: tuple[str, ...] = ()
 
 
 DEFAULT_POLICY = Policy()
@@ -140,6 +146,7 @@ UNRESTRICTED = Policy(
     seccomp_profile_allow=(AbsPath("/"),),
     cap_add_allow=(Capability("ALL"),),
     userns_ranges=(IdRange(1, MAX_ID - 1),),
+    label_keys_allow=(*RESERVED_LABEL_KEYS, *RESERVED_LABEL_PREFIXES),
 )
 """For re-reading stored manifests: they were checked when applied, and an operator who
 tightens the policy later must not make the daemon unable to stop or remove them."""
@@ -366,9 +373,14 @@ def _container_problems(prefix: str, container: Container, policy: Policy) -> It
     elif sec.seccomp_profile is not None and sec.seccomp_profile not in SECCOMP_KEYWORDS:
         # A custom profile can allow everything, so it comes only from where the operator
         # keeps reviewed ones.
-        problem = _roots_problem(sec.seccomp_profile, policy.seccomp_profile_allow, profile=True)
-        if problem is not None:
-            yield f"{prefix}.security.seccompProfile: refused: {problem}"
+        roots = policy.seccomp_profile_allow
+        # With / allowed (the stored manifests' policy) every path is under a root, and a
+        # stored profile from before ".." was refused must not make its pod unreadable:
+        # check_host_path still refuses it before a start.
+        if "/" not in map(normalise_path, roots):
+            problem = _roots_problem(sec.seccomp_profile, roots, profile=True)
+            if problem is not None:
+                yield f"{prefix}.security.seccompProfile: refused: {problem}"
     allowed_caps = {bare_capability(c) for c in policy.cap_add_allow}
     for index, cap in enumerate(sec.cap_add):
         bare = bare_capability(cap)
@@ -399,6 +411,13 @@ def _container_problems(prefix: str, container: Container, policy: Policy) -> It
             yield f"{prefix}.volumes: {show(target)} is mounted more than once"
 
 
+def _label_path(key: str) -> str:
+    """The JSON path of a label, as the converter writes paths."""
+    if key.isidentifier() and key.isascii() and len(key) <= 64:
+        return f"labels.{key}"
+    return f"labels[{show(key)}]"
+
+
 def problems(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[str]:
     """Every cross-field problem of a structurally valid manifest, path-qualified."""
     found: list[str] = []
@@ -426,6 +445,10 @@ def problems(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[str]:
                 )
             else:
                 published[key] = where
+    for label in manifest.labels:
+        reason = reserved_label(label, policy.label_keys_allow)
+        if reason is not None:
+            found.append(f"{_label_path(label)}: refused: {show(label)} {reason}")
     if manifest.network == "host" and not policy.allow_host_network:
         found.append('network: refused: "host" is not allowed by the daemon')
     if manifest.network != "bridge" and any(c.ports for c in manifest.containers):

@@ -59,11 +59,12 @@ ULIMIT_NAMES = (
 )  # fmt: skip
 ULIMIT_NAME_RE = re.compile(f"^({'|'.join(ULIMIT_NAMES)})$")
 RESERVED_LABEL_PREFIX = "io.github.iyclo."
-# Label keys that Podman or Docker-compatible tools act on, so a manifest must not set them:
-# exact keys, then prefixes (both compared in lower case: refusing a look-alike costs
-# nothing). Podman reads PODMAN_SYSTEMD_UNIT and io.containers.autoupdate(.authfile,
-# .restart) in `podman auto-update`, io.containers.capabilities, io.podman.annotations.*
-# (userns, ...) in `kube play`; com.docker.* belongs to compose and Docker's networks.
+# Label keys that Podman or Docker-compatible tools act on, so a manifest must not set them
+# unless the operator allows them (policy.labelKeysAllow): exact keys, then prefixes (both
+# compared in lower case: refusing a look-alike costs nothing). Podman reads
+# PODMAN_SYSTEMD_UNIT and io.containers.autoupdate(.authfile, .restart) in `podman
+# auto-update`, io.containers.capabilities, io.podman.annotations.* (userns, ...) in `kube
+# play`; com.docker.* belongs to compose and Docker's networks.
 RESERVED_LABEL_KEYS = frozenset({"podman_systemd_unit"})
 RESERVED_LABEL_PREFIXES = ("io.containers.", "io.podman.", "com.docker.")
 SECCOMP_KEYWORDS = ("default", "unconfined")
@@ -281,11 +282,16 @@ def _check_env(value: str) -> None:
         raise ValueError(f"{show(value)} is not a valid environment variable name")
 
 
-def reserved_label(key: str) -> str | None:
-    """Why a manifest must not set the label ``key``, or None."""
+def reserved_label(key: str, allowed: tuple[str, ...] = ()) -> str | None:
+    """Why a manifest must not set the label ``key`` (one Podman or Docker-compatible tools
+    act on), or None; ``allowed`` lists the keys and prefixes the operator lets through.
+
+    iyclo's own prefix is not here: it is refused whatever the policy (``_check_label``).
+    """
     lowered = key.lower()
-    if lowered.startswith(RESERVED_LABEL_PREFIX):
-        return f'uses the prefix "{RESERVED_LABEL_PREFIX}" reserved for iyclo'
+    if any(lowered == a.lower() or (a.endswith(".") and lowered.startswith(a.lower()))
+           for a in allowed):  # fmt: skip
+        return None
     if lowered in RESERVED_LABEL_KEYS:
         return "is a key Podman acts on"
     for prefix in RESERVED_LABEL_PREFIXES:
@@ -297,9 +303,10 @@ def reserved_label(key: str) -> str | None:
 def _check_label(value: str) -> None:
     if not LABEL_RE.match(value):
         raise ValueError(f"{show(value)} is not a valid label key")
-    reason = reserved_label(value)
-    if reason is not None:
-        raise ValueError(f"{show(value)} {reason}")
+    if value.lower().startswith(RESERVED_LABEL_PREFIX):
+        raise ValueError(
+            f'{show(value)} uses the prefix "{RESERVED_LABEL_PREFIX}" reserved for iyclo'
+        )
 
 
 def _check_capability(value: str) -> None:
@@ -352,11 +359,10 @@ def _check_volume_source(value: str) -> None:
 
 
 def _check_seccomp_profile(value: str) -> None:
-    if value in SECCOMP_KEYWORDS:
-        return
-    if not value.startswith("/"):
+    # ".." is the policy's to refuse (``policy.problems``), so that a stored manifest from
+    # before that rule can still be read, stopped and removed
+    if value not in SECCOMP_KEYWORDS and not value.startswith("/"):
         raise ValueError(f'{show(value)} is not an absolute path, "default" or "unconfined"')
-    _check_abs_path(value)
 
 
 def _check_ip(value: str) -> None:
