@@ -347,6 +347,7 @@ def _check_ulimit_name(value: str) -> None:
 
 
 def _check_volume_name(value: str) -> None:
+    # 255: Podman keeps a volume as a directory of that name (NAME_MAX)
     if not VOLUME_NAME_RE.match(value) or len(value) > 255:
         raise ValueError(f"{show(value)} is not a volume name")
 
