@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,6 +134,25 @@ def test_check_host_path_for_the_core(srv: Path) -> None:
     ]
     # with the unrestricted policy of stored manifests, the link is still refused
     assert host_problems(parsed, UNRESTRICTED) == host_problems(parsed, policy)
+
+
+def test_hostcheck_refuses_a_start_from_a_unit(srv: Path) -> None:
+    """What a unit's ExecStartPre= runs, since systemd starts job runs and pod restarts."""
+    (srv / "x" / "root").symlink_to("/")
+    (srv / "profile.json").write_text("{}")
+
+    def hostcheck(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "iyclo.manifest.hostcheck", *argv],
+                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+
+    fine = hostcheck("--root", str(srv), "--bind", f"{srv}/x", "--profile-root", str(srv),
+                     "--profile", f"{srv}/profile.json")  # fmt: skip
+    assert (fine.returncode, fine.stderr) == (0, "")
+    refused = hostcheck("--root", str(srv), "--bind", f"{srv}/x", "--bind", f"{srv}/x/root")
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        f'iyclo-hostcheck: {srv}/x/root: refused: "{srv}/x/root" is a symbolic link\n'
+    )
 
 
 def test_opt_is_no_longer_an_allowed_root() -> None:

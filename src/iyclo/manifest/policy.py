@@ -246,10 +246,12 @@ def check_host_path(
     a symbolic link anywhere in the path is refused, naming it; so are device nodes. A
     profile must exist and be a regular file; a missing bind-mount source is left to Podman.
 
-    Validation runs it once (``host_problems``, from ``load_manifest``). The core must call
-    it again, through ``host_problems``, right before every start of a pod or a job run:
-    the link can be planted after validation. A window remains between that check and
-    Podman's own lookup, small but real; only mounting by file descriptor would close it.
+    Validation runs it once (``host_problems``, from ``load_manifest``). The link can be
+    planted after validation, so it must run again before every start: the core calls
+    ``host_problems`` before each start it makes, and the units it writes run
+    ``python -m iyclo.manifest.hostcheck`` as ExecStartPre= for the starts systemd makes on
+    its own (a job's timer, Restart=). A window remains between that check and runc's own
+    lookup, small but real; only mounting by file descriptor would close it.
     """
     roots = tuple(allowed_roots)
     return _roots_problem(path, roots, profile=profile) or _walk_problem(path, profile=profile)
