@@ -33,6 +33,7 @@ PODMAN_DEFAULT_CAPS = 0x800405FB
 IYCLO_DEFAULT_CAPS = 0x4FB
 CAP_KILL, CAP_SYS_CHROOT = 1 << 5, 1 << 18
 PROFILE = "/var/lib/iyclo/seccomp/deny-mkdir.json"  # the host's /var/lib/iyclo is root/iyclo
+USERNS_BASE = 2**31  # the first ID of the daemon's default usernsRanges
 
 
 def pod(name: str, *containers: dict[str, Any], **fields: Any) -> dict[str, Any]:
@@ -175,7 +176,7 @@ def locked(daemon: Daemon) -> Iterator[str]:
             "security": {"capDrop": ["KILL"], "capAdd": ["SYS_CHROOT"], "readOnlyRootfs": True,
                          "maskedPaths": ["/proc/cpuinfo"]},
         },
-        userns={"hostId": 300000},
+        userns={"hostId": USERNS_BASE},
         systemd=LOCKED_SYSTEMD,
     )  # fmt: skip
     try:
@@ -188,11 +189,12 @@ def locked(daemon: Daemon) -> Iterator[str]:
 def test_user_and_user_namespace(daemon: Daemon, locked: str) -> None:
     host = daemon.host
     assert sh(host, locked, "id -u; id -g").split() == ["1000", "1000"]
-    assert sh(host, locked, "cat /proc/self/uid_map").split() == ["0", "300000", "65536"]
-    # on the host, the container's user 1000 is 301000: not a host user at all
+    uid_map = ["0", str(USERNS_BASE), "65536"]
+    assert sh(host, locked, "cat /proc/self/uid_map").split() == uid_map
+    # on the host, the container's user 1000 is 2^31 + 1000: not a host user at all
     pid = inspect(host, locked)["State"]["Pid"]
     uids = read(host, f"/proc/{pid}/status").split("Uid:")[1].split()[:4]
-    assert uids == ["301000"] * 4
+    assert uids == [str(USERNS_BASE + 1000)] * 4
 
 
 def test_capabilities_of_a_non_root_user(daemon: Daemon, locked: str) -> None:
@@ -343,7 +345,22 @@ REFUSED = [
      "capability set and not allowed by the daemon"),
     ({"containers": [{"name": "a", "volumes": [{"source": "/etc", "target": "/e"}]}]},
      'containers[0].volumes[0].source: refused: host path "/etc" is outside the allowed roots '
-     "(/srv, /var/lib/iyclo/volumes, /opt)"),
+     "(/srv, /var/lib/iyclo/volumes)"),
+    ({"containers": [{"name": "a", "volumes": [{"source": "/opt", "target": "/o"}]}]},
+     'containers[0].volumes[0].source: refused: host path "/opt" is outside the allowed roots '
+     "(/srv, /var/lib/iyclo/volumes)"),
+    ({"containers": [{"name": "a", "security": {
+        "seccompProfile": "/etc/iyclo/seccomp/../../../srv/x/allow.json"}}]},
+     'containers[0].security.seccompProfile: refused: "/etc/iyclo/seccomp/../../../srv/x/'
+     'allow.json" has a ".." component'),
+    ({"userns": {"hostId": 1000}},
+     "userns.hostId: refused: host IDs 1000-66535 are outside the ranges the daemon allows "
+     "(2147483648-4294967294)"),
+    ({"labels": {"PODMAN_SYSTEMD_UNIT": "sshd.service"}},
+     'labels.PODMAN_SYSTEMD_UNIT: refused: "PODMAN_SYSTEMD_UNIT" is a key Podman acts on'),
+    ({"labels": {"io.containers.autoupdate": "registry"}},
+     'labels["io.containers.autoupdate"]: refused: "io.containers.autoupdate" uses the prefix '
+     '"io.containers.", which Podman or Docker-compatible tools act on'),
     ({"network": "host"}, 'network: refused: "host" is not allowed by the daemon'),
     ({"systemd": {"protectHostname": True}},
      "systemd.protectHostname: refused: it forbids sethostname(), which runc calls to name "
@@ -375,6 +392,32 @@ def test_refused_settings_create_nothing(
         apply(daemon, manifest)
     assert info.value.message == message
     assert_nothing_made(daemon, "sbx-refused")
+
+
+@pytest.mark.parametrize("link", ["sbx-root", "sbx-dir/root"])
+def test_a_symlink_under_an_allowed_root_mounts_nothing(daemon: Daemon, link: str) -> None:
+    """A container that may write under /var/lib/iyclo/volumes plants a link to /; a mount of
+    it, or of a path through it, would hand another pod the host's /."""
+    volumes = daemon.host.root / "iyclo" / "volumes"  # /var/lib/iyclo/volumes inside
+    planted = volumes / link
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    planted.symlink_to("/")
+    source = f"/var/lib/iyclo/volumes/{link}"
+    try:
+        for path, line in [
+            (source, f'"{source}" is a symbolic link'),
+            (f"{source}/etc", f'"{source}/etc" goes through the symbolic link "{source}"'),
+        ]:
+            manifest = pod("sbx-link", {"name": "a", "volumes": [{"source": path, "target": "/h"}]})
+            with pytest.raises(InvalidError) as info:
+                apply(daemon, manifest)
+            assert info.value.details == [f"containers[0].volumes[0].source: refused: {line}"]
+            assert daemon.call("validate", manifest=json.dumps(manifest)) == info.value.details
+            assert_nothing_made(daemon, "sbx-link")
+    finally:
+        planted.unlink()
+        if planted.parent != volumes:
+            planted.parent.rmdir()
 
 
 def test_protect_hostname_really_breaks_podman(daemon: Daemon) -> None:

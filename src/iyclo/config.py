@@ -6,13 +6,23 @@ of ``Policy``, every one optional; shown here with their defaults::
     {"policy": {"allowPrivileged": false,
                 "allowUnconfinedSeccomp": false,
                 "allowHostNetwork": false,
-                "bindMountAllow": ["/srv", "/var/lib/iyclo/volumes", "/opt"],
+                "bindMountAllow": ["/srv", "/var/lib/iyclo/volumes"],
                 "seccompProfileAllow": ["/etc/iyclo/seccomp", "/var/lib/iyclo/seccomp"],
-                "capAddAllow": []}}
+                "capAddAllow": [],
+                "usernsRanges": [{"start": 2147483648, "size": 2147483647}],
+                "sharedVolumes": [],
+                "labelKeysAllow": []}}
 
-A list in the file replaces the default list. A missing default file means the defaults; a
-missing file given with ``--config``, an unknown key or a wrongly typed value stops the
-daemon with the key's path: a typo in a security setting must never pass silently.
+A list in the file replaces the default list. ``usernsRanges`` are the host IDs set aside
+for pods' user namespaces (see ``policy.DEFAULT_USERNS_RANGES`` for why these); a
+manifest's ``userns`` must lie inside one. ``sharedVolumes`` names the named volumes any
+manifest may mount; every other named volume belongs to the pod or job that made it.
+``labelKeysAllow`` lets manifests set label keys Podman acts on, each an exact key or a
+prefix ending in "." (e.g. ``"io.containers.autoupdate"`` for ``podman auto-update``).
+
+A missing default file means the defaults; a missing file given with ``--config``, an
+unknown key, a wrongly typed value or an impossible ID range stops the daemon with the key's
+path: a typo in a security setting must never pass silently.
 
 Flags only loosen what the file says: ``--allow-privileged``, ``--allow-unconfined``,
 ``--allow-host-network`` switch a permission on, and ``--bind-mount-root``,
@@ -30,7 +40,7 @@ from attrs import frozen
 
 from iyclo.errors import InvalidError
 from iyclo.manifest.convert import structure
-from iyclo.manifest.policy import Policy
+from iyclo.manifest.policy import Policy, policy_problems
 from iyclo.manifest.values import AbsPath, Capability
 
 DEFAULT_CONFIG = Path("/etc/iyclo/iyclo.json")
@@ -58,10 +68,14 @@ def load_config(path: Path, *, required: bool) -> DaemonConfig:
             f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from None
     try:
-        return structure(data, DaemonConfig)
+        config = structure(data, DaemonConfig)
     except InvalidError as exc:
         details = [f"{path}: {line}" for line in exc.details]
         raise InvalidError(details[0], details) from None
+    details = [f"{path}: {line}" for line in policy_problems(config.policy)]
+    if details:
+        raise InvalidError(details[0], details)
+    return config
 
 
 def loosen(

@@ -8,8 +8,10 @@ lines such as ``containers[1].resources.memory: "12Q" is not a size``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar, cast, get_args, get_origin
@@ -26,12 +28,24 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 
 from iyclo.errors import InvalidError
 from iyclo.manifest.model import KINDS, Job, Pod, SystemdSandbox
-from iyclo.manifest.policy import DEFAULT_POLICY, REFUSED_SYSTEMD_DIRECTIVES, Policy, problems
-from iyclo.manifest.values import VALUE_RULES
+from iyclo.manifest.policy import (
+    DEFAULT_POLICY,
+    REFUSED_SYSTEMD_DIRECTIVES,
+    Policy,
+    host_problems,
+    problems,
+)
+from iyclo.manifest.values import VALUE_RULES, show
 
 Manifest = Pod | Job
 T = TypeVar("T")
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_MANIFEST_BYTES = 1024 * 1024
+"""The largest manifest text accepted, as the JSON socket's line limit: a real one is a
+few KiB, and everything after parsing costs time in proportion to it."""
+MAX_DETAILS = 100
+"""Problems listed per manifest; a reply of a million lines helps nobody."""
+_INT_RANGE = (-(2**63), 2**63 - 1)  # what systemd's and Podman's integer fields can hold
 
 
 def camel(name: str) -> str:
@@ -45,20 +59,38 @@ def json_keys(cls: type) -> dict[str, str]:
 
 
 def _show(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return show(value, limit=40)
 
 
 _JSON_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _text_problem(value: str) -> str | None:
+    """What no string of a manifest may hold: it becomes argv, environment, labels and unit
+    properties, where a NUL cannot pass and a lone surrogate (JSON's "\\ud800") cannot
+    be encoded for D-Bus or Podman."""
+    if "\0" in value:
+        return f"{_show(value)} contains a NUL character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{_show(value)} is not valid Unicode text (a lone surrogate)"
+    return None
 
 
 def _strict(base: type) -> Callable[[Any, Any], Any]:
     def hook(value: Any, _: Any) -> Any:
         ok = isinstance(value, base) and not (base is not bool and isinstance(value, bool))
         if base is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
+            ok, value = True, float(value) if abs(value) < 2**1023 else math.inf
         if not ok:
             raise TypeError(f"expected {_JSON_TYPE_NAMES[base]}, got {_show(value)}")
+        if base is str and (problem := _text_problem(value)) is not None:
+            raise ValueError(problem)
+        if base is int and not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
+            raise ValueError(f"{_show(value)} is out of range")
+        if base is float and not math.isfinite(value):
+            raise ValueError(f"{_show(value)} is not a finite number")
         return value
 
     return hook
@@ -172,9 +204,17 @@ CONVERTER = _make_converter()
 def _join(path: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
-    if _IDENT_RE.match(key):
+    if _IDENT_RE.match(key) and len(key) <= 64:
         return f"{path}.{key}" if path else key
-    return f"{path}[{json.dumps(key)}]"
+    return f"{path or 'manifest'}[{show(key)}]"
+
+
+def _invalid(errors: list[str]) -> InvalidError:
+    """One InvalidError for ``errors``, at most ``MAX_DETAILS`` lines of them."""
+    if len(errors) > MAX_DETAILS:
+        hidden = len(errors) - MAX_DETAILS + 1
+        errors = [*errors[: MAX_DETAILS - 1], f"manifest: {hidden} more problems not shown"]
+    return InvalidError(errors[0], errors)
 
 
 def _messages(exc: BaseException, path: str, cl: type | None = None) -> list[str]:
@@ -210,18 +250,18 @@ def parse_manifest(data: Any, policy: Policy = DEFAULT_POLICY) -> Manifest:
             f'apiVersion: {_show(data.get("apiVersion"))} is not supported (use "iyclo/v1")'
         )
     kind = data.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         errors.append(f'kind: {_show(kind)} is not one of "Pod", "Job"')
-        raise InvalidError(errors[0], errors)
+        raise _invalid(errors)
     try:
         manifest: Manifest = CONVERTER.structure(data, KINDS[kind])
     except (ClassValidationError, IterableValidationError) as exc:
         messages = _messages(exc, "")
         errors.extend(m for m in messages if not m.startswith("apiVersion:"))
-        raise InvalidError(errors[0], errors) from None
+        raise _invalid(errors) from None
     errors.extend(problems(manifest, policy))
     if errors:
-        raise InvalidError(errors[0], errors)
+        raise _invalid(errors)
     return manifest
 
 
@@ -233,30 +273,72 @@ def structure(data: Any, cls: type[T]) -> T:
     try:
         result: T = CONVERTER.structure(data, cls)
     except (ClassValidationError, IterableValidationError) as exc:
-        errors = _messages(exc, "")
-        raise InvalidError(errors[0], errors) from None
+        raise _invalid(_messages(exc, "")) from None
     return result
+
+
+class _NotJson(ValueError):
+    """A value Python's json module accepts and JSON does not (NaN, Infinity)."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not JSON")
 
 
 def parse_manifest_text(
     text: str | bytes, source: str = "manifest", policy: Policy = DEFAULT_POLICY
 ) -> Manifest:
-    """A manifest from JSON text; a syntax error names the line and column."""
+    """A manifest from JSON text; a syntax error names the line and column.
+
+    Text only, no host: for the daemon's own checks of this host, ``load_manifest``.
+    """
+    size = len(text)
+    if isinstance(text, str) and size <= MAX_MANIFEST_BYTES:
+        size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_MANIFEST_BYTES:
+        raise InvalidError(
+            f"{source}: {size} bytes is more than a manifest may have "
+            f"({MAX_MANIFEST_BYTES} bytes, 1 MiB)"
+        )
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         message = f"{source}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         raise InvalidError(message) from None
     except UnicodeDecodeError as exc:
         raise InvalidError(f"{source}: not UTF-8 text ({exc.reason})") from None
+    except _NotJson as exc:
+        raise InvalidError(f"{source}: invalid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidError(f"{source}: invalid JSON: nested too deeply") from None
+    except ValueError:  # Python refuses integers of more than 4300 digits
+        raise InvalidError(f"{source}: invalid JSON: a number with too many digits") from None
     return parse_manifest(data, policy)
 
 
 def load_manifest(manifest: str | dict[str, Any], policy: Policy = DEFAULT_POLICY) -> Manifest:
-    """A manifest as the fronts pass it: JSON text, or already-decoded JSON."""
+    """A manifest as the fronts pass it (JSON text, or already-decoded JSON), checked as
+    the daemon must: its text, then its host paths on this host (``host_problems``).
+
+    Blocking: it may run ``systemd-analyze`` (up to 10 s) and walks the file system. From
+    the event loop, await ``load_manifest_async``.
+    """
     if isinstance(manifest, str):
-        return parse_manifest_text(manifest, policy=policy)
-    return parse_manifest(manifest, policy)
+        parsed = parse_manifest_text(manifest, policy=policy)
+    else:
+        parsed = parse_manifest(manifest, policy)
+    found = host_problems(parsed, policy)
+    if found:
+        raise _invalid(found)
+    return parsed
+
+
+async def load_manifest_async(
+    manifest: str | dict[str, Any], policy: Policy = DEFAULT_POLICY
+) -> Manifest:
+    """``load_manifest`` in a worker thread: the event loop serves other callers while a
+    calendar check or a large manifest is under way."""
+    return await asyncio.to_thread(load_manifest, manifest, policy)
 
 
 def dump_manifest(manifest: Manifest) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from iyclo.manifest.values import (
     LabelKey,
     Name,
     Port,
+    SeccompProfile,
     Size,
     Ulimit,
     UlimitName,
@@ -49,7 +50,10 @@ class PortMapping:
 
 @frozen
 class Volume:
-    source: VolumeSource = doc("Absolute host path (bind mount) or a named volume.")
+    source: VolumeSource = doc(
+        'Absolute host path (bind mount: under the daemon\'s allowed roots, no "..", no '
+        "symbolic link) or a named volume (this manifest's own, or one the daemon shares)."
+    )
     target: AbsPath = doc("Mount point inside the container.")
     read_only: bool = doc("Mount read-only.", False)
 
@@ -80,9 +84,10 @@ class Security:
         "Docker's default set needs the daemon's permission.",
         factory=tuple,
     )
-    seccomp_profile: str | None = doc(
+    seccomp_profile: SeccompProfile | None = doc(
         "Seccomp profile: \"default\" (Podman's), an absolute path under the daemon's profile "
-        'directories, or "unconfined" (needs the daemon\'s permission).',
+        'directories (no "..", no symbolic link), or "unconfined" (needs the daemon\'s '
+        "permission).",
         None,
     )
     read_only_rootfs: bool = doc("Mount the root filesystem read-only.", False)
@@ -104,7 +109,10 @@ class Security:
 class UserNamespace:
     """A private user namespace for the whole pod: root inside is not root on the host."""
 
-    host_id: int = doc("First host UID and GID that container ID 0 maps to; not 0.")
+    host_id: int = doc(
+        "First host UID and GID that container ID 0 maps to; hostId to hostId+size-1 must lie "
+        "in one of the daemon's usernsRanges (by default 2147483648-4294967294)."
+    )
     size: int = doc("How many IDs are mapped (container IDs 0 to size-1).", 65536)
 
 

@@ -7,13 +7,26 @@ configuration (``privileged`` is refused unless the operator allowed it).
 
 from __future__ import annotations
 
+import os
+import stat
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 from attrs import frozen
 
-from iyclo.manifest.model import Container, Job, Pod
-from iyclo.manifest.values import AbsPath, Capability
+from iyclo.manifest.model import Container, Job, Pod, UserNamespace
+from iyclo.manifest.values import (
+    RESERVED_LABEL_KEYS,
+    RESERVED_LABEL_PREFIXES,
+    SECCOMP_KEYWORDS,
+    AbsPath,
+    Capability,
+    VolumeName,
+    normalise_path,
+    path_problem,
+    reserved_label,
+    show,
+)
 
 # Podman 4.3's default capability set, measured: CapEff 0x800405fb in a container.
 PODMAN_DEFAULT_CAPS = frozenset(
@@ -66,6 +79,39 @@ REFUSED_SYSTEMD_DIRECTIVES: dict[str, str] = {
 }
 
 
+MAX_ID = 2**32 - 1  # (uid_t)-1 is "no ID"; a mapping must stay below it
+
+
+@frozen
+class IdRange:
+    """Host user and group IDs, ``start`` to ``start + size - 1``."""
+
+    start: int
+    size: int
+
+    @property
+    def last(self) -> int:
+        return self.start + self.size - 1
+
+    def contains(self, other: IdRange) -> bool:
+        return self.start <= other.start and other.last <= self.last
+
+    def __str__(self) -> str:
+        return f"{self.start}-{self.last}"
+
+
+# Where pods' user namespaces map by default: 2^31 to 2^32-2. Nothing allocates there by
+# default: Debian's users are 1000-59999 and its /etc/subuid ranges 100000-600100000
+# (login.defs SUB_UID_MIN/MAX), systemd-nspawn's container ranges 524288-1879048191 and its
+# foreign range 2147352576-2147418111, SSSD's ID mapping 200000-2000200000. It is the
+# range podman-run(1) gives as the example for rootful `--userns=auto` (containers:
+# 2147483647:2147483648), started one ID later so that it is 64K-aligned: with hostIds
+# that are multiples of 65536, container ID = host ID mod 65536.
+# systemd warns that some programs mishandle IDs of 2^31 and above as signed: they show
+# only on files in a pod's volumes, which the pod owns anyway.
+DEFAULT_USERNS_RANGES = (IdRange(2**31, 2**31 - 1),)
+
+
 @frozen
 class Policy:
     """What the daemon's operator allows beyond the secure defaults.
@@ -77,17 +123,21 @@ class Policy:
     allow_privileged: bool = False
     allow_unconfined_seccomp: bool = False
     allow_host_network: bool = False
-    bind_mount_allow: tuple[AbsPath, ...] = (
-        AbsPath("/srv"), AbsPath("/var/lib/iyclo/volumes"), AbsPath("/opt"),
-    )  # fmt: skip
+    # Not /opt: root-run software lives there, and a pod that may write its files owns
+    # the host the next time that software runs.
+    bind_mount_allow: tuple[AbsPath, ...] = (AbsPath("/srv"), AbsPath("/var/lib/iyclo/volumes"))
     seccomp_profile_allow: tuple[AbsPath, ...] = (
         AbsPath("/etc/iyclo/seccomp"), AbsPath("/var/lib/iyclo/seccomp"),
     )  # fmt: skip
     cap_add_allow: tuple[Capability, ...] = ()
+    userns_ranges: tuple[IdRange, ...] = DEFAULT_USERNS_RANGES
+    shared_volumes: tuple[VolumeName, ...] = ()
+    # Reserved label keys, or prefixes ending in ".", manifests may set anyway: e.g.
+    # "io.containers.autoupdate" for `podman auto-update`. Never iyclo's own.
+    label_keys_allow: tuple[str, ...] = ()
 
 
 DEFAULT_POLICY = Policy()
-MAX_ID = 2**32 - 1  # (uid_t)-1 is "no ID"; a mapping must stay below it
 UNRESTRICTED = Policy(
     allow_privileged=True,
     allow_unconfined_seccomp=True,
@@ -95,9 +145,25 @@ UNRESTRICTED = Policy(
     bind_mount_allow=(AbsPath("/"),),
     seccomp_profile_allow=(AbsPath("/"),),
     cap_add_allow=(Capability("ALL"),),
+    userns_ranges=(IdRange(1, MAX_ID - 1),),
+    label_keys_allow=(*RESERVED_LABEL_KEYS, *RESERVED_LABEL_PREFIXES),
 )
 """For re-reading stored manifests: they were checked when applied, and an operator who
 tightens the policy later must not make the daemon unable to stop or remove them."""
+
+
+def policy_problems(policy: Policy) -> list[str]:
+    """What is wrong in an operator's policy beyond its types, path-qualified under "policy"."""
+    found = []
+    for index, id_range in enumerate(policy.userns_ranges):
+        where = f"policy.usernsRanges[{index}]"
+        if id_range.start <= 0:
+            found.append(f"{where}.start: {id_range.start} must be greater than 0 (root)")
+        if id_range.size <= 0:
+            found.append(f"{where}.size: {id_range.size} must be greater than 0")
+        elif id_range.start + id_range.size > MAX_ID:
+            found.append(f"{where}.size: host IDs {id_range} go beyond {MAX_ID - 1}")
+    return found
 
 
 def bare_capability(name: str) -> str:
@@ -105,8 +171,194 @@ def bare_capability(name: str) -> str:
     return name.removeprefix("CAP_")
 
 
-def _under(path: str, roots: tuple[str, ...]) -> bool:
-    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
+def _under(path: str, roots: Iterable[str]) -> bool:
+    """Whether normalised ``path`` is ``root`` or below it, comparing whole components."""
+    for root in roots:
+        base = normalise_path(root)
+        if path == base or path.startswith(base.rstrip("/") + "/"):
+            return True
+    return False
+
+
+def _roots_problem(path: str, roots: tuple[str, ...], *, profile: bool) -> str | None:
+    problem = path_problem(path)
+    if problem is not None:
+        return problem
+    if _under(normalise_path(path), roots):
+        return None
+    allowed = ", ".join(roots)
+    if profile:
+        return f"{show(path)} is outside the allowed profile directories ({allowed})"
+    return f"host path {show(path)} is outside the allowed roots ({allowed})"
+
+
+def _walk_problem(path: str, *, profile: bool) -> str | None:
+    """Open every component of ``path`` from / without following a symbolic link.
+
+    Each component is opened with O_PATH | O_NOFOLLOW relative to its parent's descriptor,
+    so what is checked is what the kernel walks, with no second lookup by name. A missing
+    tail is not a problem for a bind mount: there is nothing to follow yet, Podman reports
+    it, and the check before every start sees it if it appears.
+    """
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open("/", flags | os.O_DIRECTORY)
+    try:
+        walked = ""
+        for index, part in enumerate(parts):
+            walked += "/" + part
+            try:
+                child = os.open(part, flags, dir_fd=fd)
+            except FileNotFoundError:
+                return f"{show(path)} does not exist" if profile else None
+            except NotADirectoryError:
+                parent = show(walked.rsplit("/", 1)[0])
+                return f"{show(path)} goes through {parent}, which is not a directory"
+            except OSError as exc:
+                return f"cannot check {show(walked)}: {exc.strerror or exc}"
+            os.close(fd)
+            fd = child
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISLNK(mode) and index == len(parts) - 1:
+                return f"{show(path)} is a symbolic link"
+            if stat.S_ISLNK(mode):
+                return f"{show(path)} goes through the symbolic link {show(walked)}"
+        mode = os.fstat(fd).st_mode
+        if profile and not stat.S_ISREG(mode):
+            return f"{show(path)} is not a regular file"
+        if stat.S_ISBLK(mode) or stat.S_ISCHR(mode):
+            return f"{show(path)} is a device node"
+        return None
+    finally:
+        os.close(fd)
+
+
+def check_host_path(
+    path: str, allowed_roots: Iterable[str], *, profile: bool = False
+) -> str | None:
+    """Why the host path ``path`` must not be bind-mounted (or, with ``profile``, read as
+    a seccomp profile), or None; the message names the path, the caller adds the field's.
+
+    A text check is not enough: a container that can write under an allowed root can
+    plant ``/srv/x/root -> /``, and a later mount of ``/srv/x/root`` would give another
+    pod the host's ``/``. So, after the text checks (absolute, no "..", under a root once
+    normalised), every component is opened from / without following symbolic links, and
+    a symbolic link anywhere in the path is refused, naming it; so are device nodes. A
+    profile must exist and be a regular file; a missing bind-mount source is left to Podman.
+
+    Validation runs it once (``host_problems``, from ``load_manifest``). The link can be
+    planted after validation, so it must run again before every start: the core calls
+    ``host_problems`` before each start it makes, and the units it writes run
+    ``python -m iyclo.manifest.hostcheck`` as ExecStartPre= for the starts systemd makes on
+    its own (a job's timer, Restart=). A window remains between that check and runc's own
+    lookup, small but real; only mounting by file descriptor would close it.
+    """
+    roots = tuple(allowed_roots)
+    return _roots_problem(path, roots, profile=profile) or _walk_problem(path, profile=profile)
+
+
+def host_problems(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[str]:
+    """Every host path of a manifest checked on this host (``check_host_path``),
+    path-qualified: the daemon's half of validation, and the core's check before a start."""
+    found: list[str] = []
+    for ci, container in enumerate(manifest.containers):
+        prefix = f"containers[{ci}]"
+        for vi, volume in enumerate(container.volumes):
+            if volume.source.startswith("/"):
+                problem = check_host_path(volume.source, policy.bind_mount_allow)
+                if problem is not None:
+                    found.append(f"{prefix}.volumes[{vi}].source: refused: {problem}")
+        profile = container.security.seccomp_profile
+        if profile is not None and profile not in SECCOMP_KEYWORDS:
+            problem = check_host_path(profile, policy.seccomp_profile_allow, profile=True)
+            if problem is not None:
+                found.append(f"{prefix}.security.seccompProfile: refused: {problem}")
+    return found
+
+
+def ranges_overlap(a: IdRange, b: IdRange) -> bool:
+    """Whether two ID ranges share an ID: two pods mapped onto one ID are one user on the
+    host, each able to read and signal what the other's processes and files own."""
+    return a.start <= b.last and b.start <= a.last
+
+
+def userns_range(userns: UserNamespace) -> IdRange:
+    return IdRange(userns.host_id, userns.size)
+
+
+def userns_conflict(
+    userns: UserNamespace | None, others: Mapping[str, UserNamespace | None]
+) -> str | None:
+    """The line refusing ``userns`` because another pod's or job's range overlaps it.
+
+    For the core at apply, with every other stored manifest's ``userns`` by name (the
+    manifest's own name left out, so an update can keep its range); validation alone
+    cannot know the other pods.
+    """
+    if userns is None:
+        return None
+    mine = userns_range(userns)
+    for name, theirs in sorted(others.items()):
+        if theirs is not None and ranges_overlap(mine, userns_range(theirs)):
+            return (
+                f"userns.hostId: refused: host IDs {mine} overlap those of {show(name)} "
+                f"({userns_range(theirs)})"
+            )
+    return None
+
+
+VOLUME_OWNER_LABEL = "io.github.iyclo.owner"
+"""The label the core sets on a named volume it creates: the name of the pod or job."""
+
+
+@frozen
+class VolumeClaim:
+    """A named volume a manifest mounts, and whether the operator shares it."""
+
+    where: str
+    name: str
+    shared: bool
+
+
+def volume_claims(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[VolumeClaim]:
+    """Each named volume of a manifest, checked against ``policy.sharedVolumes``.
+
+    Validation can only say which names are shared; who owns the others is Podman's
+    state, so the core checks it at apply with ``volume_problem``.
+    """
+    shared: set[str] = set(policy.shared_volumes)
+    return [
+        VolumeClaim(f"containers[{ci}].volumes[{vi}].source", v.source, v.source in shared)
+        for ci, c in enumerate(manifest.containers)
+        for vi, v in enumerate(c.volumes)
+        if not v.source.startswith("/")
+    ]
+
+
+def volume_problem(
+    claim: VolumeClaim, owner_name: str, labels: Mapping[str, str] | None
+) -> str | None:
+    """The line refusing a named volume at apply, or None.
+
+    ``labels`` are the existing volume's (None: it does not exist). A manifest may use a
+    volume the operator shares, one it owns (``VOLUME_OWNER_LABEL`` is its name), or a new
+    one, which the core must then create itself with that label *before* creating the
+    containers: Podman would create it without labels, and nobody would own it.
+    """
+    if claim.shared or labels is None:
+        return None
+    owner = labels.get(VOLUME_OWNER_LABEL)
+    if owner == owner_name:
+        return None
+    if owner is None:
+        return (
+            f"{claim.where}: refused: volume {show(claim.name)} was not made by iyclo for "
+            f"{show(owner_name)} and the daemon does not share it (policy.sharedVolumes)"
+        )
+    return (
+        f"{claim.where}: refused: volume {show(claim.name)} belongs to {show(owner)} and the "
+        "daemon does not share it (policy.sharedVolumes)"
+    )
 
 
 def _container_problems(prefix: str, container: Container, policy: Policy) -> Iterator[str]:
@@ -120,23 +372,17 @@ def _container_problems(prefix: str, container: Container, policy: Policy) -> It
         yield (
             f'{prefix}.security.seccompProfile: refused: "unconfined" is not allowed by the daemon'
         )
-    elif sec.seccomp_profile not in (None, "default", "unconfined") and not str(
-        sec.seccomp_profile
-    ).startswith("/"):
-        yield (
-            f'{prefix}.security.seccompProfile: "{sec.seccomp_profile}" is not an absolute path, '
-            '"default" or "unconfined"'
-        )
-    elif sec.seccomp_profile not in (None, "default", "unconfined") and not _under(
-        str(sec.seccomp_profile), policy.seccomp_profile_allow
-    ):
+    elif sec.seccomp_profile is not None and sec.seccomp_profile not in SECCOMP_KEYWORDS:
         # A custom profile can allow everything, so it comes only from where the operator
         # keeps reviewed ones.
-        allowed = ", ".join(policy.seccomp_profile_allow)
-        yield (
-            f'{prefix}.security.seccompProfile: refused: "{sec.seccomp_profile}" is outside '
-            f"the allowed profile directories ({allowed})"
-        )
+        roots = policy.seccomp_profile_allow
+        # With / allowed (the stored manifests' policy) every path is under a root, and a
+        # stored profile from before ".." was refused must not make its pod unreadable:
+        # check_host_path still refuses it before a start.
+        if "/" not in map(normalise_path, roots):
+            problem = _roots_problem(sec.seccomp_profile, roots, profile=True)
+            if problem is not None:
+                yield f"{prefix}.security.seccompProfile: refused: {problem}"
     allowed_caps = {bare_capability(c) for c in policy.cap_add_allow}
     for index, cap in enumerate(sec.cap_add):
         bare = bare_capability(cap)
@@ -152,12 +398,10 @@ def _container_problems(prefix: str, container: Container, policy: Policy) -> It
     if container.healthcheck is not None and not container.healthcheck.command:
         yield f"{prefix}.healthcheck.command: must not be empty"
     for index, volume in enumerate(container.volumes):
-        if volume.source.startswith("/") and not _under(volume.source, policy.bind_mount_allow):
-            allowed = ", ".join(policy.bind_mount_allow)
-            yield (
-                f'{prefix}.volumes[{index}].source: refused: host path "{volume.source}" is '
-                f"outside the allowed roots ({allowed})"
-            )
+        if volume.source.startswith("/"):
+            problem = _roots_problem(volume.source, policy.bind_mount_allow, profile=False)
+            if problem is not None:
+                yield f"{prefix}.volumes[{index}].source: refused: {problem}"
     res = container.resources
     if res.cpus is not None and res.cpus <= 0:
         yield f"{prefix}.resources.cpus: {res.cpus} must be greater than 0"
@@ -166,7 +410,14 @@ def _container_problems(prefix: str, container: Container, policy: Policy) -> It
     targets = Counter(v.target for v in container.volumes) + Counter(container.tmpfs)
     for target, count in sorted(targets.items()):
         if count > 1:
-            yield f'{prefix}.volumes: "{target}" is mounted more than once'
+            yield f"{prefix}.volumes: {show(target)} is mounted more than once"
+
+
+def _label_path(key: str) -> str:
+    """The JSON path of a label, as the converter writes paths."""
+    if key.isidentifier() and key.isascii() and len(key) <= 64:
+        return f"labels.{key}"
+    return f"labels[{show(key)}]"
 
 
 def problems(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[str]:
@@ -178,7 +429,9 @@ def problems(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[str]:
     for index, container in enumerate(manifest.containers):
         prefix = f"containers[{index}]"
         if names[container.name] > 1:
-            found.append(f'{prefix}.name: "{container.name}" is used by more than one container')
+            found.append(
+                f"{prefix}.name: {show(container.name)} is used by more than one container"
+            )
         found.extend(_container_problems(prefix, container, policy))
     published: dict[tuple[str, int, str], str] = {}
     for ci, container in enumerate(manifest.containers):
@@ -194,6 +447,10 @@ def problems(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[str]:
                 )
             else:
                 published[key] = where
+    for label in manifest.labels:
+        reason = reserved_label(label, policy.label_keys_allow)
+        if reason is not None:
+            found.append(f"{_label_path(label)}: refused: {show(label)} {reason}")
     if manifest.network == "host" and not policy.allow_host_network:
         found.append('network: refused: "host" is not allowed by the daemon')
     if manifest.network != "bridge" and any(c.ports for c in manifest.containers):
@@ -208,9 +465,16 @@ def problems(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[str]:
         if userns.size <= 0:
             found.append(f"userns.size: {userns.size} must be greater than 0")
         elif userns.host_id > 0 and userns.host_id + userns.size > MAX_ID:
+            found.append(f"userns.size: host IDs {userns_range(userns)} go beyond {MAX_ID - 1}")
+        elif userns.host_id > 0 and not any(
+            allowed.contains(userns_range(userns)) for allowed in policy.userns_ranges
+        ):
+            # a range the operator did not set aside can be a real user's: hostId 1000
+            # makes container root the host's first user
+            allowed_text = ", ".join(map(str, policy.userns_ranges)) or "none"
             found.append(
-                f"userns.size: host IDs {userns.host_id}-{userns.host_id + userns.size - 1} "
-                f"go beyond {MAX_ID - 1}"
+                f"userns.hostId: refused: host IDs {userns_range(userns)} are outside the "
+                f"ranges the daemon allows ({allowed_text})"
             )
     sd = manifest.systemd
     if sd.io_weight is not None and not 1 <= sd.io_weight <= 10000:
