@@ -127,3 +127,11 @@ def test_iyclod_names_a_path_it_cannot_make_in_one_line(tmp_path: Path, which: s
     assert lines[0].startswith("iyclod: error: ")
     assert str(blocker) in lines[0]
     assert "Not a directory" in lines[0]
+
+
+def test_the_sample_config_is_the_defaults() -> None:
+    """`iyclo system install` writes packaging/iyclo.json as the operator's starting point:
+    it must load, and say exactly what the daemon does without it."""
+    sample = Path(__file__).resolve().parent.parent / "packaging" / "iyclo.json"
+    assert load_config(sample, required=True) == load_config(sample.with_name("absent.json"),
+                                                             required=False)  # fmt: skip
