@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from iyclo.core.update import live_slice_properties
+from iyclo.core.update import in_place_update, live_slice_properties
 from iyclo.manifest.convert import parse_manifest
 from iyclo.manifest.model import Pod
 
@@ -68,3 +68,39 @@ def test_anything_else_replaces_the_pod(change: Any) -> None:
 
 def test_no_change_is_not_an_update() -> None:
     assert live_slice_properties(_pod(BASE), _pod(copy.deepcopy(BASE))) is None
+
+
+def _with_container(**resources: Any) -> dict[str, Any]:
+    data = copy.deepcopy(BASE)
+    data["containers"][0]["resources"] = resources
+    return data
+
+
+def test_container_limits_change_in_place_only_where_podman_keeps_them() -> None:
+    old, new = _pod(BASE), _pod(_with_container(memory="96M", cpus=0.5, pids=100))
+    change = in_place_update(old, new, keeps_updates=True)
+    assert change is not None
+    assert change.containers == (
+        ("a", {"memory": {"limit": 96 * 2**20}, "cpu": {"period": 100_000, "quota": 50_000},
+               "pids": {"limit": 100}}),
+    )  # fmt: skip
+    assert in_place_update(old, new, keeps_updates=False) is None  # Podman 4.3 forgets
+
+
+@pytest.mark.parametrize(
+    "resources",
+    [
+        {},  # the memory limit removed: Podman's default would have to come back
+        {"memory": "64M", "ulimits": {"nofile": "1024"}},  # not a live field
+    ],
+)
+def test_other_container_changes_replace_the_pod(resources: dict[str, Any]) -> None:
+    assert (
+        in_place_update(_pod(BASE), _pod(_with_container(**resources)), keeps_updates=True) is None
+    )
+
+
+def test_a_container_change_beside_a_live_one_replaces_the_pod() -> None:
+    data = _with_container(memory="96M")
+    data["containers"][0]["image"] = "other"
+    assert in_place_update(_pod(BASE), _pod(data), keeps_updates=True) is None

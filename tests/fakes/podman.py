@@ -20,6 +20,7 @@ from typing import Any
 
 from iyclo.core import naming
 from iyclo.errors import NotFoundError, PodmanError
+from iyclo.podman.platform import Platform
 
 from .systemd import FakeSystemd, FakeUnit
 
@@ -34,6 +35,7 @@ def _matches(labels: Mapping[str, str], label: str) -> bool:
 class FakePodman:
     def __init__(self, systemd: FakeSystemd | None = None) -> None:
         self.url = "unix:///fake/podman.sock"
+        self.version = "4.3.1"
         self.images: set[str] = set()
         self.missing_images: set[str] = set()
         """References that cannot be pulled."""
@@ -113,6 +115,17 @@ class FakePodman:
 
     async def ping(self) -> None:
         await self._enter("ping")
+
+    async def platform(self) -> Platform:
+        """The Podman it plays: Debian 12's by default (``self.version`` to change it)."""
+        await self._enter("platform")
+        return Platform(self.version, "netavark", "runc", "systemd", "v1")
+
+    async def update_container(self, name: str, resources: Mapping[str, Any]) -> None:
+        await self._enter("update_container", name, dict(resources))
+        if name not in self.containers:
+            raise NotFoundError(f'update container "{name}": no such container')
+        self.containers[name]["Resources"] = dict(resources)
 
     async def ensure_image(self, reference: str) -> None:
         await self._enter("ensure_image", reference)

@@ -12,7 +12,7 @@ from typing import Any
 from attrs import frozen
 
 from iyclo.core import naming
-from iyclo.manifest.model import Container, Job, Pod, Security, SystemdSandbox
+from iyclo.manifest.model import Container, Job, Pod, Resources, Security, SystemdSandbox
 from iyclo.manifest.policy import ALWAYS_DROPPED_CAPS, bare_capability
 from iyclo.manifest.values import parse_cpu_quota, parse_duration, parse_size, parse_ulimit
 
@@ -127,15 +127,17 @@ def _container_spec(
     if sec.seccomp_profile not in (None, "default"):
         spec["seccomp_profile_path"] = sec.seccomp_profile
     res = container.resources
-    if res.memory:
-        spec["mem_limit"] = parse_size(res.memory)
-    if res.memory_swap:
-        spec["memswap_limit"] = parse_size(res.memory_swap)
-    if res.cpus:
-        spec["cpu_period"] = CPU_PERIOD_USEC
-        spec["cpu_quota"] = int(res.cpus * CPU_PERIOD_USEC)
-    if res.pids:
-        spec["pids_limit"] = res.pids
+    update = container_update_resources(res)
+    memory = update.get("memory", {})
+    if "limit" in memory:
+        spec["mem_limit"] = memory["limit"]
+    if "swap" in memory:
+        spec["memswap_limit"] = memory["swap"]
+    if "cpu" in update:
+        spec["cpu_period"] = update["cpu"]["period"]
+        spec["cpu_quota"] = update["cpu"]["quota"]
+    if "pids" in update:
+        spec["pids_limit"] = update["pids"]["limit"]
     if res.ulimits:
         spec["ulimits"] = [
             {"Name": name, "Soft": soft, "Hard": hard}
@@ -176,6 +178,23 @@ def _container_spec(
             "StartPeriod": parse_duration(hc.start_period) * 1000,
         }
     return spec
+
+
+def container_update_resources(res: Resources) -> dict[str, Any]:
+    """A container's limits as the OCI LinuxResources that `podman update` takes: the one
+    place they are computed, for creating a container and for changing a running one."""
+    update: dict[str, Any] = {}
+    if res.memory:
+        update["memory"] = {"limit": parse_size(res.memory)}
+        if res.memory_swap:
+            update["memory"]["swap"] = parse_size(res.memory_swap)
+    elif res.memory_swap:
+        update["memory"] = {"swap": parse_size(res.memory_swap)}
+    if res.cpus:
+        update["cpu"] = {"period": CPU_PERIOD_USEC, "quota": int(res.cpus * CPU_PERIOD_USEC)}
+    if res.pids:
+        update["pids"] = {"limit": res.pids}
+    return update
 
 
 def _pod_spec(

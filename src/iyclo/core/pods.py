@@ -22,14 +22,14 @@ from iyclo.core.journal import journal_lines, unit_entries
 from iyclo.core.kind import Kind
 from iyclo.core.locks import Locks
 from iyclo.core.oom import OomKill, oom_fields, record_kill
-from iyclo.core.plan import PodPlan, plan_pod
+from iyclo.core.plan import PodPlan, container_update_resources, plan_pod
 from iyclo.core.results import ApplyResult
 from iyclo.core.runs import usec_iso
 from iyclo.core.state import LiveState
 from iyclo.core.steps import Steps, pod_of_unit
 from iyclo.core.timeouts import SYSTEMD_JOB
 from iyclo.core.unit_state import is_active, is_running
-from iyclo.core.update import IN_PLACE, live_slice_properties
+from iyclo.core.update import IN_PLACE, in_place_update
 from iyclo.errors import InvalidError, IycloError, public_message
 from iyclo.manifest.convert import dump_manifest, manifest_digest, parse_manifest
 from iyclo.manifest.model import Job, Pod
@@ -175,11 +175,15 @@ class PodHandler:
     async def _update_in_place(
         self, manifest: Pod, digest: str, previous: Deployment
     ) -> ApplyResult | None:
-        """Set changed slice limits on the running pod (see ``core.update``); None when the
-        change needs a new generation of the pod, or nothing runs to update."""
+        """Set changed slice limits, and container limits where Podman keeps them, on the
+        running pod (see ``core.update``); None when the change needs a new generation of
+        the pod, or nothing runs to update."""
         old = parse_manifest(previous.manifest, UNRESTRICTED)
-        live = live_slice_properties(old, manifest) if isinstance(old, Pod) else None
-        if live is None:
+        if not isinstance(old, Pod):
+            return None
+        features = (await self.steps.podman.platform()).features
+        change = in_place_update(old, manifest, keeps_updates=features.keeps_updates)
+        if change is None:
             return None
         plan = self._plan(previous)
         unit = await self.steps.service_state(plan.unit)  # Slice is a Service property
@@ -196,15 +200,28 @@ class PodHandler:
             pod_generation=previous.pod_generation,
         )  # fmt: skip
         self._publish(manifest.name, "applying", generation=record.generation)
+        # best effort on failure: the old limits back (one that was unset stays as set)
+        before = {str(c.name): container_update_resources(c.resources) for c in old.containers}
+        updated: list[str] = []
         try:
             await self.steps.systemd.set_unit_properties(
-                plan.slice, True, [prop(key, value) for key, value in live]
+                plan.slice, True, [prop(key, value) for key, value in change.slice_properties]
             )
+            for container, resources in change.containers:
+                updated.append(container)
+                await self.steps.podman.update_container(
+                    naming.container_name(plan.pod_name, container), resources
+                )
         except BaseException as exc:
             with contextlib.suppress(IycloError):  # a property set before the failure
                 await self.steps.systemd.set_unit_properties(
                     plan.slice, True, [prop(k, v) for k, v in plan.slice_properties]
                 )
+            for container in updated:  # and the limits of the containers changed so far
+                with contextlib.suppress(IycloError):
+                    await self.steps.podman.update_container(
+                        naming.container_name(plan.pod_name, container), before[container]
+                    )
             await self._store(self.store.drop_generation, manifest.name, record.generation)
             state = await self._state_word(previous)
             self._publish(manifest.name, state, generation=previous.generation,

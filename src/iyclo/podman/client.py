@@ -220,6 +220,18 @@ class PodmanClient:
         finally:
             response.close()
 
+    async def update_container(self, name: str, resources: Mapping[str, Any]) -> None:
+        """Change a running container's limits (OCI LinuxResources: memory, cpu, pids).
+
+        Only for a Podman whose `Features.keeps_updates`: older ones change the cgroup but
+        forget the change at the container's next start.
+        """
+
+        def update() -> None:
+            self._client.containers.get(name).update(**resources)
+
+        await self._call(f'update container "{name}"', update)
+
     async def inspect_container(self, name: str) -> dict[str, Any]:
         def inspect() -> dict[str, Any]:
             container = self._client.containers.get(name)
