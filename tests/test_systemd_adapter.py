@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from dbus_fast import DBusError, Variant
 
+from iyclo.core.steps import Steps
 from iyclo.errors import NotFoundError, SystemdError
 from iyclo.systemd import (
     PROPERTY_SIGNATURES,
@@ -34,6 +35,8 @@ from iyclo.systemd import (
     usec,
 )
 from iyclo.systemd.const import IFACE_SERVICE, IFACE_UNIT
+from iyclo.systemd.manager import JobCanceledError
+from tests.fakes.podman import FakePodman
 from tests.fakes.systemd import FakeSystemd
 
 pytestmark = pytest.mark.usefixtures("loop_lag_guard")
@@ -636,3 +639,23 @@ def test_exec_command_and_usec_reject_nonsense() -> None:
     with pytest.raises(ValueError, match="negative"):
         usec(-1)
     assert usec(0.5) == 500_000
+
+
+async def test_a_canceled_job_is_its_own_error(
+    systemd_manager: SystemdManager, fake_systemd: FakeSystemd
+) -> None:
+    await systemd_manager.start_transient_unit("iyclo-a.service", SLEEPER)
+    fake_systemd.job_result_next = "canceled"
+    with pytest.raises(JobCanceledError, match=r"iyclo-a\.service.*'canceled'"):
+        await systemd_manager.stop_unit("iyclo-a.service")
+
+
+async def test_a_stop_another_job_replaced_is_asked_again(
+    systemd_manager: SystemdManager, fake_systemd: FakeSystemd
+) -> None:
+    """As a job's re-arming restart can replace our stop of its timer (overlap: skip)."""
+    await systemd_manager.start_transient_unit("iyclo-a.service", SLEEPER)
+    fake_systemd.job_result_next = "canceled"
+    await Steps(systemd_manager, FakePodman()).stop_job("iyclo-a.service")
+    assert [call[0] for call in fake_systemd.calls["StopUnit"]] == ["iyclo-a.service"] * 2
+    assert "iyclo-a.service" not in fake_systemd.units  # stopped, and a transient unit goes

@@ -31,7 +31,7 @@ from iyclo.core.results import ApplyResult, ReconcileReport
 from iyclo.core.state import LiveState
 from iyclo.core.steps import Steps
 from iyclo.errors import ConflictError, InvalidError, IycloError, NotFoundError
-from iyclo.manifest.convert import dump_manifest, load_manifest
+from iyclo.manifest.convert import dump_manifest, load_manifest_async
 from iyclo.manifest.policy import DEFAULT_POLICY, Policy
 from iyclo.podman.client import PodmanClient
 from iyclo.store import Deployment, Store
@@ -94,13 +94,13 @@ class Service:
 
     async def validate(self, manifest: str | dict[str, Any]) -> list[str]:
         try:
-            load_manifest(manifest, self.policy)
+            await load_manifest_async(manifest, self.policy)
         except InvalidError as exc:
             return exc.details
         return []
 
     async def apply(self, manifest_in: str | dict[str, Any]) -> ApplyResult:
-        manifest = load_manifest(manifest_in, self.policy)
+        manifest = await load_manifest_async(manifest_in, self.policy)
         kind = Kind.of_manifest(manifest)
         async with self.locks.hold(manifest.name):
             previous = await self._find(manifest.name)
@@ -189,7 +189,7 @@ class Service:
 
     async def diff(self, manifest_in: str | dict[str, Any]) -> str:
         """A unified diff of the stored manifest against a proposed one (empty: no change)."""
-        manifest = load_manifest(manifest_in, self.policy)
+        manifest = await load_manifest_async(manifest_in, self.policy)
         record = await self._find(manifest.name)
         before = json.dumps(record.manifest, indent=2, sort_keys=True) if record else ""
         after = json.dumps(dump_manifest(manifest), indent=2, sort_keys=True)

@@ -32,7 +32,7 @@ from iyclo.errors import IycloError, NotFoundError, SystemdError
 from iyclo.podman.client import PodmanClient
 from iyclo.systemd.const import IFACE_SERVICE, IFACE_UNIT, JobResult
 from iyclo.systemd.const import UnitLoadState as Load
-from iyclo.systemd.manager import SystemdManager
+from iyclo.systemd.manager import JobCanceledError, SystemdManager
 from iyclo.systemd.properties import prop
 
 
@@ -61,6 +61,10 @@ class PodMaking(Protocol):
     def slice(self) -> str: ...
     @property
     def slice_properties(self) -> tuple[tuple[str, Any], ...]: ...
+
+
+STOP_ATTEMPTS = 3
+"""Stops of a unit asked in a row when another job keeps replacing ours (see stop_job)."""
 
 
 class Steps:
@@ -113,9 +117,20 @@ class Steps:
         await self.wait_gone(unit)
 
     async def stop_job(self, unit: str) -> None:
-        """Queue a stop of ``unit`` and wait for it, not for the unit to be unloaded."""
-        with contextlib.suppress(NotFoundError):
-            await self.systemd.stop_unit(unit, timeout=timeouts.SYSTEMD_JOB)
+        """Queue a stop of ``unit`` and wait for it, not for the unit to be unloaded.
+
+        Asked again (at most ``STOP_ATTEMPTS`` times) when another job replaced ours: a
+        job's run re-arms its timer with a restart (``overlap: skip``), and a restart queued
+        while our stop waits replaces the stop (measured: "result 'canceled'").
+        """
+        for attempt in range(1, STOP_ATTEMPTS + 1):
+            try:
+                with contextlib.suppress(NotFoundError):
+                    await self.systemd.stop_unit(unit, timeout=timeouts.SYSTEMD_JOB)
+                return
+            except JobCanceledError:
+                if attempt == STOP_ATTEMPTS:
+                    raise
 
     async def restart(self, unit: str) -> None:
         await self.systemd.restart_unit(unit, timeout=timeouts.SYSTEMD_JOB)

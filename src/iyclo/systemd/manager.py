@@ -77,6 +77,12 @@ MATCH_UNIT_PROPERTIES: Final = (
 )
 
 
+class JobCanceledError(SystemdError):
+    """A job another job replaced before it ran: e.g. our stop of a job's timer, replaced by
+    the restart the job's own run issues to re-arm it (``overlap: skip``). Worth asking again;
+    to clients it is a plain systemd error."""
+
+
 class JobRemoved(NamedTuple):
     """The Manager's ``JobRemoved(u id, o job, s unit, s result)`` signal."""
 
@@ -347,6 +353,11 @@ class SystemdManager:
             raise SystemdError(
                 f"systemd could not {action}: unknown job result {removed.result!r}"
             ) from None
+        if check and result is JobResult.CANCELED:
+            raise JobCanceledError(
+                f"systemd could not {action}: job finished with result '{result}' "
+                f"(see journalctl -u {unit})"
+            )
         if check and result is not JobResult.DONE:
             raise SystemdError(
                 f"systemd could not {action}: job finished with result '{result}' "
