@@ -403,6 +403,9 @@ def test_second_open_in_the_same_process_fails_too(state_dir: Path) -> None:
 # -- crash safety ---------------------------------------------------------------
 
 CRASH_ITERATIONS = 40
+CRASH_MAX_ITERATIONS = 400
+"""Kills go on past CRASH_ITERATIONS until each kind of moment was hit at least once: on a
+fast disk (Debian 13's test host, measured) 40 kills did not land inside a write."""
 CRASH_BUDGET_SECONDS = 60.0
 
 
@@ -426,8 +429,15 @@ def test_sigkill_at_random_moments_never_loses_an_acked_write(tmp_path: Path) ->
     outcomes = {"temp file left (killed inside write)": 0, "write landed, not acked": 0}
     acked_total = 0
 
-    for iteration in range(CRASH_ITERATIONS):
-        state_dir = tmp_path / f"crash-{iteration}"
+    kills = 0
+    between = 0
+    while kills < CRASH_ITERATIONS or (
+        kills < CRASH_MAX_ITERATIONS
+        and time.monotonic() - started < CRASH_BUDGET_SECONDS / 2
+        and not (between and all(outcomes.values()))
+    ):
+        state_dir = tmp_path / f"crash-{kills}"
+        kills += 1
         with subprocess.Popen(
             [sys.executable, str(CRASH_WRITER), str(state_dir)],
             env=child_env(),
@@ -452,7 +462,8 @@ def test_sigkill_at_random_moments_never_loses_an_acked_write(tmp_path: Path) ->
 
         raw = (state_dir / "state.json").read_text()
         assert isinstance(json.loads(raw), dict)
-        if list(state_dir.glob(".state.json.*.tmp")):
+        inside = bool(list(state_dir.glob(".state.json.*.tmp")))
+        if inside:
             outcomes["temp file left (killed inside write)"] += 1
 
         with Store.open(state_dir) as store:
@@ -466,12 +477,14 @@ def test_sigkill_at_random_moments_never_loses_an_acked_write(tmp_path: Path) ->
         assert stored_writes in (last_ack + 1, last_ack + 2), "more than one write in flight"
         if stored_writes == last_ack + 2:
             outcomes["write landed, not acked"] += 1
+        elif not inside:
+            between += 1
 
     elapsed = time.monotonic() - started
     print(
-        f"\ncrash test: {CRASH_ITERATIONS} kills, {acked_total} acked writes verified,"
-        f" {elapsed:.1f}s; {outcomes}"
+        f"\ncrash test: {kills} kills, {acked_total} acked writes verified,"
+        f" {elapsed:.1f}s; {outcomes}, between writes: {between}"
     )
     assert elapsed < CRASH_BUDGET_SECONDS
     assert outcomes["temp file left (killed inside write)"] > 0
-    assert sum(outcomes.values()) < CRASH_ITERATIONS, "no kill fell between two writes"
+    assert between > 0, "no kill fell between two writes"
