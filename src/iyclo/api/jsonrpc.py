@@ -166,7 +166,7 @@ class JsonRpcServer:
         lock = asyncio.Lock()
         streams: set[asyncio.Task[None]] = set()
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: dict[str, Any] | list[dict[str, Any]]) -> None:
             async with lock:
                 writer.write(json.dumps(message, default=str).encode() + b"\n")
                 await writer.drain()
@@ -212,7 +212,13 @@ class JsonRpcServer:
         line: bytes,
         send: Callable[[dict[str, Any]], Awaitable[None]],
         streams: set[asyncio.Task[None]],
-    ) -> dict[str, Any] | None:
+    ) -> dict[str, Any] | list[dict[str, Any]] | None:
+        """One line: a request, or a batch of them (JSON-RPC 2.0, section 6).
+
+        A batch is answered with the array of its replies, in order, leaving out the
+        notifications'; an empty batch is one Invalid Request, and a batch of notifications
+        only gets no answer at all.
+        """
         try:
             request = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -221,14 +227,50 @@ class JsonRpcServer:
                 "id": None,
                 "error": _error(PARSE_ERROR, f"parse error: {exc}"),
             }
-        if not isinstance(request, dict) or request.get("jsonrpc") != "2.0":
+        if not isinstance(request, list):
+            return await self._handle_one(request, send, streams)
+        if not request:
+            return {
+                "jsonrpc": "2.0",
+                "id": None,
+                "error": _error(INVALID_REQUEST, "invalid request: an empty batch"),
+            }
+        replies = [await self._handle_one(item, send, streams) for item in request]
+        answered = [reply for reply in replies if reply is not None]
+        return answered or None
+
+    async def _handle_one(
+        self,
+        request: Any,
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+        streams: set[asyncio.Task[None]],
+    ) -> dict[str, Any] | None:
+        """A reply to one request object; None for a notification (a request without an
+        "id" member), which is never answered, not even with an error."""
+        if (
+            not isinstance(request, dict)
+            or request.get("jsonrpc") != "2.0"
+            or not isinstance(request.get("id"), str | int | float | None)
+            or isinstance(request.get("id"), bool)
+        ):
             return {
                 "jsonrpc": "2.0",
                 "id": None,
                 "error": _error(
-                    INVALID_REQUEST, 'invalid request: expected {"jsonrpc": "2.0", ...}'
+                    INVALID_REQUEST,
+                    'invalid request: expected {"jsonrpc": "2.0", "method": ..., "id": '
+                    "a string, a number or null}",
                 ),
             }
+        reply = await self._reply(request, send, streams)
+        return None if "id" not in request else reply
+
+    async def _reply(
+        self,
+        request: dict[str, Any],
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+        streams: set[asyncio.Task[None]],
+    ) -> dict[str, Any]:
         rid = request.get("id")
         method = request.get("method")
         params = request.get("params", {})
@@ -264,8 +306,6 @@ class JsonRpcServer:
             internal = incident("JSON-RPC method failed", method=method)
             error = _error(INTERNAL_ERROR, internal.message, {"incident": internal.incident})
             return {"jsonrpc": "2.0", "id": rid, "error": error}
-        if rid is None:
-            return None  # a notification gets no reply
         return {"jsonrpc": "2.0", "id": rid, "result": result}
 
     async def _stream_events(self, send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
