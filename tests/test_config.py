@@ -135,3 +135,13 @@ def test_the_sample_config_is_the_defaults() -> None:
     sample = Path(__file__).resolve().parent.parent / "packaging" / "iyclo.json"
     assert load_config(sample, required=True) == load_config(sample.with_name("absent.json"),
                                                              required=False)  # fmt: skip
+
+
+def test_iyclod_creates_its_files_for_root_alone(tmp_path: Path) -> None:
+    """umask 077 from the start: the JSON socket is widened to 0660 only after it is bound."""
+    log = tmp_path / "logs" / "iyclod.log"
+    _iyclod("--log-file", str(log), "--state-dir", str(tmp_path / "state"),
+            "--socket", str(tmp_path / "s.sock"),
+            "--systemd-bus-address", f"unix:path={tmp_path}/no-bus")  # fmt: skip
+    assert log.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "logs").stat().st_mode & 0o777 == 0o700

@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from iyclo.api.jsonrpc import JsonRpcServer
+from iyclo.api.jsonrpc import MAX_SUBSCRIPTIONS, JsonRpcServer
 from tests.fakes.fixtures import Core
 
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
+CONFLICT = -32003
 
 
 @pytest.fixture
@@ -96,3 +97,11 @@ async def test_a_batch_of_notifications_gets_no_answer(socket_path: Path) -> Non
     batch = json.dumps([req("version"), req("no-such-method")])
     (reply,) = await exchange(socket_path, batch, json.dumps(req("version", rid=2)), replies=1)
     assert reply["id"] == 2  # the request after the batch: the batch itself got nothing
+
+
+async def test_subscriptions_per_connection_are_bounded(socket_path: Path) -> None:
+    lines = [json.dumps(req("subscribe", rid=n)) for n in range(MAX_SUBSCRIPTIONS + 1)]
+    replies = await exchange(socket_path, *lines, replies=len(lines))
+    assert [r.get("result") for r in replies[:-1]] == [{"subscribed": True}] * MAX_SUBSCRIPTIONS
+    assert replies[-1]["error"]["code"] == CONFLICT
+    assert f"at most {MAX_SUBSCRIPTIONS}" in replies[-1]["error"]["message"]

@@ -280,6 +280,10 @@ def main(argv: list[str] | None = None) -> None:
     """Every failure to start is one line on stderr (the journal) and a non-zero status
     that `systemctl status` shows; a traceback would bury the one fact that matters."""
     args = build_parser().parse_args(argv)
+    # Everything iyclod creates is root's alone unless it widens it on purpose (the JSON
+    # socket to 0660 once bound): a socket bound under a looser umask would be open to
+    # everyone for the moment before its chmod.
+    os.umask(0o077)
     try:
         configure_logging(args.log_file, args.log_level)
     except IycloError as exc:

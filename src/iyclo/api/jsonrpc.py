@@ -24,7 +24,7 @@ from iyclo.api.incident import incident
 from iyclo.api.protocol import ServiceApi
 from iyclo.contract.events import Event
 from iyclo.contract.methods import ParamsError, bind
-from iyclo.errors import InvalidError, IycloError
+from iyclo.errors import ConflictError, InvalidError, IycloError
 
 log = structlog.get_logger("iyclo.jsonrpc")
 
@@ -35,6 +35,8 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 
 MAX_LINE = 1024 * 1024
+MAX_SUBSCRIPTIONS = 4
+"""Event streams one connection may hold: each costs a task and a queue in the daemon."""
 IDLE_TIMEOUT = 300.0
 
 Handler = Callable[..., Awaitable[Any]]
@@ -277,6 +279,12 @@ class JsonRpcServer:
         if not isinstance(method, str):
             return {"jsonrpc": "2.0", "id": rid, "error": _error(INVALID_REQUEST, "method missing")}
         if method == "subscribe":
+            if len(streams) >= MAX_SUBSCRIPTIONS:
+                too_many = ConflictError(
+                    f"this connection already has {len(streams)} event subscriptions "
+                    f"(at most {MAX_SUBSCRIPTIONS})"
+                )
+                return {"jsonrpc": "2.0", "id": rid, "error": error_for(too_many)}
             stream = asyncio.create_task(self._stream_events(send))
             streams.add(stream)
             stream.add_done_callback(streams.discard)
