@@ -92,11 +92,9 @@ class _Record:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class PodChanged(_Record):
-    """A pod's state changed: applying, running, starting, restarting, stopping, stopped,
-    failed, missing, removing, removed."""
+class _StateChanged(_Record):
+    """The fields a pod's and a job's state changes share, in their D-Bus order."""
 
-    MEMBER: ClassVar[str] = "PodChanged"
     name: str = _arg("s")
     state: str = _arg("s")
     generation: int = _arg("u", default=0)
@@ -105,16 +103,19 @@ class PodChanged(_Record):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class JobChanged(_Record):
+class PodChanged(_StateChanged):
+    """A pod's state changed: applying, running, starting, restarting, stopping, stopped,
+    failed, missing, removing, removed."""
+
+    MEMBER: ClassVar[str] = "PodChanged"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JobChanged(_StateChanged):
     """A job's state changed: applying, scheduled, running (a run began), stopped,
     failed, missing, removing, removed."""
 
     MEMBER: ClassVar[str] = "JobChanged"
-    name: str = _arg("s")
-    state: str = _arg("s")
-    generation: int = _arg("u", default=0)
-    error: str = _arg("s", default="")
-    at: float = _at()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
