@@ -31,7 +31,7 @@ from iyclo_testhost import (
     hidden_binds,
 )
 
-__all__ = ["HostFactory", "fresh_testhost_factory", "testhost", "testhost_base"]
+__all__ = ["HostFactory", "fresh_testhost_factory", "podman_major", "testhost", "testhost_base"]
 
 BUSYBOX_TAG = "localhost/busybox:latest"
 # The daemon runs inside hosts from this checkout and its venv: keep them visible there
@@ -40,6 +40,11 @@ CHECKOUT_BINDS = hidden_binds(
     Path(__file__).resolve().parent.parent, Path(sys.prefix), Path(os.path.realpath(sys.executable))
 )
 _counter = itertools.count(1)
+
+
+def podman_major(host: Host) -> int:
+    """The major version of the host's Podman: 4 on Debian 12, 5 on Debian 13."""
+    return int(host.run(["podman", "version", "--format", "{{.Server.Version}}"]).stdout[0])
 
 
 def _unavailable(error: TestHostUnavailable) -> NoReturn:

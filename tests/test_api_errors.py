@@ -24,7 +24,7 @@ from iyclo.api.jsonrpc import JsonRpcServer
 from iyclo.client.dbus import DBusClient
 from iyclo.client.jsonrpc import JsonRpcClient
 from iyclo.errors import InvalidError, IycloError
-from tests.fakes.fixtures import Core
+from tests.fakes.fixtures import Core, fail_once
 
 WEB = (Path(__file__).parent.parent / "examples" / "web.json").read_text()
 INTERNAL = re.compile(r"^internal error \(id ([0-9a-f]{8}); see the daemon's log\)$")
@@ -65,17 +65,6 @@ async def fronts(
     finally:
         await unexport()
         await server.close()
-
-
-def fail_once(monkeypatch: pytest.MonkeyPatch, core: Core, error: BaseException) -> None:
-    """The next read of a record raises ``error``: a bug deep inside the real service."""
-    real = core.store.get
-
-    def get(name: str) -> Any:
-        monkeypatch.setattr(core.store, "get", real)
-        raise error
-
-    monkeypatch.setattr(core.store, "get", get)
 
 
 async def _rpc(path: Path, request: dict[str, Any]) -> dict[str, Any]:

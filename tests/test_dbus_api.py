@@ -61,7 +61,7 @@ from iyclo.errors import (
     StoreError,
     SystemdError,
 )
-from tests.fakes.fixtures import Core
+from tests.fakes.fixtures import Core, fail_once
 from tests.nobody import NobodyPython
 
 ROOT = Path(__file__).parent.parent
@@ -226,17 +226,6 @@ async def watching(served: Core) -> Core:
     """The service follows systemd and Podman too: pods' live state, jobs' runs."""
     await served.service.start_watching()
     return served
-
-
-def fail_once(monkeypatch: pytest.MonkeyPatch, core: Core, error: BaseException) -> None:
-    """The next read of a record fails with ``error``, deep inside the real service."""
-    real = core.store.get
-
-    def get(name: str) -> Any:
-        monkeypatch.setattr(core.store, "get", real)
-        raise error
-
-    monkeypatch.setattr(core.store, "get", get)
 
 
 def unit_calls(core: Core, member: str) -> list[str]:

@@ -21,6 +21,7 @@ from iyclo.core import naming
 from iyclo.errors import InvalidError, NotFoundError
 from iyclo_testhost import Host
 from tests.daemon_fixtures import Daemon, inspect, remove, unit_show, wait_for
+from tests.host_fixtures import podman_major
 
 pytestmark = [pytest.mark.host, pytest.mark.timeout(300)]
 
@@ -65,10 +66,6 @@ def proc_status(host: Host, container: str) -> dict[str, str]:
 
 def read(host: Host, path: str) -> str:
     return host.run(["cat", path]).stdout.strip()
-
-
-def podman_major(host: Host) -> int:
-    return int(host.run(["podman", "version", "--format", "{{.Server.Version}}"]).stdout[0])
 
 
 def cgroup_of(host: Host, pid: int, controller: str) -> str:

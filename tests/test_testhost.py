@@ -31,7 +31,7 @@ from iyclo_testhost import (
     boot,
     check_available,
 )
-from tests.host_fixtures import BUSYBOX_TAG, HostFactory
+from tests.host_fixtures import BUSYBOX_TAG, HostFactory, podman_major
 
 pytestmark = pytest.mark.host
 
@@ -185,10 +185,6 @@ def test_published_port_stays_in_the_host_network(testhost: Host) -> None:
         assert f"dport {port}" in firewall_rules(lambda argv: testhost.run(argv, check=False))
     finally:
         testhost.run(["podman", "rm", "-f", "-t", "0", name])
-
-
-def host_podman_major(host: Host) -> int:
-    return int(host.run(["podman", "version", "--format", "{{.Server.Version}}"]).stdout[0])
 
 
 FIREWALL_DUMPS = (["iptables-save", "-t", "nat"], ["nft", "list", "ruleset"])
@@ -398,7 +394,7 @@ def test_reboot_keeps_disk_and_forgets_run(fresh_testhost_factory: HostFactory) 
     states = second.run(["podman", "ps", "-a", "--format", "{{.Names}} {{.State}}"]).stdout
     # Podman noticed the reboot (its /run state is gone) and reset the running container:
     # Podman 4.3 to "Created", Podman 5.4 to "exited" (measured); the other stays created.
-    reset = "exited" if host_podman_major(second) >= 5 else "created"
+    reset = "exited" if podman_major(second) >= 5 else "created"
     assert sorted(states.lower().splitlines()) == ["keeper created", f"runner {reset}"]
     assert second.run(["podman", "start", "--attach", "keeper"]).stdout == "kept\n"
     second.run(["podman", "start", "runner"])

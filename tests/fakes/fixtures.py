@@ -20,6 +20,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -96,6 +97,17 @@ class Core:
     systemd: FakeSystemd
     podman: FakePodman
     store: Store
+
+
+def fail_once(monkeypatch: pytest.MonkeyPatch, core: Core, error: BaseException) -> None:
+    """The next read of a record raises ``error``: a bug deep inside the real service."""
+    real = core.store.get
+
+    def get(name: str) -> Any:
+        monkeypatch.setattr(core.store, "get", real)
+        raise error
+
+    monkeypatch.setattr(core.store, "get", get)
 
 
 @pytest_asyncio.fixture
