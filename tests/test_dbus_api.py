@@ -17,8 +17,10 @@ import asyncio
 import configparser
 import contextlib
 import copy
+import grp
 import json
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -51,6 +53,7 @@ from iyclo.api.jsonrpc import JsonRpcServer
 from iyclo.client.dbus import DBusClient, bus_label_unescape
 from iyclo.client.jsonrpc import JsonRpcClient
 from iyclo.contract.events import PodChanged
+from iyclo.core.access import Gate
 from iyclo.errors import (
     AccessDeniedError,
     ConflictError,
@@ -1173,10 +1176,22 @@ def python_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "PYTHONDONTWRITEBYTECODE": "1"}
 
 
+SECRET = "hunter2-in-env"
+
+
+def _web_with_password() -> str:
+    data = json.loads(WEB)
+    data["containers"][1]["env"]["DB_PASSWORD"] = SECRET
+    return json.dumps(data)
+
+
 async def test_system_bus_policy_file(
     system_address: str, core: Core, lag: LagWatch, nobody_python: NobodyPython
 ) -> None:
-    """dbus/io.github.iyclo1.conf on a bus with the system bus's default policy."""
+    """dbus/io.github.iyclo1.conf on a bus with the system bus's default policy, and the
+    daemon's own access decisions behind it (issue #11): everyone may call, the daemon
+    refuses non-members with its typed AccessDenied and redacts what they read; a member
+    of the deploy group may do everything and reads manifests whole."""
     if os.geteuid() != 0:
         with pytest.raises(AccessDeniedError):
             await export_service(core.service, bus_address=system_address)
@@ -1193,17 +1208,22 @@ async def test_system_bus_policy_file(
     assert out.startswith("AccessDeniedError the ")
     assert "io.github.iyclo1.conf" in out
 
-    unexport = await export_service(core.service, bus_address=system_address)
+    gate = Gate(deploy_group="iyclo-test-nobody-is-not-in")
+    unexport = await export_service(core.service, bus_address=system_address, gate=gate)
+    web = _web_with_password()
     try:
-        await core.service.apply(WEB)
-        requests = [
+        await core.service.apply(web)
+        reads = [
             ("list", {}),
             ("get", {"name": "web"}),
             ("get_manifest", {"name": "web", "generation": 0}),
+            ("get_manifest", {"name": "web", "generation": 1}),
             ("history", {"name": "web"}),
             ("diff", {"manifest": WEB}),
             ("validate", {"manifest": WEB}),
             ("version", {}),
+        ]
+        changes = [
             ("apply", {"manifest": WEB}),
             ("stop", {"name": "web"}),
             ("start", {"name": "web"}),
@@ -1211,27 +1231,27 @@ async def test_system_bus_policy_file(
             ("remove", {"name": "web"}),
             ("reconcile", {}),
             ("run_job", {"name": "web"}),
+            ("logs", {"name": "web"}),
         ]
-        proc = await asyncio.create_subprocess_exec(
-            *as_nobody(nobody_python.python, "-c", NOBODY_CLIENT, system_address),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=nobody_python.env(),
-        )
-        stdin = "".join(json.dumps(r) + "\n" for r in requests).encode()
-        out_bytes, err_bytes = await asyncio.wait_for(proc.communicate(stdin), 60)
-        assert proc.returncode == 0, err_bytes.decode()
-        replies = [json.loads(line) for line in out_bytes.decode().splitlines()]
-        answers = dict(zip([m for m, _ in requests], replies, strict=True))
-        for method in ("list", "get", "get_manifest", "history", "diff", "validate", "version"):
-            assert "ok" in answers[method], (method, answers[method])
-        assert [p["name"] for p in answers["list"]["ok"]] == ["web"]
-        for method in ("apply", "stop", "start", "restart", "remove", "reconcile", "run_job"):
-            assert answers[method]["error"] == "AccessDeniedError", (method, answers[method])
+        replies = await nobody_calls(system_address, nobody_python, [*reads, *changes])
+        for (method, _), answer in zip(reads, replies, strict=False):
+            assert "ok" in answer, (method, answer)
+            assert SECRET not in json.dumps(answer), (method, answer)  # redacted, every read
+        listed, _, current, first, history, diff = (a["ok"] for a in replies[:6])
+        assert [p["name"] for p in listed] == ["web"]
+        assert listed[0]["digest"] == "<redacted>"
+        assert current == first
+        assert current["containers"][1]["env"] == {"TZ": "<redacted>", "DB_PASSWORD": "<redacted>"}
+        assert {g["digest"] for g in history} == {"<redacted>"}
+        assert "DB_PASSWORD" in diff  # which key differs is shown; its value is not
+        for (method, _), answer in zip(changes, replies[len(reads) :], strict=True):
+            assert answer["error"] == "AccessDeniedError", (method, answer)
+            assert answer["message"].startswith(f"{method}: access denied: uid {NOBODY} ")
+            assert "\n" not in answer["message"]
         assert unit_calls(core, "StopUnit") == []
 
-        # busctl as nobody: introspection and properties are open, the Pod methods are not.
+        # busctl as nobody: introspection and properties are open; the Pod's methods reach
+        # the daemon, which refuses them with its own typed error, naming the verb.
         code, out, err = await busctl(
             system_address, "--json=short", "get-property", BUS_NAME, pod_path("web"),
             POD_INTERFACE, "State", prefix=tuple(as_nobody()),
@@ -1248,12 +1268,43 @@ async def test_system_bus_policy_file(
             prefix=tuple(as_nobody()),
         )  # fmt: skip
         assert code != 0
-        assert busctl_error(err)[0] == "org.freedesktop.DBus.Error.AccessDenied"
+        assert busctl_error(err)[0] == "io.github.iyclo1.Error.AccessDenied"
+        assert unit_calls(core, "StopUnit") == []
 
         # Root may change pods.
         assert await busctl_call(system_address, "Stop", "s", "web") == ["stopped"]
+
+        # nobody's own group (nogroup, in the user database) made the deploy group: nobody
+        # may now manage and deploy, and reads the manifest whole.
+        gate.deploy_group = grp.getgrgid(pwd.getpwuid(NOBODY).pw_gid).gr_name
+        replies = await nobody_calls(
+            system_address, nobody_python,
+            [("start", {"name": "web"}), ("get_manifest", {"name": "web", "generation": 0}),
+             ("apply", {"manifest": WEB})],
+        )  # fmt: skip
+        assert replies[0] == {"ok": "running"}, replies[0]
+        assert replies[1]["ok"]["containers"][1]["env"]["DB_PASSWORD"] == SECRET
+        assert replies[2]["ok"]["generation"] == 2, replies[2]
     finally:
         await unexport()
+
+
+async def nobody_calls(
+    address: str, nobody_python: NobodyPython, requests: list[tuple[str, dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """Each request made by iyclo's D-Bus client running as uid nobody, its answer or its
+    typed error."""
+    proc = await asyncio.create_subprocess_exec(
+        *as_nobody(nobody_python.python, "-c", NOBODY_CLIENT, address),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=nobody_python.env(),
+    )
+    stdin = "".join(json.dumps(r) + "\n" for r in requests).encode()
+    out_bytes, err_bytes = await asyncio.wait_for(proc.communicate(stdin), 60)
+    assert proc.returncode == 0, err_bytes.decode()
+    return [json.loads(line) for line in out_bytes.decode().splitlines()]
 
 
 def test_activation_file() -> None:

@@ -3,7 +3,8 @@
 The file (``--config``, default ``/etc/iyclo/iyclo.json``) is JSON with the camelCase keys
 of ``Policy``, every one optional; shown here with their defaults::
 
-    {"policy": {"allowPrivileged": false,
+    {"deployGroup": "iyclo",
+     "policy": {"allowPrivileged": false,
                 "allowUnconfinedSeccomp": false,
                 "allowHostNetwork": false,
                 "bindMountAllow": ["/srv", "/var/lib/iyclo/volumes"],
@@ -20,6 +21,10 @@ manifest may mount; every other named volume belongs to the pod or job that made
 ``labelKeysAllow`` lets manifests set label keys Podman acts on, each an exact key or a
 prefix ending in "." (e.g. ``"io.containers.autoupdate"`` for ``podman auto-update``).
 
+``deployGroup`` names the group whose members may deploy and manage pods and jobs and
+read them whole (``iyclo.core.access``); it also owns the JSON socket. Everyone else reads
+state with ``env`` values redacted, and does what polkit grants, when it is installed.
+
 A missing default file means the defaults; a missing file given with ``--config``, an
 unknown key, a wrongly typed value or an impossible ID range stops the daemon with the key's
 path: a typo in a security setting must never pass silently.
@@ -32,12 +37,14 @@ Flags only loosen what the file says: ``--allow-privileged``, ``--allow-unconfin
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
 from attrs import frozen
 
+from iyclo.core.access import DEFAULT_DEPLOY_GROUP
 from iyclo.errors import InvalidError
 from iyclo.manifest.convert import structure
 from iyclo.manifest.policy import Policy, policy_problems
@@ -46,9 +53,20 @@ from iyclo.manifest.values import AbsPath, Capability
 DEFAULT_CONFIG = Path("/etc/iyclo/iyclo.json")
 
 
+GROUP_RE = re.compile(r"^[a-z_][a-z0-9_-]*[$]?$")  # useradd's NAME_REGEX, shadow's default
+
+
 @frozen
 class DaemonConfig:
     policy: Policy = attrs.field(factory=Policy)
+    deploy_group: str = DEFAULT_DEPLOY_GROUP
+
+
+def config_problems(config: DaemonConfig) -> list[str]:
+    found = policy_problems(config.policy)
+    if not GROUP_RE.match(config.deploy_group) or len(config.deploy_group) > 32:
+        found.append(f"deployGroup: {json.dumps(config.deploy_group)} is not a group name")
+    return found
 
 
 def load_config(path: Path, *, required: bool) -> DaemonConfig:
@@ -72,7 +90,7 @@ def load_config(path: Path, *, required: bool) -> DaemonConfig:
     except InvalidError as exc:
         details = [f"{path}: {line}" for line in exc.details]
         raise InvalidError(details[0], details) from None
-    details = [f"{path}: {line}" for line in policy_problems(config.policy)]
+    details = [f"{path}: {line}" for line in config_problems(config)]
     if details:
         raise InvalidError(details[0], details)
     return config

@@ -26,6 +26,7 @@ from iyclo.core import naming
 from iyclo.errors import IycloError
 
 if TYPE_CHECKING:
+    from iyclo.config import DaemonConfig
     from iyclo.manifest.policy import Policy
     from iyclo.store import Store
 
@@ -187,12 +188,12 @@ def _capability(value: str) -> str:
     return value
 
 
-def build_policy(args: argparse.Namespace) -> Policy:
-    """The Policy from the config file, loosened by the flags; InvalidError if the file is bad."""
+def build_config(args: argparse.Namespace) -> DaemonConfig:
+    """The config file, its policy loosened by the flags; InvalidError if the file is bad."""
     from iyclo.config import DEFAULT_CONFIG, load_config, loosen
 
     config = load_config(args.config or DEFAULT_CONFIG, required=args.config is not None)
-    return loosen(
+    policy = loosen(
         config.policy,
         allow_privileged=args.allow_privileged,
         allow_unconfined=args.allow_unconfined,
@@ -201,6 +202,26 @@ def build_policy(args: argparse.Namespace) -> Policy:
         seccomp_profile_roots=args.seccomp_profile_root,
         allow_caps=args.allow_cap,
     )
+    return attrs.evolve(config, policy=policy)
+
+
+def build_policy(args: argparse.Namespace) -> Policy:
+    return build_config(args).policy
+
+
+def socket_group(group: str) -> str | None:
+    """The JSON socket's group: the deploy group if the host has it, else None (root's)."""
+    import grp
+
+    try:
+        grp.getgrnam(group)
+    except KeyError:
+        structlog.get_logger("iyclo.daemon").warning(
+            "the deploy group does not exist: only root may deploy "
+            "(`iyclo system install` creates it)", group=group,
+        )  # fmt: skip
+        return None
+    return group
 
 
 def prepare(state_dir: Path, socket_path: Path) -> Store:
@@ -229,7 +250,11 @@ async def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    policy = build_policy(args)
+    from iyclo.core.access import Gate
+
+    config = build_config(args)
+    policy = config.policy
+    gate = Gate(config.deploy_group)
     store = prepare(args.state_dir, args.socket)
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(store.close)
@@ -258,16 +283,21 @@ async def run(args: argparse.Namespace) -> int:
         else:
             log.info("reconciled at start", **report.to_json())
         log.info("started", version=__version__, state_dir=str(args.state_dir),
-                 policy=attrs.asdict(policy))  # fmt: skip
+                 deploy_group=config.deploy_group, policy=attrs.asdict(policy))  # fmt: skip
 
-        server = JsonRpcServer(service, args.socket, idle_timeout=args.idle_timeout)
+        server = JsonRpcServer(
+            service, args.socket, gate=gate, group=socket_group(config.deploy_group),
+            idle_timeout=args.idle_timeout,
+        )  # fmt: skip
         await server.start()
         stack.push_async_callback(server.close)
         if not args.no_dbus:
             from iyclo.api.dbus import export_service
 
-            unexport = await export_service(service, args.bus)
+            unexport = await export_service(service, args.bus, gate=gate)
             stack.push_async_callback(unexport)
+            log.info("access", deploy_group=gate.deploy_group,
+                     polkit=gate.authority is not None)  # fmt: skip
 
         sd_notify(f"READY=1\nSTATUS=serving {len(store.list())} pods and jobs")
         await stop.wait()
@@ -281,8 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     that `systemctl status` shows; a traceback would bury the one fact that matters."""
     args = build_parser().parse_args(argv)
     # Everything iyclod creates is root's alone unless it widens it on purpose (the JSON
-    # socket to 0660 once bound): a socket bound under a looser umask would be open to
-    # everyone for the moment before its chmod.
+    # socket, 0660 to the deploy group, is renamed into place only once it is so).
     os.umask(0o077)
     try:
         configure_logging(args.log_file, args.log_level)

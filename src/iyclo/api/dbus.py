@@ -43,8 +43,12 @@ from iyclo.api.dbus_base import (
     object_path,
     pod_path,
 )
+from iyclo.api.dbus_caller import BusCallers
 from iyclo.api.dbus_manager import ManagerInterface
 from iyclo.api.dbus_objects import JobInterface, PodInterface
+from iyclo.api.guard import Guarded
+from iyclo.api.polkit import Polkit
+from iyclo.core.access import Gate
 from iyclo.core.events import Event
 from iyclo.errors import AccessDeniedError, ConflictError, InvalidError, IycloError, NotFoundError
 
@@ -73,10 +77,14 @@ Deployment = PodInterface | JobInterface
 class _Exporter:
     """Owns the connection, the objects and the tasks that keep them in step with events."""
 
-    def __init__(self, service: ServiceApi, bus: MessageBus) -> None:
+    def __init__(self, service: ServiceApi, bus: MessageBus, gate: Gate) -> None:
         self.service = service
+        """The service itself, for the daemon's own reads (the objects' state)."""
         self.bus = bus
-        self.manager = ManagerInterface(service, self.refresh)
+        self.callers = BusCallers(bus)
+        self.guarded = Guarded(service, gate, self.callers.current)
+        """The service as each caller may use it: what every exported method calls."""
+        self.manager = ManagerInterface(self.guarded, self.refresh)
         self.objects: dict[str, Deployment] = {}  # by name: a name is one pod or one job
         self._dirty: dict[str, None] = {}  # an ordered set of names to re-read
         self._wake = asyncio.Event()
@@ -132,7 +140,7 @@ class _Exporter:
             current.update(status)
             return
         self._drop(name)
-        made: Deployment = wanted(self.service, status)
+        made: Deployment = wanted(self.guarded, status)
         self.objects[name] = made
         self.bus.export(object_path(kind, name), made)
         self._count()
@@ -200,6 +208,7 @@ class _Exporter:
         for name in list(self.objects):
             self._drop(name)
         self.bus.unexport(MANAGER_PATH, self.manager)
+        self.callers.close()
         if self.bus.connected:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(BUS_TIMEOUT):
@@ -214,14 +223,21 @@ class _Exporter:
 
 
 async def export_service(
-    service: ServiceApi, bus: str = "system", *, bus_address: str | None = None
+    service: ServiceApi,
+    bus: str = "system",
+    *,
+    bus_address: str | None = None,
+    gate: Gate | None = None,
 ) -> Callable[[], Awaitable[None]]:
     """Serve ``service`` on D-Bus until the returned ``unexport()`` is awaited.
 
     ``bus`` is ``"system"`` or ``"session"``; ``bus_address`` (a D-Bus address) overrides
     it, for tests and private buses. The objects are exported before the name is
-    requested, so a client that sees the name can use them at once.
+    requested, so a client that sees the name can use them at once. Every call is checked
+    by ``gate`` (default: root and group ``iyclo``), which also gets polkit on that bus as
+    its authority when polkit is there.
     """
+    gate = gate or Gate()
     if bus_address is not None:
         label = bus_address
         message_bus = MessageBus(bus_address=bus_address)
@@ -238,8 +254,10 @@ async def export_service(
         raise IycloError(f"cannot connect to the {label} bus: no answer") from None
     except Exception as exc:
         raise IycloError(f"cannot connect to the {label} bus: {exc}") from None
-    exporter = _Exporter(service, message_bus)
+    exporter = _Exporter(service, message_bus, gate)
     try:
+        if gate.authority is None:
+            gate.authority = await Polkit.on(message_bus)
         await exporter.start(label)
     except BaseException:
         await exporter.close()

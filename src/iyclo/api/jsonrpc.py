@@ -12,18 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import grp
 import json
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from iyclo.api.guard import Guarded, fixed
 from iyclo.api.incident import incident
+from iyclo.api.peer import peer_caller
 from iyclo.api.protocol import ServiceApi
 from iyclo.contract.events import Event
 from iyclo.contract.methods import ParamsError, bind
+from iyclo.core.access import Gate
 from iyclo.errors import ConflictError, InvalidError, IycloError
 
 log = structlog.get_logger("iyclo.jsonrpc")
@@ -119,37 +125,72 @@ def handlers(service: ServiceApi) -> dict[str, Handler]:
     }  # fmt: skip
 
 
+@dataclasses.dataclass
+class _Connection:
+    """One client: its methods (the service as this peer may use it), its writer's
+    lock and its event streams."""
+
+    methods: dict[str, Handler]
+    send: Callable[[dict[str, Any] | list[dict[str, Any]]], Awaitable[None]]
+    streams: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
+
+
 class JsonRpcServer:
     def __init__(
         self,
         service: ServiceApi,
         path: Path,
         *,
+        gate: Gate | None = None,
+        group: str | None = None,
         max_line: int = MAX_LINE,
         idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         self.service = service
         self.path = path
+        self.gate = gate or Gate()
+        self.group = group
+        """The socket's group (mode 0660); None: root's group. Connecting is not being
+        allowed: each call is still checked against the peer's credentials."""
         self.max_line = max_line
         self.idle_timeout = idle_timeout
-        self._methods = handlers(service)
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+            listening = self._bind()
             self._server = await asyncio.start_unix_server(
-                self._serve, path=str(self.path), limit=self.max_line
+                self._serve, sock=listening, limit=self.max_line
             )
         except OSError as exc:
             raise IycloError(
                 f"cannot listen on JSON socket {self.path}: {exc.strerror or exc}"
             ) from None
-        os.chmod(self.path, 0o660)
-        log.info("json socket listening", path=str(self.path))
+        log.info("json socket listening", path=str(self.path), group=self.group or "root")
+
+    def _bind(self) -> socket.socket:
+        """The listening socket, at ``path`` with its final mode and group from the moment
+        it is there: bound under a temporary name (0600 by the daemon's umask), given
+        0660 and the group, then renamed into place, so no one ever finds it looser."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        gid = grp.getgrnam(self.group).gr_gid if self.group else -1
+        staging = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            staging.unlink()
+        listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            listening.bind(str(staging))
+            os.chown(staging, -1, gid)
+            os.chmod(staging, 0o660)
+            os.rename(staging, self.path)
+            listening.listen(128)
+        except BaseException:
+            listening.close()
+            with contextlib.suppress(FileNotFoundError):
+                staging.unlink()
+            raise
+        return listening
 
     async def close(self) -> None:
         if self._server is not None:
@@ -164,15 +205,22 @@ class JsonRpcServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        try:
+            caller = peer_caller(writer.get_extra_info("socket"))
+        except OSError as exc:
+            log.warning("dropping a client the kernel cannot name", error=str(exc))
+            writer.close()
+            return
         self._clients.add(task)
         lock = asyncio.Lock()
-        streams: set[asyncio.Task[None]] = set()
 
         async def send(message: dict[str, Any] | list[dict[str, Any]]) -> None:
             async with lock:
                 writer.write(json.dumps(message, default=str).encode() + b"\n")
                 await writer.drain()
 
+        conn = _Connection(handlers(Guarded(self.service, self.gate, fixed(caller))), send)
+        streams = conn.streams
         try:
             while True:
                 try:
@@ -196,7 +244,7 @@ class JsonRpcServer:
                     break
                 if not line.strip():
                     continue
-                reply = await self._handle(line, send, streams)
+                reply = await self._handle(line, conn)
                 if reply is not None:
                     await send(reply)
         except (ConnectionError, BrokenPipeError):
@@ -210,10 +258,7 @@ class JsonRpcServer:
                 await writer.wait_closed()
 
     async def _handle(
-        self,
-        line: bytes,
-        send: Callable[[dict[str, Any]], Awaitable[None]],
-        streams: set[asyncio.Task[None]],
+        self, line: bytes, conn: _Connection
     ) -> dict[str, Any] | list[dict[str, Any]] | None:
         """One line: a request, or a batch of them (JSON-RPC 2.0, section 6).
 
@@ -230,23 +275,18 @@ class JsonRpcServer:
                 "error": _error(PARSE_ERROR, f"parse error: {exc}"),
             }
         if not isinstance(request, list):
-            return await self._handle_one(request, send, streams)
+            return await self._handle_one(request, conn)
         if not request:
             return {
                 "jsonrpc": "2.0",
                 "id": None,
                 "error": _error(INVALID_REQUEST, "invalid request: an empty batch"),
             }
-        replies = [await self._handle_one(item, send, streams) for item in request]
+        replies = [await self._handle_one(item, conn) for item in request]
         answered = [reply for reply in replies if reply is not None]
         return answered or None
 
-    async def _handle_one(
-        self,
-        request: Any,
-        send: Callable[[dict[str, Any]], Awaitable[None]],
-        streams: set[asyncio.Task[None]],
-    ) -> dict[str, Any] | None:
+    async def _handle_one(self, request: Any, conn: _Connection) -> dict[str, Any] | None:
         """A reply to one request object; None for a notification (a request without an
         "id" member), which is never answered, not even with an error."""
         if (
@@ -264,20 +304,16 @@ class JsonRpcServer:
                     "a string, a number or null}",
                 ),
             }
-        reply = await self._reply(request, send, streams)
+        reply = await self._reply(request, conn)
         return None if "id" not in request else reply
 
-    async def _reply(
-        self,
-        request: dict[str, Any],
-        send: Callable[[dict[str, Any]], Awaitable[None]],
-        streams: set[asyncio.Task[None]],
-    ) -> dict[str, Any]:
+    async def _reply(self, request: dict[str, Any], conn: _Connection) -> dict[str, Any]:
         rid = request.get("id")
         method = request.get("method")
         params = request.get("params", {})
         if not isinstance(method, str):
             return {"jsonrpc": "2.0", "id": rid, "error": _error(INVALID_REQUEST, "method missing")}
+        streams = conn.streams
         if method == "subscribe":
             if len(streams) >= MAX_SUBSCRIPTIONS:
                 too_many = ConflictError(
@@ -285,11 +321,11 @@ class JsonRpcServer:
                     f"(at most {MAX_SUBSCRIPTIONS})"
                 )
                 return {"jsonrpc": "2.0", "id": rid, "error": error_for(too_many)}
-            stream = asyncio.create_task(self._stream_events(send))
+            stream = asyncio.create_task(self._stream_events(conn.send))
             streams.add(stream)
             stream.add_done_callback(streams.discard)
             return {"jsonrpc": "2.0", "id": rid, "result": {"subscribed": True}}
-        handler = self._methods.get(method)
+        handler = conn.methods.get(method)
         if handler is None:
             return {
                 "jsonrpc": "2.0",

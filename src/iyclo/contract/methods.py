@@ -17,10 +17,35 @@ Stdlib only: the CLI's clients import it.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 REQUIRED: Any = object()
+
+
+class Access(enum.Enum):
+    """What a call does, as far as permission goes; each verb but ``READ`` is a polkit
+    action (``packaging/io.github.iyclo1.policy``) named ``io.github.iyclo1.<value>``.
+
+    ``READ`` is open to every local user, who sees ``env`` values as "<redacted>" unless
+    they may ``DEPLOY``: whoever may write a manifest may read one back whole.
+    """
+
+    READ = "read"
+    DEPLOY = "deploy"
+    """Create, change or remove pods and jobs (apply, remove)."""
+    MANAGE = "manage"
+    """Act on what is deployed without changing it (start, stop, restart, run, reconcile)."""
+    READ_LOGS = "read-logs"
+    """Read the journal of pods and job runs: output is as sensitive as the journal."""
+
+    @property
+    def action_id(self) -> str:
+        return f"io.github.iyclo1.{self.value}"
+
+
+READ, DEPLOY, MANAGE, READ_LOGS = Access.READ, Access.DEPLOY, Access.MANAGE, Access.READ_LOGS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,9 +88,8 @@ class Method:
     member: str
     """The Manager member serving it; "" for ``version``, the ``Version`` property."""
     out: tuple[Out, ...]
-    root_only: bool
-    """Only root may call it on the system bus (``dbus/io.github.iyclo1.conf``): it
-    changes the host, or reads what only root may read (the journal)."""
+    access: Access
+    """Who may call it: the daemon checks this on both fronts (``iyclo.core.access``)."""
     doc: str
 
     @property
@@ -99,37 +123,37 @@ _STATE = (Out("state", "s"),)
 METHODS: tuple[Method, ...] = (
     Method("apply", (_manifest(),), "Apply",
            (Out("path", "o"), Out("generation", "u"), Out("changed", "b"), Out("state", "s")),
-           True, "Create or update a pod or job; waits until it runs or is scheduled."),
-    Method("validate", (_manifest(),), "Validate", (Out("errors", "as"),), False,
+           DEPLOY, "Create or update a pod or job; waits until it runs or is scheduled."),
+    Method("validate", (_manifest(),), "Validate", (Out("errors", "as"),), READ,
            "Every problem of a manifest (empty: valid)."),
-    Method("diff", (_manifest(),), "Diff", (Out("diff", "s"),), False,
+    Method("diff", (_manifest(),), "Diff", (Out("diff", "s"),), READ,
            "A unified diff of the stored manifest against this one (empty: no change)."),
     Method("remove",
            (_name(), Param("purge_history", (bool,), "", False,
                            "also drop a job's run history (D-Bus: the Purge member)")),
-           "Remove", (), True, "Remove a pod or job: units, containers and records."),
-    Method("start", (_name(),), "Start", _STATE, True, "Start a pod, or schedule a job."),
-    Method("stop", (_name(),), "Stop", _STATE, True, "Stop a pod, or a job and its run."),
-    Method("restart", (_name(),), "Restart", _STATE, True,
+           "Remove", (), DEPLOY, "Remove a pod or job: units, containers and records."),
+    Method("start", (_name(),), "Start", _STATE, MANAGE, "Start a pod, or schedule a job."),
+    Method("stop", (_name(),), "Stop", _STATE, MANAGE, "Stop a pod, or a job and its run."),
+    Method("restart", (_name(),), "Restart", _STATE, MANAGE,
            "Restart a pod, or a job's timer."),
-    Method("list", (), "List", (Out("pods", "a(sssuuus)"),), False,
+    Method("list", (), "List", (Out("pods", "a(sssuuus)"),), READ,
            "The status of every pod and job (D-Bus: one struct each, then Get)."),
-    Method("get", (_name(),), "Get", _json("status"), False, "Everything known about one."),
+    Method("get", (_name(),), "Get", _json("status"), READ, "Everything known about one."),
     Method("get_manifest", (_name(), Param("generation", (int,), "u", 0, "0: the current")),
-           "GetManifest", _json("manifest"), False, "A stored manifest."),
-    Method("history", (_name(),), "History", _json("history"), False,
+           "GetManifest", _json("manifest"), READ, "A stored manifest."),
+    Method("history", (_name(),), "History", _json("history"), READ,
            "The stored generations."),
-    Method("runs", (_name(),), "Runs", _json("runs"), False,
+    Method("runs", (_name(),), "Runs", _json("runs"), READ,
            "A job's run history, oldest first (kept after remove)."),
     Method("logs",
            (_name(), Param("run", (int,), "u", 0, "0: the newest"),
             Param("lines", (int, type(None)), "u", None, "only the last N (D-Bus: 0 all)")),
-           "Logs", _json("logs"), True,
-           "A job run's output, or a pod unit's journal (root only: it is the journal)."),
-    Method("reconcile", (), "Reconcile", _json("report"), True,
+           "Logs", _json("logs"), READ_LOGS,
+           "A job run's output, or a pod unit's journal."),
+    Method("reconcile", (), "Reconcile", _json("report"), MANAGE,
            "Make systemd and Podman match the store now."),
-    Method("run_job", (_name(),), "RunJob", _json("run"), True, "Run a job now."),
-    Method("version", (), "", (Out("version", "s"),), False, "The daemon's version."),
+    Method("run_job", (_name(),), "RunJob", _json("run"), MANAGE, "Run a job now."),
+    Method("version", (), "", (Out("version", "s"),), READ, "The daemon's version."),
 )  # fmt: skip
 
 BY_NAME: dict[str, Method] = {m.name: m for m in METHODS}

@@ -27,6 +27,7 @@ from iyclo.core.jobs import JobHandler
 from iyclo.core.kind import Kind
 from iyclo.core.locks import Locks
 from iyclo.core.pods import PodHandler
+from iyclo.core.redact import redact_manifest
 from iyclo.core.results import ApplyResult, ReconcileReport
 from iyclo.core.state import LiveState
 from iyclo.core.steps import Steps
@@ -187,12 +188,18 @@ class Service:
             for g in generations
         ]
 
-    async def diff(self, manifest_in: str | dict[str, Any]) -> str:
-        """A unified diff of the stored manifest against a proposed one (empty: no change)."""
+    async def diff(self, manifest_in: str | dict[str, Any], *, redacted: bool = False) -> str:
+        """A unified diff of the stored manifest against a proposed one (empty: no change);
+        ``redacted``: both sides with their ``env`` values hidden (``core.redact``), so a
+        caller who may not deploy learns which keys differ, never a stored value."""
         manifest = await load_manifest_async(manifest_in, self.policy)
         record = await self._find(manifest.name)
-        before = json.dumps(record.manifest, indent=2, sort_keys=True) if record else ""
-        after = json.dumps(dump_manifest(manifest), indent=2, sort_keys=True)
+        proposed = dump_manifest(manifest)
+        stored = record.manifest if record else None
+        if redacted:
+            proposed, stored = redact_manifest(proposed), stored and redact_manifest(stored)
+        before = json.dumps(stored, indent=2, sort_keys=True) if stored else ""
+        after = json.dumps(proposed, indent=2, sort_keys=True)
         label = f"{manifest.name} (generation {record.generation})" if record else "(none)"
         lines = difflib.unified_diff(
             before.splitlines(keepends=True),

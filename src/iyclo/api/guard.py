@@ -1,0 +1,111 @@
+"""The service as one caller may use it: both fronts serve this, never ``Service`` bare.
+
+Each operation asks ``Gate`` for the verb the method table gives it
+(``iyclo.contract.methods``), so the JSON socket and D-Bus refuse and redact alike;
+reads pass through ``iyclo.core.redact`` for callers who may not deploy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from iyclo.api.protocol import JsonResult, ServiceApi
+from iyclo.contract.methods import BY_NAME
+from iyclo.core.access import Caller, Gate
+from iyclo.core.events import EventBus
+from iyclo.core.redact import redact_digest, redact_manifest
+
+Who = Callable[[], Awaitable[Caller]]
+"""The caller of the call in progress: the JSON socket's peer, or the D-Bus sender."""
+
+
+def fixed(caller: Caller) -> Who:
+    async def who() -> Caller:
+        return caller
+
+    return who
+
+
+class Guarded:
+    """``ServiceApi`` for whoever ``who`` names: every call checked, every read redacted
+    as due."""
+
+    def __init__(self, service: ServiceApi, gate: Gate, who: Who) -> None:
+        self._service = service
+        self._gate = gate
+        self._who = who
+
+    @property
+    def events(self) -> EventBus:
+        return self._service.events
+
+    async def _require(self, method: str) -> None:
+        await self._gate.require(await self._who(), BY_NAME[method].access, method)
+
+    async def _reveals(self) -> bool:
+        return await self._gate.may_reveal(await self._who())
+
+    # -- changes --------------------------------------------------------------------------
+
+    async def apply(self, manifest: str | dict[str, Any], /) -> JsonResult:
+        await self._require("apply")
+        return await self._service.apply(manifest)
+
+    async def remove(self, name: str, /, purge_history: bool = False) -> None:
+        await self._require("remove")
+        await self._service.remove(name, purge_history=purge_history)
+
+    async def start(self, name: str, /) -> str:
+        await self._require("start")
+        return await self._service.start(name)
+
+    async def stop(self, name: str, /) -> str:
+        await self._require("stop")
+        return await self._service.stop(name)
+
+    async def restart(self, name: str, /) -> str:
+        await self._require("restart")
+        return await self._service.restart(name)
+
+    async def run_job(self, name: str, /) -> dict[str, Any]:
+        await self._require("run_job")
+        return await self._service.run_job(name)
+
+    async def reconcile(self) -> JsonResult:
+        await self._require("reconcile")
+        return await self._service.reconcile()
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def validate(self, manifest: str | dict[str, Any], /) -> list[str]:
+        return await self._service.validate(manifest)
+
+    async def diff(self, manifest: str | dict[str, Any], /, *, redacted: bool = False) -> str:
+        return await self._service.diff(manifest, redacted=redacted or not await self._reveals())
+
+    async def status(self, name: str, /) -> dict[str, Any]:
+        status = await self._service.status(name)
+        return status if await self._reveals() else redact_digest(status)
+
+    async def manifest(self, name: str, generation: int = 0, /) -> dict[str, Any]:
+        document = await self._service.manifest(name, generation)
+        return document if await self._reveals() else redact_manifest(document)
+
+    async def history(self, name: str, /) -> list[dict[str, Any]]:
+        generations = await self._service.history(name)
+        return generations if await self._reveals() else list(map(redact_digest, generations))
+
+    async def runs(self, name: str, /) -> list[dict[str, Any]]:
+        return await self._service.runs(name)
+
+    async def logs(self, name: str, run: int = 0, lines: int | None = None, /) -> dict[str, Any]:
+        await self._require("logs")
+        return await self._service.logs(name, run, lines)
+
+    def version(self) -> str:
+        return self._service.version()
+
+    async def list_all(self) -> list[dict[str, Any]]:
+        statuses = await self._service.list_all()
+        return statuses if await self._reveals() else list(map(redact_digest, statuses))
