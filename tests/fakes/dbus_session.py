@@ -27,7 +27,7 @@ _CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configura
   <type>session</type>
   <listen>unix:path={socket}</listen>
   <auth>EXTERNAL</auth>
-  <policy context="default">
+  <policy context="default">{users}
     <allow send_destination="*" eavesdrop="true"/>
     <allow eavesdrop="true"/>
     <allow own="*"/>
@@ -43,8 +43,11 @@ class PrivateBus:
     the daemon printed its address, i.e. until it accepts connections.
     """
 
-    def __init__(self, startup_timeout: float = 10.0) -> None:
+    def __init__(self, startup_timeout: float = 10.0, *, any_user: bool = False) -> None:
         self._startup_timeout = startup_timeout
+        self._any_user = any_user
+        """Let every uid connect (a bus daemon lets only its own by default), with the
+        bus's directory open to all: for tests that call as another user."""
         self._tmpdir: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._log = Path(os.devnull)
@@ -61,7 +64,10 @@ class PrivateBus:
         self._tmpdir = Path(tempfile.mkdtemp(prefix="iyclo-bus-"))
         socket_path = self._tmpdir / "bus"
         config = self._tmpdir / "bus.conf"
-        config.write_text(_CONFIG.format(socket=socket_path))
+        users = '\n    <allow user="*"/>' if self._any_user else ""
+        config.write_text(_CONFIG.format(socket=socket_path, users=users))
+        if self._any_user:
+            self._tmpdir.chmod(0o755)
         self._log = self._tmpdir / "bus.log"
         with self._log.open("wb") as log:
             self._process = subprocess.Popen(

@@ -4,7 +4,7 @@ dbus-fast hands an exported method its arguments, not the message, so the sender
 noted on the way in: ``note_sender`` runs as a message handler for every incoming
 message, before dbus-fast dispatches it in the same call, and sets a context variable;
 the method's task, created by that dispatch, starts with a copy of the context and so
-keeps its own sender whatever arrives next. (``tests/test_dbus_api.py`` holds this to
+keeps its own sender whatever arrives next. (``tests/test_access.py`` holds this to
 dbus-fast's behaviour with concurrent callers of different uids.)
 
 The sender's uid and pid come from ``GetConnectionCredentials``: the bus daemon read
