@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from iyclo.errors import (
-    AccessDeniedError,
     InvalidError,
     IycloError,
     NotFoundError,
@@ -153,29 +152,112 @@ def test_every_error_reaches_every_front_typed(daemon: Daemon) -> None:
             daemon.call("remove", name="holder")
 
 
-def test_access_denied_for_unprivileged_callers(daemon: Daemon) -> None:
-    host = daemon.host
-    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    read = host.run(
-        [*nobody, "busctl", "call", "io.github.iyclo1", "/io/github/iyclo1",
-         "io.github.iyclo1.Manager", "List"], check=False,
+PASSWORD = "correct-horse-battery-staple"
+NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+
+
+def _as(uid: int, gid: int) -> list[str]:
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+
+
+def _busctl(daemon: Daemon, who: list[str], member: str, *args: str) -> Any:
+    """busctl in the host as `who`: the reply's data, or the error (name, message)."""
+    result = daemon.host.run(
+        [*who, "busctl", "--json=short", "call", "io.github.iyclo1", "/io/github/iyclo1",
+         "io.github.iyclo1.Manager", member, *args],
+        check=False, env={"SYSTEMD_LOG_LEVEL": "debug"},
     )  # fmt: skip
-    assert read.returncode == 0, read.stderr  # reads are open to everyone
-    write = host.run(
-        [*nobody, "busctl", "call", "io.github.iyclo1", "/io/github/iyclo1",
-         "io.github.iyclo1.Manager", "Remove", "s", "anything"], check=False,
-        env={"SYSTEMD_LOG_LEVEL": "debug"},
+    if result.returncode == 0:
+        return json.loads(result.stdout)["data"]
+    return ("error", result.stderr)
+
+
+def _socat(daemon: Daemon, who: list[str], *requests: dict[str, Any]) -> list[Any]:
+    """Raw JSON-RPC lines through socat in the host as `who`: the replies, or the
+    connection's error text."""
+    lines = "".join(json.dumps({"jsonrpc": "2.0", "id": i, **r}) + "\n"
+                    for i, r in enumerate(requests))  # fmt: skip
+    result = daemon.host.run(
+        [*who, "socat", "-t", "5", "-", "UNIX-CONNECT:/var/lib/iyclo/iyclo.sock"],
+        check=False, input=lines,
     )  # fmt: skip
-    assert write.returncode != 0
-    assert "Access denied" in write.stderr or "AccessDenied" in write.stderr
-    sock = host.run(
-        [*nobody, "socat", "-", "UNIX-CONNECT:/var/lib/iyclo/iyclo.sock"],
-        check=False, input="{}\n",
-    )  # fmt: skip
-    assert sock.returncode != 0
-    assert "Permission denied" in sock.stderr
-    # and the client names it as the typed error
-    assert AccessDeniedError.dbus_name == "io.github.iyclo1.Error.AccessDenied"
+    if result.returncode != 0:
+        return [("connect", result.stderr.strip())]
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_who_may_do_what_on_both_fronts(daemon: Daemon) -> None:
+    """Issue #11's must-show against the real daemon, with busctl and socat in the host:
+    uid nobody reads nothing secret on either front; a member of the deploy group applies
+    a pod; a non-member is refused with AccessDenied on both, even when the socket's file
+    mode lets it connect (the daemon checks the peer)."""
+    manifest = fast(pod_manifest("guarded"))
+    manifest["containers"][0]["env"]["DB_PASSWORD"] = PASSWORD
+    text = json.dumps(manifest)
+    try:
+        daemon.call("apply", manifest=text)
+        # -- uid nobody, no member: every read over D-Bus, redacted
+        reads = {
+            "GetManifest": ("su", "guarded", "0"), "Diff": ("s", text), "Get": ("s", "guarded"),
+            "History": ("s", "guarded"), "List": (),
+        }  # fmt: skip
+        for member, args in reads.items():
+            answer = _busctl(daemon, list(NOBODY), member, *args)
+            assert answer[0] != "error", (member, answer)
+            assert PASSWORD not in json.dumps(answer), (member, answer)
+        shown = json.loads(_busctl(daemon, list(NOBODY), "GetManifest", "su", "guarded", "0")[0])
+        assert shown["containers"][0]["env"] == {"ROLE": "<redacted>", "DB_PASSWORD": "<redacted>"}
+        denied = _busctl(daemon, list(NOBODY), "Apply", "s", text)
+        assert denied[0] == "error"
+        assert "io.github.iyclo1.Error.AccessDenied" in denied[1]
+        assert "apply: access denied: uid 65534" in denied[1]
+        # the socket (0660, the deploy group's or root's) keeps nobody out
+        (refused,) = _socat(daemon, list(NOBODY), {"method": "version"})
+        assert refused[0] == "connect"
+        assert "Permission denied" in refused[1]
+        # with the socket's group as its gid, nobody connects; still no member: refused
+        group = int(daemon.host.run(["stat", "-c", "%g", "/var/lib/iyclo/iyclo.sock"]).stdout)
+        replies = _socat(
+            daemon, _as(65534, group),
+            {"method": "get_manifest", "params": {"name": "guarded"}},
+            {"method": "apply", "params": {"manifest": text}},
+            {"method": "logs", "params": {"name": "guarded"}},
+        )  # fmt: skip
+        assert PASSWORD not in json.dumps(replies)
+        assert replies[0]["result"]["containers"][0]["env"]["DB_PASSWORD"] == "<redacted>"
+        for reply in replies[1:]:
+            assert reply["error"]["data"]["type"] == "AccessDenied", reply
+        assert daemon.call("get", name="guarded")["generation"] == 1
+
+        # -- the deploy group is nogroup, nobody's own: nobody deploys on both fronts,
+        # uid 1 (daemon), no member, is refused on both even with the socket's group
+        config = daemon.host.path("/var/lib/iyclo/access-test.json")
+        config.write_text(json.dumps({"deployGroup": "nogroup"}))
+        daemon.stop()
+        daemon.start("--config", "/var/lib/iyclo/access-test.json")
+        changed = json.loads(text)
+        changed["containers"][0]["env"]["ROLE"] = "changed-by-nobody"
+        applied = _busctl(daemon, list(NOBODY), "Apply", "s", json.dumps(changed))
+        assert applied[1] == 2, applied  # (path, generation, changed, state)
+        changed["containers"][0]["env"]["ROLE"] = "changed-over-the-socket"
+        (reply,) = _socat(
+            daemon, list(NOBODY), {"method": "apply", "params": {"manifest": json.dumps(changed)}}
+        )
+        assert reply["result"]["generation"] == 3, reply
+        (whole,) = _socat(
+            daemon, list(NOBODY), {"method": "get_manifest", "params": {"name": "guarded"}}
+        )
+        assert whole["result"]["containers"][0]["env"]["DB_PASSWORD"] == PASSWORD
+        outsider = _as(1, 65534)
+        assert "access denied: uid 1 " in _busctl(daemon, outsider, "Apply", "s", text)[1]
+        (reply,) = _socat(daemon, outsider, {"method": "remove", "params": {"name": "guarded"}})
+        assert reply["error"]["data"]["type"] == "AccessDenied", reply
+        assert daemon.call("get", name="guarded")["generation"] == 3
+    finally:
+        daemon.stop()
+        daemon.start()
+        with contextlib.suppress(NotFoundError):
+            daemon.call("remove", name="guarded")
 
 
 def test_events_arrive_in_order_on_cli_and_dbus(daemon: Daemon) -> None:

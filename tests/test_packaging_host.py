@@ -21,6 +21,7 @@ INSTALLED = (
     "/etc/systemd/system/iyclod.service",
     "/etc/dbus-1/system.d/io.github.iyclo1.conf",
     "/usr/local/share/dbus-1/system-services/io.github.iyclo1.service",
+    "/usr/share/polkit-1/actions/io.github.iyclo1.policy",
     "/etc/iyclo/iyclo.json",
 )
 
@@ -30,7 +31,7 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
         [IYCLO, "system", "install", "--dry-run", "--prefix", str(tmp_path / "p q")],
         capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
-    assert [line.split()[1] for line in result.stdout.splitlines()] == ["write"] * 4
+    assert [line.split()[1] for line in result.stdout.splitlines()] == ["write"] * len(INSTALLED)
     assert not (tmp_path / "p q").exists()
 
 
@@ -76,3 +77,21 @@ def test_installed_iyclod_starts_on_a_dbus_call(fresh_testhost_factory: Any) -> 
     assert host.run(["systemctl", "is-active", "iyclod.service"], check=False).returncode != 0
     pod = host.run(["systemctl", "show", "-P", "ActiveState", "iyclo-pod-packaged.service"])
     assert pod.stdout.strip() == "active"
+
+
+def test_install_makes_the_deploy_group_only_when_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live install (prefix /) runs `groupadd --system iyclo` first when the group is not
+    there, and never when it is (dry runs: nothing is run)."""
+    from iyclo import install
+
+    monkeypatch.setattr(install, "iyclod_path", lambda: Path(IYCLO).with_name("iyclod"))
+    monkeypatch.setattr(install, "_group_exists", lambda name: False)
+    steps = [s.text for s in install.install(dry_run=True)]
+    assert steps[-3:] == [
+        "run groupadd --system iyclo",
+        "run systemctl daemon-reload",
+        "run busctl call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus "
+        "ReloadConfig",
+    ]
+    monkeypatch.setattr(install, "_group_exists", lambda name: True)
+    assert not any("groupadd" in s.text for s in install.install(dry_run=True))

@@ -124,3 +124,17 @@ def test_bind_fills_defaults(method: str, params: Any, bound: dict[str, Any]) ->
 def test_bind_refuses(method: str, params: Any, message: str) -> None:
     with pytest.raises(ParamsError, match=message):
         bind(method, params)
+
+
+def test_the_polkit_actions_are_the_verbs() -> None:
+    """packaging/io.github.iyclo1.policy declares one action per verb the daemon asks
+    polkit about, and grants none of them by default to anyone but an admin."""
+    root = ET.parse(DBUS_DIR.parent / "packaging" / "io.github.iyclo1.policy").getroot()
+    actions = {a.get("id"): a for a in root.iter("action")}
+    assert set(actions) == {a.action_id for a in Access if a is not Access.READ}
+    for action in actions.values():
+        defaults = action.find("defaults")
+        assert defaults is not None
+        assert defaults.findtext("allow_any") == "no"
+        assert defaults.findtext("allow_inactive") == "no"
+        assert defaults.findtext("allow_active") == "auth_admin_keep"

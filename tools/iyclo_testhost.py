@@ -260,6 +260,7 @@ if [ -z "$R" ]; then
     overlay_dir "$root/boot/containers-etc" /etc/containers
     overlay_dir "$root/boot/empty" /etc/iyclo
     overlay_dir "$root/boot/empty" /usr/local/share/dbus-1/system-services
+    overlay_dir "$root/boot/polkit-actions" /usr/share/polkit-1/actions
     mount --bind "$root/containers-networks" /etc/containers/networks
     mount --bind "$root/containers" /var/lib/containers
     mount --bind "$root/iyclo" /var/lib/iyclo
@@ -339,6 +340,7 @@ FRESH_PACKAGES: Final = "systemd,systemd-sysv,dbus,python3,git,ca-certificates"
 """What a newcomer's minimal Debian has before the README's commands: a booting systemd and
 git to clone with. Everything else must come from the project's own install steps."""
 CA_BUNDLE: Final = Path("/etc/ssl/certs/ca-certificates.crt")
+POLKIT_ACTIONS: Final = "/usr/share/polkit-1/actions"
 # Passed into a fresh root's commands so its apt and pip reach the package registries the
 # way the machine does (through its proxy, trusting its CA bundle, copied in at boot).
 NETWORK_ENV: Final = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
@@ -803,15 +805,19 @@ def _stage(
     # installed; /var/lib/iyclo and /var/lib/systemd/timers (systemd's own place for timer
     # stamps) are directories this may have to create on the machine, empty; so are
     # /etc/iyclo and /usr/local/share/dbus-1/system-services, where `iyclo system
-    # install` writes its config and D-Bus activation file (empty tmpfs in every host).
+    # install` writes its config and D-Bus activation file (empty tmpfs in every host), and
+    # /usr/share/polkit-1/actions, where it adds its polkit actions (a tmpfs holding a copy
+    # of the machine's).
     for mountpoint in ("/var/lib/containers", "/var/lib/iyclo", "/var/lib/systemd/timers",
-                       "/etc/iyclo", "/usr/local/share/dbus-1/system-services"):  # fmt: skip
+                       "/etc/iyclo", "/usr/local/share/dbus-1/system-services",
+                       POLKIT_ACTIONS):  # fmt: skip
         Path(mountpoint).mkdir(parents=True, exist_ok=True)
     boot_dir = root / "boot"
     shutil.rmtree(boot_dir, ignore_errors=True)
     boot_dir.mkdir()
     (boot_dir / "console.log").touch()
     (boot_dir / "empty").mkdir()
+    shutil.copytree(POLKIT_ACTIONS, boot_dir / "polkit-actions", symlinks=True)  # maybe empty
     (boot_dir / "setup-1.sh").write_text(SETUP_SCRIPT)
     (boot_dir / "setup-2.sh").write_text(SETUP_SCRIPT_2)
     lines = []

@@ -2,9 +2,12 @@
 
 What a systemd host needs to run iyclod as a service: its unit, the D-Bus policy that
 lets it own `io.github.iyclo1` (without it root is refused the name),
-the D-Bus activation file (a call to `io.github.iyclo1` starts `iyclod.service`), and a
-sample config. The unit's `ExecStart=` names the `iyclod` of this installation (a venv's
-or /usr/local/bin's), not a path it may not have.
+the D-Bus activation file (a call to `io.github.iyclo1` starts `iyclod.service`), the
+polkit actions (read by polkit from /usr/share/polkit-1/actions only, so that one file
+goes under /usr/share), a sample config, and the deploy group `iyclo` (a system group, made
+with `groupadd --system` when missing and kept by uninstall, as Debian's packages keep
+theirs: members stay members). The unit's `ExecStart=` names the `iyclod` of this
+installation (a venv's or /usr/local/bin's), not a path it may not have.
 
 Files go under the local administrator's trees (`/etc`, `/usr/local`), never over files
 a distribution package owns; `--prefix DIR` puts the same tree under DIR (for packaging,
@@ -13,6 +16,7 @@ or to look) and then nothing is reloaded.
 
 from __future__ import annotations
 
+import grp
 import os
 import shutil
 import subprocess
@@ -23,12 +27,14 @@ from pathlib import Path
 
 import attrs
 
+from iyclo.core.access import DEFAULT_DEPLOY_GROUP
 from iyclo.errors import IycloError
 
 UNIT_DIR = Path("etc/systemd/system")
 DBUS_POLICY_DIR = Path("etc/dbus-1/system.d")
 DBUS_SERVICE_DIR = Path("usr/local/share/dbus-1/system-services")
 CONFIG = Path("etc/iyclo/iyclo.json")
+POLKIT_ACTIONS_DIR = Path("usr/share/polkit-1/actions")
 SHIPPED_EXEC_START = "ExecStart=/usr/bin/iyclod "
 
 
@@ -104,8 +110,20 @@ def _files(packaging: Path, dbus: Path, iyclod: Path) -> list[InstallFile]:
             DBUS_SERVICE_DIR / "io.github.iyclo1.service",
             (dbus / "io.github.iyclo1.service").read_text(),
         ),
+        InstallFile(
+            POLKIT_ACTIONS_DIR / "io.github.iyclo1.policy",
+            (packaging / "io.github.iyclo1.policy").read_text(),
+        ),
         InstallFile(CONFIG, (packaging / "iyclo.json").read_text(), mode=0o640, keep_existing=True),
     ]
+
+
+def _group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 @attrs.frozen
@@ -150,6 +168,8 @@ def install(prefix: Path = Path("/"), *, dry_run: bool = False, enable: bool = F
             except OSError as exc:
                 raise IycloError(f"cannot write {target}: {exc.strerror or exc}") from None
     commands = [["systemctl", "daemon-reload"], RELOAD_DBUS]
+    if live and not _group_exists(DEFAULT_DEPLOY_GROUP):
+        commands.insert(0, ["groupadd", "--system", DEFAULT_DEPLOY_GROUP])
     if enable:
         commands.append(["systemctl", "enable", "--now", "iyclod.service"])
     for argv in commands if live else []:

@@ -91,11 +91,9 @@ class Polkit:
             async with asyncio.timeout(CALL_TIMEOUT):
                 reply = await self._bus.call(request)
         except TimeoutError:
-            raise AccessDeniedError(
-                f"access denied: polkit did not answer for {action_id}"
-            ) from None
+            raise AccessDeniedError(f"polkit did not answer for {action_id}") from None
         if reply is None or reply.message_type is MessageType.ERROR:
             why = reply.body[0] if reply is not None and reply.body else "no reply"
-            raise AccessDeniedError(f"access denied: polkit cannot decide {action_id}: {why}")
+            raise AccessDeniedError(f"polkit cannot decide {action_id}: {why}")
         authorized, _challenge, _details = reply.body[0]
         return bool(authorized)

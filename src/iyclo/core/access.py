@@ -83,24 +83,34 @@ class Gate:
         self.authority = authority
 
     async def allowed(self, caller: Caller, access: Access) -> bool:
+        return (await self._decide(caller, access))[0]
+
+    async def _decide(self, caller: Caller, access: Access) -> tuple[bool, str]:
+        """(allowed, why not): an authority that cannot decide is a refusal, its reason
+        kept for the message, never a grant."""
         if access is Access.READ or caller.uid == 0:
-            return True
+            return True, ""
         # The user database may be remote (LDAP, sssd): never block the event loop on it.
         if await asyncio.to_thread(is_member, caller.uid, self.deploy_group):
-            return True
-        if self.authority is not None:
-            return await self.authority.allows(caller, access.action_id)
-        return False
+            return True, ""
+        if self.authority is None:
+            return False, ""
+        try:
+            return await self.authority.allows(caller, access.action_id), ""
+        except AccessDeniedError as exc:
+            return False, exc.message
 
     async def require(self, caller: Caller, access: Access, what: str) -> None:
         """Refuse ``what`` (the method's name) unless ``caller`` may ``access``."""
-        if await self.allowed(caller, access):
+        allowed, reason = await self._decide(caller, access)
+        if allowed:
             return
         granted = f"root and members of group '{self.deploy_group}'"
         if self.authority is not None:
             granted += f", or whom polkit grants {access.action_id},"
         raise AccessDeniedError(
-            f"{what}: access denied: {caller.user} may not {access.value}; only {granted} may",
+            f"{what}: access denied: {caller.user} may not {access.value}; only {granted} may"
+            + (f" ({reason})" if reason else ""),
             hint=f"an administrator can run: usermod -aG {self.deploy_group} <user>",
         )
 
