@@ -268,7 +268,13 @@ class JsonRpcServer:
         """
         try:
             request = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except RecursionError:  # nested deeper than the decoder can go
+            return {
+                "jsonrpc": "2.0",
+                "id": None,
+                "error": _error(PARSE_ERROR, "parse error: nested too deeply"),
+            }
+        except ValueError as exc:  # not JSON, not UTF-8, or a number too long to convert
             return {
                 "jsonrpc": "2.0",
                 "id": None,
