@@ -488,3 +488,21 @@ def test_sigkill_at_random_moments_never_loses_an_acked_write(tmp_path: Path) ->
     assert elapsed < CRASH_BUDGET_SECONDS
     assert outcomes["temp file left (killed inside write)"] > 0
     assert between > 0, "no kill fell between two writes"
+
+
+def test_failed_applies_do_not_eat_the_history(state_dir: Path) -> None:
+    """Each apply trims the oldest generation only once it stands: an apply that fails
+    and is dropped gives it back, so failures in a row keep the history whole."""
+    with Store.open(state_dir, history_limit=3) as store:
+        for n in range(3):
+            store.apply("web", "Pod", {"n": n}, f"d{n}")
+        for n in range(9):
+            failed = store.apply("web", "Pod", {"bad": n}, f"bad{n}")
+            assert [g.generation for g in store.history("web")] == [2, 3, failed.generation]
+            store.drop_generation("web", failed.generation)
+            assert [g.generation for g in store.history("web")] == [1, 2, 3]
+        assert store.manifest("web", 1) == {"n": 0}
+        assert store.get("web").generation == 3
+        store.apply("web", "Pod", {"n": 3}, "d3")  # and one that stands trims for good
+        store.apply("web", "Pod", {"n": 4}, "d4")
+        assert [g.generation for g in store.history("web")] == [3, 13, 14]

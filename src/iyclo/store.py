@@ -338,11 +338,14 @@ class Store:
                     }
                 )
             else:
-                generations = [*doc["generations"], entry][-self._history_limit :]
+                every = [*doc["generations"], entry]
+                # The oldest ones leave only once this generation stands: until then they
+                # wait in "trimmed", which a failed apply's drop_generation puts back.
                 table.update(
-                    {"lastGeneration": number, "generations": generations},
+                    {"lastGeneration": number, "generations": every[-self._history_limit :],
+                     "trimmed": every[: -self._history_limit]},
                     doc_ids=[doc.doc_id],
-                )
+                )  # fmt: skip
             # Read back so the caller holds what is on disk, not its own mutable dict.
             return self.get(name)
 
@@ -386,7 +389,9 @@ class Store:
     def drop_generation(self, name: str, generation: int) -> None:
         """Forget one generation, typically the one whose apply failed part-way.
 
-        The previous generation becomes current again. Dropping the only
+        The previous generation becomes current again, and the oldest generation that
+        apply trimmed to keep the history bounded comes back: nine failed applies in a row
+        must not leave only the current generation. Dropping the only
         generation removes the whole record (and its runs), so a first apply
         that failed leaves nothing half-made behind. Numbers are not reused.
         """
@@ -398,7 +403,12 @@ class Store:
             if not kept:
                 self.remove(name)
                 return
-            self._table("deployments").update({"generations": kept}, doc_ids=[doc.doc_id])
+            if generation == doc["generations"][-1]["generation"]:
+                # the newest failed: what its apply trimmed is history again
+                kept = [*doc.get("trimmed", []), *kept]
+            self._table("deployments").update(
+                {"generations": kept, "trimmed": []}, doc_ids=[doc.doc_id]
+            )
 
     def remove(self, name: str, *, purge_runs: bool = True) -> None:
         """Delete `name`; with `purge_runs=False` its run history stays (and numbering continues).
