@@ -216,13 +216,13 @@ class Service:
 
     async def reconcile(self) -> ReconcileReport:
         """Make systemd and Podman match the store: adopt, re-create, remove orphans."""
-        async with self.locks.reconcile:
+        async with self.locks.exclusive():
             outcomes: dict[str, list[str]] = {"adopted": [], "recreated": [], "stopped": []}
             failed: list[tuple[str, str]] = []
             records: list[Deployment] = await self._store(self.store.list)
             for record in records:
                 try:
-                    async with self.locks.hold(record.name):
+                    async with self.locks.name(record.name):
                         outcome = await self._handler(record).reconcile_one(record)
                 except IycloError as exc:
                     failed.append((record.name, exc.message))
