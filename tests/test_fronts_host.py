@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +24,8 @@ from iyclo.errors import (
 )
 from iyclo.manifest.convert import dump_manifest, parse_manifest
 from tests.daemon_fixtures import Daemon, fast, pod_manifest, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [pytest.mark.host, pytest.mark.timeout(300)]
 
@@ -258,6 +261,56 @@ def test_who_may_do_what_on_both_fronts(daemon: Daemon) -> None:
         daemon.start()
         with contextlib.suppress(NotFoundError):
             daemon.call("remove", name="guarded")
+
+
+POLKIT_RULE = """polkit.addRule(function(action, subject) {
+    if (action.id == "io.github.iyclo1.manage" && subject.user == "nobody") {
+        return polkit.Result.YES;
+    }
+});
+"""
+
+
+def test_polkit_grants_one_verb_on_both_fronts(daemon: Daemon) -> None:
+    """The host's real polkitd, with iyclo's actions and a rule handing uid nobody
+    io.github.iyclo1.manage: nobody may stop and start a pod over D-Bus (polkit's subject:
+    its bus name) and the JSON socket (its pid and start time), and is still refused
+    remove (deploy), with polkit named in the refusal."""
+    host = daemon.host
+    actions = "/usr/share/polkit-1/actions/io.github.iyclo1.policy"
+    rule = "/etc/polkit-1/rules.d/50-iyclo-test.rules"
+    host.run(["tee", actions], input=(ROOT / "packaging" / "io.github.iyclo1.policy").read_text())
+    host.run(["tee", rule], input=POLKIT_RULE)
+    try:
+        daemon.call("apply", manifest=fast(pod_manifest("granted")))
+        # polkitd picks up new rules by inotify: give it a moment, bounded
+        answers: list[Any] = []
+
+        def stop_as_nobody() -> bool:
+            answers.append(_busctl(daemon, list(NOBODY), "Stop", "s", "granted"))
+            return answers[-1] == ["stopped"]
+
+        try:
+            wait_for(stop_as_nobody, timeout=15, what="polkit to grant nobody Stop")
+        except AssertionError:
+            raise AssertionError(f"the last answer: {answers[-1:]}") from None
+        refused = _busctl(daemon, list(NOBODY), "Remove", "s", "granted")
+        assert refused[0] == "error"
+        assert "remove: access denied: uid 65534" in refused[1]
+        assert "polkit grants io.github.iyclo1.deploy" in refused[1]
+        group = int(host.run(["stat", "-c", "%g", "/var/lib/iyclo/iyclo.sock"]).stdout)
+        started, removed = _socat(
+            daemon, _as(65534, group),
+            {"method": "start", "params": {"name": "granted"}},
+            {"method": "remove", "params": {"name": "granted"}},
+        )  # fmt: skip
+        assert started.get("result") == "running", started
+        assert removed["error"]["data"]["type"] == "AccessDenied", removed
+        assert daemon.call("get", name="granted")["state"] == "running"
+    finally:
+        host.run(["rm", "-f", actions, rule])
+        with contextlib.suppress(NotFoundError):
+            daemon.call("remove", name="granted")
 
 
 def test_events_arrive_in_order_on_cli_and_dbus(daemon: Daemon) -> None:

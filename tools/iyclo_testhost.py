@@ -261,6 +261,7 @@ if [ -z "$R" ]; then
     overlay_dir "$root/boot/empty" /etc/iyclo
     overlay_dir "$root/boot/empty" /usr/local/share/dbus-1/system-services
     overlay_dir "$root/boot/polkit-actions" /usr/share/polkit-1/actions
+    overlay_dir "$root/boot/polkit-rules" /etc/polkit-1/rules.d
     mount --bind "$root/containers-networks" /etc/containers/networks
     mount --bind "$root/containers" /var/lib/containers
     mount --bind "$root/iyclo" /var/lib/iyclo
@@ -340,7 +341,7 @@ FRESH_PACKAGES: Final = "systemd,systemd-sysv,dbus,python3,git,ca-certificates"
 """What a newcomer's minimal Debian has before the README's commands: a booting systemd and
 git to clone with. Everything else must come from the project's own install steps."""
 CA_BUNDLE: Final = Path("/etc/ssl/certs/ca-certificates.crt")
-POLKIT_ACTIONS: Final = "/usr/share/polkit-1/actions"
+POLKIT_DIRS: Final = ("/usr/share/polkit-1/actions", "/etc/polkit-1/rules.d")
 # Passed into a fresh root's commands so its apt and pip reach the package registries the
 # way the machine does (through its proxy, trusting its CA bundle, copied in at boot).
 NETWORK_ENV: Final = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
@@ -806,18 +807,23 @@ def _stage(
     # stamps) are directories this may have to create on the machine, empty; so are
     # /etc/iyclo and /usr/local/share/dbus-1/system-services, where `iyclo system
     # install` writes its config and D-Bus activation file (empty tmpfs in every host), and
-    # /usr/share/polkit-1/actions, where it adds its polkit actions (a tmpfs holding a copy
-    # of the machine's).
+    # /usr/share/polkit-1/actions, where it adds its polkit actions, and
+    # /etc/polkit-1/rules.d, where tests add polkit rules (tmpfs holding copies of the
+    # machine's).
     for mountpoint in ("/var/lib/containers", "/var/lib/iyclo", "/var/lib/systemd/timers",
                        "/etc/iyclo", "/usr/local/share/dbus-1/system-services",
-                       POLKIT_ACTIONS):  # fmt: skip
+                       *POLKIT_DIRS):  # fmt: skip
         Path(mountpoint).mkdir(parents=True, exist_ok=True)
     boot_dir = root / "boot"
     shutil.rmtree(boot_dir, ignore_errors=True)
     boot_dir.mkdir()
     (boot_dir / "console.log").touch()
     (boot_dir / "empty").mkdir()
-    shutil.copytree(POLKIT_ACTIONS, boot_dir / "polkit-actions", symlinks=True)  # maybe empty
+    for directory, staged in zip(POLKIT_DIRS, ("polkit-actions", "polkit-rules"), strict=True):
+        shutil.copytree(directory, boot_dir / staged, symlinks=True)  # maybe empty
+        # and its owner: polkitd reads its rules directory as itself (mode 0700 polkitd)
+        owner = os.stat(directory)
+        os.chown(boot_dir / staged, owner.st_uid, owner.st_gid)
     (boot_dir / "setup-1.sh").write_text(SETUP_SCRIPT)
     (boot_dir / "setup-2.sh").write_text(SETUP_SCRIPT_2)
     lines = []
