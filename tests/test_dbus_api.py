@@ -63,6 +63,7 @@ from iyclo.errors import (
     PodmanError,
     StoreError,
     SystemdError,
+    UnavailableError,
 )
 from tests.fakes.fixtures import Core, fail_once
 from tests.nobody import NobodyPython
@@ -645,13 +646,15 @@ async def test_gdbus_speaks_every_manager_method(served: Core, address: str) -> 
     assert code != 0
     assert "GDBus.Error:io.github.iyclo1.Error.Invalid: pod 'web' is not a job;" in err
     assert await ok("Remove", "web") == "()"
+    assert json.loads(gvariant_strings(await ok("Health"))[0]) == {"state": "ok", "problems": []}
     code, out, err = await run(
         GDBUS or "gdbus", "call", "--address", address, "--dest", BUS_NAME, "--object-path",
         MANAGER_PATH, "--method", "org.freedesktop.DBus.Properties.GetAll", MANAGER_INTERFACE,
     )  # fmt: skip
     assert code == 0, err
     assert out.strip() == (
-        f"({{'JobCount': <uint32 0>, 'PodCount': <uint32 0>, 'Version': <'{iyclo.__version__}'>}},)"
+        f"({{'JobCount': <uint32 0>, 'PodCount': <uint32 0>, 'Problems': <@as []>, "
+        f"'State': <'ok'>, 'Version': <'{iyclo.__version__}'>}},)"
     )
 
 
@@ -665,6 +668,7 @@ ERRORS: list[IycloError] = [
     SystemdError("unit iyclo-pod-web.service did not start (failed)"),
     AccessDeniedError("not allowed"),
     StoreError("/var/lib/iyclo: read-only file system"),
+    UnavailableError("apply: iyclod is degraded (podman: cannot reach Podman)"),
     IycloError("something failed"),
 ]
 
@@ -963,7 +967,8 @@ async def test_pods_present_at_start_are_exported_at_once(
         assert props is not None
         assert props["State"] == "stopped"
         manager = await observer.get_all(MANAGER_PATH, MANAGER_INTERFACE)
-        assert manager == {"PodCount": 1, "JobCount": 0, "Version": iyclo.__version__}
+        assert manager == {"PodCount": 1, "JobCount": 0, "Version": iyclo.__version__,
+                           "State": "ok", "Problems": []}  # fmt: skip
     finally:
         await unexport()
 

@@ -282,6 +282,9 @@ async def run(args: argparse.Namespace) -> int:
             log.error("start-up reconcile failed", error=exc.message)
         else:
             log.info("reconciled at start", **report.to_json())
+        # From here on, a Podman or systemd that goes away is reported, not fatal.
+        await service.dependencies.start()
+        stack.push_async_callback(service.dependencies.close)
         log.info("started", version=__version__, state_dir=str(args.state_dir),
                  deploy_group=config.deploy_group, policy=attrs.asdict(policy))  # fmt: skip
 

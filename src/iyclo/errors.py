@@ -86,6 +86,15 @@ class StoreError(IycloError):
     exit_code = 8
 
 
+class UnavailableError(IycloError):
+    """A dependency (Podman, systemd) is down: the daemon answers reads and refuses
+    changes until it is back (``iyclo.core.health``)."""
+
+    dbus_name = f"{DBUS_ERROR_PREFIX}.Unavailable"
+    rpc_code = -32008
+    exit_code = 9
+
+
 INTERNAL = "internal error (see the daemon's log)"
 
 
@@ -116,6 +125,7 @@ ALL_ERRORS: tuple[type[IycloError], ...] = (
     SystemdError,
     AccessDeniedError,
     StoreError,
+    UnavailableError,
 )
 
 

@@ -97,6 +97,8 @@ class _Exporter:
         # Subscribe before reading the initial list: nothing published in between is lost.
         queue = self._subscription.enter_context(self.service.events.subscription())
         self.bus.export(MANAGER_PATH, self.manager)
+        self.manager.set_health(self.service.health())
+        self.service.on_health_change(self.manager.set_health)
         for status in await self.service.list_all():
             self._put(status)
         await self._request_name(bus_label)

@@ -63,6 +63,7 @@ class ManagerInterface(Interface):
         self._service = service
         self._refresh = refresh
         self._counts = {"PodCount": 0, "JobCount": 0}
+        self._health: dict[str, Any] = {"state": "ok", "problems": []}
 
     def set_counts(self, pods: int, jobs: int) -> None:
         changed = {
@@ -81,6 +82,22 @@ class ManagerInterface(Interface):
         await self._refresh(str(result["name"]))
         path = object_path(str(result["kind"]), str(result["name"]))
         return (path, int(result["generation"]), bool(result["changed"]), str(result["state"]))
+
+    def set_health(self, health: dict[str, Any]) -> None:
+        """The daemon's health changed: announce ``State`` and ``Problems``."""
+        changed = {}
+        if health["state"] != self._health["state"]:
+            changed["State"] = health["state"]
+        if health["problems"] != self._health["problems"]:
+            changed["Problems"] = list(health["problems"])
+        self._health = health
+        if changed:
+            self.emit_properties_changed(changed)
+
+    @dbus_method(name="Health")
+    @translated
+    async def health(self) -> DBusStr:
+        return as_json(self._service.health())
 
     @dbus_method(name="Validate")
     @translated
@@ -162,6 +179,15 @@ class ManagerInterface(Interface):
     @dbus_property(access=PropertyAccess.READ, name="Version")
     def version(self) -> DBusStr:
         return self._service.version()
+
+    @dbus_property(access=PropertyAccess.READ, name="State")
+    def state(self) -> DBusStr:
+        """ok, or degraded while Podman or systemd is missing (``iyclo.core.health``)."""
+        return str(self._health["state"])
+
+    @dbus_property(access=PropertyAccess.READ, name="Problems")
+    def problems(self) -> StrList:
+        return list(self._health["problems"])
 
     @dbus_property(access=PropertyAccess.READ, name="PodCount")
     def pod_count(self) -> DBusUInt32:

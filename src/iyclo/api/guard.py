@@ -106,6 +106,12 @@ class Guarded:
     def version(self) -> str:
         return self._service.version()
 
+    def health(self) -> dict[str, Any]:
+        return self._service.health()
+
+    def on_health_change(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        self._service.on_health_change(listener)
+
     async def list_all(self) -> list[dict[str, Any]]:
         statuses = await self._service.list_all()
         return statuses if await self._reveals() else list(map(redact_digest, statuses))

@@ -154,6 +154,8 @@ METHODS: tuple[Method, ...] = (
            "Make systemd and Podman match the store now."),
     Method("run_job", (_name(),), "RunJob", _json("run"), MANAGE, "Run a job now."),
     Method("version", (), "", (Out("version", "s"),), READ, "The daemon's version."),
+    Method("health", (), "Health", _json("health"), READ,
+           "Whether Podman and systemd are there: ok, or degraded with the reasons."),
 )  # fmt: skip
 
 BY_NAME: dict[str, Method] = {m.name: m for m in METHODS}

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import difflib
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import structlog
 from iyclo import __version__
 from iyclo.core.events import EventBus
 from iyclo.core.handler import Handler
+from iyclo.core.health import Dependencies
 from iyclo.core.jobs import JobHandler
 from iyclo.core.kind import Kind
 from iyclo.core.locks import Locks
@@ -63,6 +64,7 @@ class Service:
         self.pods = PodHandler(store, self.steps, self.events, self.locks, LiveState(self.steps))
         self.jobs = JobHandler(store, self.steps, self.events)
         self._handlers: dict[Kind, Handler] = {Kind.POD: self.pods, Kind.JOB: self.jobs}
+        self.dependencies = Dependencies(podman, systemd, recovered=self.reconcile)
 
     async def start_watching(self) -> None:
         """Follow systemd and Podman (job runs, the pods' live cache). Call before the first
@@ -76,6 +78,14 @@ class Service:
                 await handler.close()
 
     # -- dispatch -------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _operation(self, name: str, verb: str) -> AsyncIterator[None]:
+        """A change to ``name``: its lock held, and refused while a dependency is down
+        (checked once the lock is ours, so a change that waited sees the health now)."""
+        async with self.locks.hold(name):
+            self.dependencies.require_ok(verb)
+            yield
 
     async def _store(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -103,7 +113,7 @@ class Service:
     async def apply(self, manifest_in: str | dict[str, Any]) -> ApplyResult:
         manifest = await load_manifest_async(manifest_in, self.policy)
         kind = Kind.of_manifest(manifest)
-        async with self.locks.hold(manifest.name):
+        async with self._operation(manifest.name, "apply"):
             previous = await self._find(manifest.name)
             if previous is not None and Kind.of(previous.kind) is not kind:
                 raise ConflictError(
@@ -115,28 +125,28 @@ class Service:
 
     async def remove(self, name: str, purge_history: bool = False) -> None:
         """Remove a pod or job; a job's run history stays unless `purge_history`."""
-        async with self.locks.hold(name):
+        async with self._operation(name, "remove"):
             record = await self._record(name)
             await self._handler(record).remove(record, purge_history=purge_history)
 
     async def start(self, name: str) -> str:
-        async with self.locks.hold(name):
+        async with self._operation(name, "start"):
             record = await self._record(name)
             return await self._handler(record).start(record)
 
     async def stop(self, name: str) -> str:
-        async with self.locks.hold(name):
+        async with self._operation(name, "stop"):
             record = await self._record(name)
             return await self._handler(record).stop(record)
 
     async def restart(self, name: str) -> str:
-        async with self.locks.hold(name):
+        async with self._operation(name, "restart"):
             record = await self._record(name)
             return await self._handler(record).restart(record)
 
     async def run_job(self, name: str) -> dict[str, Any]:
         """Start a run of job `name` now; ConflictError while one is going."""
-        async with self.locks.hold(name):
+        async with self._operation(name, "run_job"):
             record = await self._record(name)
             if Kind.of(record.kind) is not Kind.JOB:
                 raise InvalidError(f"{record.kind} '{name}' is not a job; only jobs can be run")
@@ -212,10 +222,18 @@ class Service:
     def version(self) -> str:
         return __version__
 
+    def health(self) -> dict[str, Any]:
+        """ok, or degraded with one line per missing dependency (``core.health``)."""
+        return self.dependencies.health.to_json()
+
+    def on_health_change(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        self.dependencies.on_change(lambda health: listener(health.to_json()))
+
     # -- reconcile ------------------------------------------------------------------------
 
     async def reconcile(self) -> ReconcileReport:
         """Make systemd and Podman match the store: adopt, re-create, remove orphans."""
+        self.dependencies.require_ok("reconcile")
         async with self.locks.exclusive():
             outcomes: dict[str, list[str]] = {"adopted": [], "recreated": [], "stopped": []}
             failed: list[tuple[str, str]] = []

@@ -32,3 +32,10 @@ again this often, this long apart, before a run is taken as unaccounted."""
 
 RUN_SWEEP_INTERVAL: Final = 30.0
 """How often runs are settled from the journal even when no signal asked for it."""
+
+HEALTH_INTERVAL: Final = 2.0
+"""How often the daemon asks whether Podman and systemd are there (``core.health``): a
+Podman that went away is reported and its return acted on within this."""
+
+HEALTH_PROBE: Final = 5.0
+"""One probe of a dependency: a Podman that takes longer to answer a ping is down."""

@@ -1,0 +1,140 @@
+"""Whether what iyclod stands on is there: Podman's API and systemd's bus.
+
+A dependency that goes away (``podman.socket`` restarted by an upgrade, Podman's service
+hung) must not take the daemon with it, nor let it half-make what it is asked for. So the
+daemon probes both every ``HEALTH_INTERVAL`` seconds; while one is missing it is
+*degraded*: it says so with the reason on every front (``health`` on the JSON socket, the
+Manager's ``State`` and ``Problems`` properties on D-Bus, a warning in ``iyclo ps``),
+keeps answering reads from its store and cache, and refuses changes at once with one
+line (``UnavailableError``) instead of failing them half-way. When the dependency answers
+again it reconciles by itself, so what was missed while it was away is caught up, and is
+*ok* again.
+
+systemd is probed through the daemon's connection to its bus: a lost connection is not
+re-made (every watch of systemd's signals hangs off it), so it stays degraded until the
+daemon is restarted, which ``Restart=`` of iyclod's unit does not do for a live process;
+the reason says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import structlog
+from attrs import frozen
+
+from iyclo.core import timeouts
+from iyclo.errors import IycloError, UnavailableError
+
+log = structlog.get_logger("iyclo.health")
+
+OK = "ok"
+DEGRADED = "degraded"
+
+
+class Pingable(Protocol):
+    async def ping(self) -> None: ...
+
+
+class Connected(Protocol):
+    @property
+    def connected(self) -> bool: ...
+
+
+@frozen
+class Health:
+    state: str
+    problems: tuple[str, ...]
+    """One line per missing dependency, naming it first ("podman: cannot reach …")."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"state": self.state, "problems": list(self.problems)}
+
+
+Listener = Callable[[Health], None]
+
+
+class Dependencies:
+    """The probes, the current ``Health``, and the gate changes pass through."""
+
+    def __init__(
+        self,
+        podman: Pingable,
+        systemd: Connected,
+        *,
+        recovered: Callable[[], Awaitable[object]],
+        interval: float = timeouts.HEALTH_INTERVAL,
+    ) -> None:
+        self._podman = podman
+        self._systemd = systemd
+        self._recovered = recovered
+        self.interval = interval
+        self.health = Health(OK, ())
+        self._listeners: list[Listener] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def on_change(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    async def start(self) -> None:
+        await self.check()
+        self._task = asyncio.create_task(self._watch(), name="iyclo-health")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def require_ok(self, what: str) -> None:
+        """Refuse the change ``what`` while degraded: one line, nothing touched."""
+        if self.health.state != OK:
+            raise UnavailableError(
+                f"{what}: iyclod is degraded ({'; '.join(self.health.problems)}); reads "
+                "still work, changes wait until it is back",
+                hint="`iyclo health` shows what is missing; iyclod resumes by itself",
+            )
+
+    async def check(self) -> Health:
+        """Probe both dependencies once; on a change tell the listeners, and on a return
+        to ok reconcile."""
+        problems = []
+        try:
+            async with asyncio.timeout(timeouts.HEALTH_PROBE):
+                await self._podman.ping()
+        except TimeoutError:
+            problems.append(f"podman: no answer to a ping within {timeouts.HEALTH_PROBE:g}s")
+        except IycloError as exc:
+            problems.append(f"podman: {exc.message}")
+        if not self._systemd.connected:
+            problems.append("systemd: the D-Bus connection to systemd is gone; restart iyclod")
+        now = Health(DEGRADED if problems else OK, tuple(problems))
+        before, self.health = self.health, now
+        if now != before:
+            if now.state == OK:
+                log.info("dependencies are back", was=list(before.problems))
+            else:
+                log.error("degraded", problems=problems)
+            for listener in self._listeners:
+                listener(now)
+            if now.state == OK and before.state != OK:
+                await self._catch_up()
+        return now
+
+    async def _catch_up(self) -> None:
+        try:
+            await self._recovered()
+        except IycloError as exc:
+            log.error("reconcile after recovery failed", error=exc.message)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.check()
+            except Exception:  # a bug must not end the watch
+                log.exception("health check failed")
