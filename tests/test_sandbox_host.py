@@ -182,7 +182,7 @@ def locked(daemon: Daemon) -> Iterator[str]:
     )  # fmt: skip
     try:
         assert apply(daemon, manifest)["state"] == "running"
-        yield "iyclo-sbx-locked-g1-box"
+        yield "iyclo-sbx-locked-g1_box"
     finally:
         remove(daemon, "sbx-locked")
 
@@ -264,7 +264,7 @@ def test_slice_limits_change_in_place(daemon: Daemon, tmp_path: Path) -> None:
     pids = f"/sys/fs/cgroup/pids/{sl}/pids.max"
     try:
         apply(daemon, manifest)
-        before = inspect(host, "iyclo-sbx-live-g1-main")
+        before = inspect(host, "iyclo-sbx-live-g1_main")
         manifest["systemd"] = {"memoryMax": "150M", "cpuQuota": "50%"}
         path = tmp_path / "live.json"
         path.write_text(json.dumps(manifest))
@@ -273,7 +273,7 @@ def test_slice_limits_change_in_place(daemon: Daemon, tmp_path: Path) -> None:
         assert cli.stdout.strip() == "pod/sbx-live configured (generation 2, updated in place)"
         assert read(host, memory) == str(150 * 2**20)
         assert read(host, pids) == "max"  # the dropped tasksMax is lifted
-        after = inspect(host, "iyclo-sbx-live-g1-main")
+        after = inspect(host, "iyclo-sbx-live-g1_main")
         assert after["Id"] == before["Id"]
         assert after["State"]["StartedAt"] == before["State"]["StartedAt"]
         status = daemon.call("get", name=name)
@@ -288,14 +288,14 @@ def test_slice_limits_change_in_place(daemon: Daemon, tmp_path: Path) -> None:
         result = apply(daemon, manifest)
         if podman_major(host) >= 5:
             assert (result["generation"], result["state"]) == (3, "updated in place")
-            updated = inspect(host, "iyclo-sbx-live-g1-main")
+            updated = inspect(host, "iyclo-sbx-live-g1_main")
             assert updated["Id"] == before["Id"]
             assert updated["HostConfig"]["Memory"] == 32 * 2**20  # stored by Podman
             own = cgroup_of(host, updated["State"]["Pid"], "memory")
             limit = f"/sys/fs/cgroup/memory{own}/memory.limit_in_bytes"
             assert read(host, limit) == str(32 * 2**20)  # and in force
             daemon.call("restart", name=name)
-            restarted = inspect(host, "iyclo-sbx-live-g1-main")
+            restarted = inspect(host, "iyclo-sbx-live-g1_main")
             assert restarted["State"]["StartedAt"] != updated["State"]["StartedAt"]
             assert restarted["HostConfig"]["Memory"] == 32 * 2**20
             own = cgroup_of(host, restarted["State"]["Pid"], "memory")
@@ -304,7 +304,7 @@ def test_slice_limits_change_in_place(daemon: Daemon, tmp_path: Path) -> None:
             )
         else:
             assert (result["generation"], result["state"]) == (3, "running")
-            replaced = inspect(host, "iyclo-sbx-live-g3-main")
+            replaced = inspect(host, "iyclo-sbx-live-g3_main")
             assert replaced["HostConfig"]["Memory"] == 32 * 2**20
         assert read(host, memory) == str(150 * 2**20)
     finally:
@@ -333,9 +333,9 @@ def test_memory_hog_is_oom_killed_and_shown_in_status(daemon: Daemon) -> None:
         assert rows["hog"]["oomKills"] == 1
         assert (rows["calm"]["oomKilled"], rows["calm"]["oomKills"]) == (False, 0)
         # the kernel killed it: exit 137, the cgroup limit it ran under, the unit failed
-        wait_for(lambda: inspect(host, "iyclo-sbx-hog-g1-hog")["State"]["Status"] == "exited",
+        wait_for(lambda: inspect(host, "iyclo-sbx-hog-g1_hog")["State"]["Status"] == "exited",
                  timeout=30, what="the hog to exit")  # fmt: skip
-        assert inspect(host, "iyclo-sbx-hog-g1-hog")["State"]["ExitCode"] == 137
+        assert inspect(host, "iyclo-sbx-hog-g1_hog")["State"]["ExitCode"] == 137
         unit = wait_for(
             lambda: (u := unit_show(host, "iyclo-pod-sbx-hog.service", "ActiveState",
                                "ExecMainStatus"))["ActiveState"] == "failed" and u,
@@ -475,7 +475,7 @@ def test_the_daemon_config_allows_what_defaults_refuse(daemon: Daemon) -> None:
         daemon.stop()
         daemon.start("--config", "/var/lib/iyclo/sbx-policy.json", "--allow-cap", "SYS_PTRACE")
         assert apply(daemon, manifest)["state"] == "running"
-        pid = inspect(host, "iyclo-sbx-hostnet-g1-a")["State"]["Pid"]
+        pid = inspect(host, "iyclo-sbx-hostnet-g1_a")["State"]["Pid"]
         netns = [host.run(["readlink", f"/proc/{p}/ns/net"]).stdout for p in (1, pid)]
         assert netns[0] == netns[1]  # the host's network namespace
         ptrace = pod("sbx-ptrace", {"name": "a", "security": {"capAdd": ["SYS_PTRACE"]}})
