@@ -7,13 +7,20 @@ and the adapters stay thin.
 from __future__ import annotations
 
 import shutil
+import sys
 from typing import Any
 
 from attrs import frozen
 
 from iyclo.core import naming
 from iyclo.manifest.model import Container, Job, Pod, Resources, Security, SystemdSandbox
-from iyclo.manifest.policy import ALWAYS_DROPPED_CAPS, bare_capability
+from iyclo.manifest.policy import (
+    ALWAYS_DROPPED_CAPS,
+    DEFAULT_POLICY,
+    Policy,
+    bare_capability,
+    host_paths,
+)
 from iyclo.manifest.values import parse_cpu_quota, parse_duration, parse_size, parse_ulimit
 
 USEC = 1_000_000
@@ -36,6 +43,7 @@ class ContainerPlan:
 class PodPlan:
     """Everything needed to create one generation of a pod and its unit."""
 
+    manifest: Pod
     name: str
     kind: str
     generation: int
@@ -51,6 +59,39 @@ class PodPlan:
 
 def podman_binary() -> str:
     return shutil.which("podman") or "/usr/bin/podman"
+
+
+HOSTCHECK_MODULE = "iyclo.manifest.hostcheck"
+
+
+def python_binary() -> str:
+    """The daemon's own interpreter: the one that has this iyclo importable, wherever it
+    was installed (a virtualenv, a prefix, a checkout whose path has spaces)."""
+    return sys.executable or shutil.which("python3") or "/usr/bin/python3"
+
+
+def hostcheck_command(
+    manifest: Pod | Job, policy: Policy, python: str | None = None
+) -> tuple[str, list[str], bool] | None:
+    """The ExecStartPre= that checks the manifest's host paths again at every start
+    systemd makes on its own (a job's timer, ``Restart=``), or None without host paths.
+
+    ``-I``: the unit's environment and working directory cannot change which code runs
+    as root. One ``--x=value`` word per option: no path can be read as an option, and the
+    argv reaches systemd word by word, so spaces need no quoting. Fails the start (not
+    ignored, no ``-``) with one journal line per refused path (``manifest.hostcheck``).
+    """
+    paths = host_paths(manifest)
+    if not paths:
+        return None
+    python = python or python_binary()
+    argv = [python, "-I", "-m", HOSTCHECK_MODULE]
+    if any(not path.profile for path in paths):
+        argv += [f"--root={root}" for root in policy.bind_mount_allow]
+    if any(path.profile for path in paths):
+        argv += [f"--profile-root={root}" for root in policy.seccomp_profile_allow]
+    argv += [f"--{'profile' if p.profile else 'bind'}={p.path}" for p in paths]
+    return python, argv, False
 
 
 def labels_for(manifest: Pod | Job, generation: int, digest: str) -> dict[str, str]:
@@ -289,9 +330,18 @@ def podman_environment(unit: str) -> list[str]:
     return [f"PODMAN_SYSTEMD_UNIT={unit}", "PODMAN_IGNORE_CGROUPSV1_WARNING=1"]
 
 
-def pod_unit_properties(manifest: Pod, pod_name: str, unit: str) -> list[tuple[str, Any]]:
-    """A transient service that systemd launches, watches and restarts, as Quadlet would."""
+def pod_unit_properties(
+    manifest: Pod, pod_name: str, unit: str, policy: Policy = DEFAULT_POLICY
+) -> list[tuple[str, Any]]:
+    """A transient service that systemd launches, watches and restarts, as Quadlet would.
+
+    With host paths, ``hostcheck_command`` runs first at every start, ``Restart=``'s
+    included. A refused start is a failed start: systemd retries it after ``RestartSec=``
+    like a crash, each retry refused again, until the pod's own start limit
+    (``restart.limit`` in ``restart.window``) leaves the unit failed (``start-limit-hit``).
+    """
     podman = podman_binary()
+    hostcheck = hostcheck_command(manifest, policy)
     main_container = naming.container_name(pod_name, manifest.containers[0].name)
     grace = pod_stop_timeout(manifest)
     stop = [podman, "pod", "stop", "--ignore", f"--time={grace}", pod_name]
@@ -301,6 +351,7 @@ def pod_unit_properties(manifest: Pod, pod_name: str, unit: str) -> list[tuple[s
         ("Slice", naming.slice_name(manifest.name)),
         ("Type", "forking"),
         ("PIDFile", naming.pid_file(main_container)),
+        *([("ExecStartPre", [hostcheck])] if hostcheck else []),
         ("ExecStart", [(podman, [podman, "pod", "start", pod_name], False)]),
         ("ExecStop", [(podman, stop, False)]),
         ("ExecStopPost", [(podman, stop, True)]),
@@ -321,10 +372,16 @@ def pod_unit_properties(manifest: Pod, pod_name: str, unit: str) -> list[tuple[s
 
 
 def plan_pod(
-    manifest: Pod, generation: int, digest: str, *, pod_generation: int | None = None
+    manifest: Pod,
+    generation: int,
+    digest: str,
+    *,
+    pod_generation: int | None = None,
+    policy: Policy = DEFAULT_POLICY,
 ) -> PodPlan:
     """One generation of a pod. ``pod_generation`` names the Podman pod it runs in when
-    that is an earlier generation's, kept by an update in place (see ``core.update``)."""
+    that is an earlier generation's, kept by an update in place (see ``core.update``);
+    ``policy`` gives the allowed roots its unit's host check checks against."""
     pod_generation = pod_generation or generation
     pod_name = naming.podman_pod_name(manifest.name, pod_generation)
     unit = naming.unit_name("Pod", manifest.name)
@@ -339,6 +396,7 @@ def plan_pod(
         for index, c in enumerate(manifest.containers)
     )
     return PodPlan(
+        manifest=manifest,
         name=manifest.name,
         kind=manifest.kind,
         generation=generation,
@@ -348,6 +406,6 @@ def plan_pod(
         slice=slice_,
         pod_spec=_pod_spec(manifest, labels, pod_name, cgroup_parent=slice_),
         containers=containers,
-        unit_properties=tuple(pod_unit_properties(manifest, pod_name, unit)),
+        unit_properties=tuple(pod_unit_properties(manifest, pod_name, unit, policy)),
         slice_properties=tuple(slice_properties(manifest.systemd)),
     )

@@ -103,8 +103,9 @@ class PodHandler:
         if not isinstance(manifest, Pod):
             raise InvalidError(f"{record.kind} '{record.name}' is not a pod")
         return plan_pod(
-            manifest, record.generation, record.digest, pod_generation=record.pod_generation
-        )
+            manifest, record.generation, record.digest, pod_generation=record.pod_generation,
+            policy=self.steps.policy,
+        )  # fmt: skip
 
     def _publish(self, name: str, state: str, *, generation: int = 0, error: str = "") -> None:
         self.events.publish(KIND.changed(name, state, generation=generation, error=error))
@@ -238,7 +239,7 @@ class PodHandler:
     ) -> None:
         """The new generation's pod first, then the old unit stops and the new one starts;
         if that fails, the new pod goes and the old unit starts again if it ran."""
-        plan = plan_pod(manifest, record.generation, record.digest)
+        plan = plan_pod(manifest, record.generation, record.digest, policy=self.steps.policy)
         await self._create_pod(plan)
         old_plan = self._plan(previous) if previous is not None else None
         old_was_running = False
@@ -262,6 +263,7 @@ class PodHandler:
         plan = self._plan(record)
         if is_running(await self.steps.unit_state(plan.unit)):
             return "running"
+        await self.steps.check_host(plan)
         await self.steps.ensure_pod(plan, self._description(plan))
         await self._start_unit(plan)
         await self._store(self.store.set_status, record.name, desired=KIND.running)
@@ -298,6 +300,7 @@ class PodHandler:
         unit = KIND.service(record.name)
         if not is_running(await self.steps.unit_state(unit)):
             return await self._ensure_running(record)
+        await self.steps.check_host(self._plan(record))
         self._publish(record.name, "restarting", generation=record.generation)
         await self.steps.restart(unit)
         await self._refresh(record.name)
@@ -362,6 +365,7 @@ class PodHandler:
         if desired == "stopped":
             self._publish(record.name, "stopped", generation=record.generation)
             return "stopped"
+        await self.steps.check_host(plan)
         await self.steps.ensure_pod(plan, self._description(plan))
         await self._start_unit(plan)
         await self.steps.remove_other_generations(record.name, keep=plan.pod_name)
@@ -414,6 +418,13 @@ class PodHandler:
         async with self.locks.hold(name):
             if not is_active(await self.steps.unit_state(unit)):
                 return  # stopping or restarting already: systemd is on it
+            try:
+                await self.steps.check_host(self._plan(record))
+            except InvalidError as exc:
+                log.warning("container died; restart refused", pod=name, error=exc.message)
+                self._publish(name, await self._state_word(record),
+                              generation=record.generation, error=exc.message)  # fmt: skip
+                return
             log.info("container died; restarting its pod", pod=name,
                      container=attributes.get(naming.LABEL_CONTAINER))  # fmt: skip
             self._publish(name, "restarting", generation=record.generation)

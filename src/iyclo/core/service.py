@@ -58,7 +58,7 @@ class Service:
         self.policy = policy
         self.events = events or EventBus()
         self.locks = Locks()
-        self.steps = Steps(systemd, podman)
+        self.steps = Steps(systemd, podman, policy)
         self.pods = PodHandler(store, self.steps, self.events, self.locks, LiveState(self.steps))
         self.jobs = JobHandler(store, self.steps, self.events)
         self._handlers: dict[Kind, Handler] = {Kind.POD: self.pods, Kind.JOB: self.jobs}

@@ -28,7 +28,9 @@ from iyclo.core.journal import start_failure_reason
 from iyclo.core.plan import ContainerPlan
 from iyclo.core.slices import ensure_slice
 from iyclo.core.unit_state import is_running
-from iyclo.errors import IycloError, NotFoundError, SystemdError
+from iyclo.errors import InvalidError, IycloError, NotFoundError, SystemdError
+from iyclo.manifest.model import Job, Pod
+from iyclo.manifest.policy import DEFAULT_POLICY, Policy, host_problems
 from iyclo.podman.client import PodmanClient
 from iyclo.systemd.const import IFACE_SERVICE, IFACE_UNIT, JobResult
 from iyclo.systemd.const import UnitLoadState as Load
@@ -50,6 +52,8 @@ class PodMaking(Protocol):
     """What both plans (``PodPlan``, ``JobPlan``) say about the Podman pod and the slice."""
 
     @property
+    def manifest(self) -> Pod | Job: ...
+    @property
     def name(self) -> str: ...
     @property
     def pod_name(self) -> str: ...
@@ -68,9 +72,26 @@ STOP_ATTEMPTS = 3
 
 
 class Steps:
-    def __init__(self, systemd: SystemdManager, podman: PodmanClient) -> None:
+    def __init__(
+        self, systemd: SystemdManager, podman: PodmanClient, policy: Policy = DEFAULT_POLICY
+    ) -> None:
         self.systemd = systemd
         self.podman = podman
+        self.policy = policy
+
+    # -- the host, before a start -----------------------------------------------------
+
+    async def check_host(self, plan: PodMaking) -> None:
+        """Refuse a start whose host paths are not safe *now*: a symbolic link planted
+        under an allowed root since the manifest was applied would be followed by runc.
+
+        Called before every start the core makes, before anything is changed for it; the
+        units' ExecStartPre= (``plan.hostcheck_command``) covers the starts systemd makes
+        on its own. The lines name the fields, as validation's do.
+        """
+        found = await asyncio.to_thread(host_problems, plan.manifest, self.policy)
+        if found:
+            raise InvalidError(found[0], found)
 
     # -- units ------------------------------------------------------------------------
 

@@ -1,0 +1,177 @@
+"""The policy holds at every start, not only at apply (issue #11): the core checks the host
+paths again before each start it makes, and the units it writes check them before each
+start systemd makes on its own (ExecStartPre=). Against the fakes; the real thing is in
+``test_policy_host.py``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from iyclo.core.plan import HOSTCHECK_MODULE, hostcheck_command, plan_pod
+from iyclo.core.plan_job import plan_job
+from iyclo.errors import InvalidError
+from iyclo.manifest.convert import parse_manifest
+from iyclo.manifest.model import Job, Pod
+from iyclo.manifest.policy import Policy
+from iyclo.manifest.values import AbsPath
+from tests.fakes.fixtures import Core
+
+BUSYBOX = "localhost/busybox:latest"
+
+
+@pytest.fixture
+def srv(tmp_path: Path) -> Path:
+    """The allowed bind-mount root of these tests, with a directory a pod mounts from."""
+    root = tmp_path / "srv"
+    (root / "x" / "data").mkdir(parents=True)
+    return root
+
+
+@pytest.fixture
+def policy(srv: Path) -> Policy:
+    """Overrides ``tests.fakes.fixtures.policy``: the daemon allows binds under ``srv``."""
+    return Policy(bind_mount_allow=(AbsPath(str(srv)),))
+
+
+def plant_link(srv: Path) -> str:
+    """What a container that may write under the root does: ``x`` becomes a link to /.
+    Returns the refusal's line for ``x/data``."""
+    (srv / "x" / "data").rmdir()
+    (srv / "x").rmdir()
+    (srv / "x").symlink_to("/")
+    return (
+        f'containers[0].volumes[0].source: refused: "{srv}/x/data" goes through the '
+        f'symbolic link "{srv}/x"'
+    )
+
+
+def manifest(kind: str, name: str, srv: Path, **extra: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "apiVersion": "iyclo/v1", "kind": kind, "name": name,
+        "containers": [{"name": "main", "image": BUSYBOX, "command": ["true"],
+                        "volumes": [{"source": f"{srv}/x/data", "target": "/data"}]}],
+        **extra,
+    }  # fmt: skip
+    if kind == "Job":
+        data["schedule"] = {"calendar": "*-01-01 00:00:00"}
+    return data
+
+
+# -- the units' ExecStartPre= ---------------------------------------------------------------
+
+
+def test_a_pod_with_host_paths_checks_them_before_every_start(policy: Policy, srv: Path) -> None:
+    data = manifest("Pod", "guarded", srv)
+    data["containers"][0]["security"] = {"seccompProfile": "/etc/iyclo/seccomp/a b.json"}
+    pod = parse_manifest(data, Policy(bind_mount_allow=policy.bind_mount_allow))
+    assert isinstance(pod, Pod)
+    props = dict(plan_pod(pod, 1, "d", policy=policy).unit_properties)
+    ((path, argv, ignore),) = props["ExecStartPre"]
+    assert (path, ignore) == (sys.executable, False)
+    assert argv == [
+        sys.executable, "-I", "-m", HOSTCHECK_MODULE, f"--root={srv}",
+        "--profile-root=/etc/iyclo/seccomp", "--profile-root=/var/lib/iyclo/seccomp",
+        f"--bind={srv}/x/data", "--profile=/etc/iyclo/seccomp/a b.json",
+    ]  # fmt: skip
+    keys = [key for key, _ in plan_pod(pod, 1, "d", policy=policy).unit_properties]
+    assert keys.index("ExecStartPre") < keys.index("ExecStart")
+
+
+def test_without_host_paths_there_is_nothing_to_check() -> None:
+    pod = parse_manifest(
+        {"apiVersion": "iyclo/v1", "kind": "Pod", "name": "plain",
+         "containers": [{"name": "main", "image": BUSYBOX, "command": ["true"]}]}
+    )  # fmt: skip
+    assert isinstance(pod, Pod)
+    assert "ExecStartPre" not in dict(plan_pod(pod, 1, "d").unit_properties)
+    assert hostcheck_command(pod, Policy()) is None
+
+
+def test_the_interpreter_may_live_under_a_path_with_spaces(policy: Policy, srv: Path) -> None:
+    """One argv word per argument over D-Bus: nothing is split or needs quoting."""
+    pod = parse_manifest(manifest("Pod", "spaced", srv), policy)
+    command = hostcheck_command(pod, policy, python="/opt/my tools/venv/bin/python3")
+    assert command is not None
+    assert command[0] == "/opt/my tools/venv/bin/python3"
+    assert command[1][:2] == ["/opt/my tools/venv/bin/python3", "-I"]
+
+
+@pytest.mark.parametrize("overlap", ["skip", "queue"])
+def test_a_job_run_checks_its_host_paths_first(policy: Policy, srv: Path, overlap: str) -> None:
+    data = manifest("Job", "guarded-job", srv)
+    data["schedule"]["overlap"] = overlap
+    job = parse_manifest(data, policy)
+    assert isinstance(job, Job)
+    props = dict(plan_job(job, 1, "d", policy=policy).service_properties)
+    first = props["ExecStartPre"][0]
+    assert first == hostcheck_command(job, policy)
+    assert len(props["ExecStartPre"]) == (1 if overlap == "queue" else 2)
+
+
+def test_the_units_check_refuses_a_planted_link_in_one_line(policy: Policy, srv: Path) -> None:
+    """The very argv the unit gets, run here: exit 1 and a line naming the path."""
+    pod = parse_manifest(manifest("Pod", "linked", srv), policy)
+    command = hostcheck_command(pod, policy)
+    assert command is not None
+    ok = subprocess.run(command[1], capture_output=True, text=True, check=False, timeout=60)
+    assert (ok.returncode, ok.stderr) == (0, "")
+    plant_link(srv)
+    refused = subprocess.run(command[1], capture_output=True, text=True, check=False, timeout=60)
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        f'iyclo-hostcheck: {srv}/x/data: refused: "{srv}/x/data" goes through the symbolic '
+        f'link "{srv}/x"\n'
+    )
+
+
+# -- the core, before each start it makes ---------------------------------------------------
+
+
+def starts(core: Core) -> int:
+    """How many starts the core asked systemd for, of any kind."""
+    return sum(
+        len(core.systemd.calls[m])
+        for m in ("StartTransientUnit", "StartUnit", "RestartUnit", "TryRestartUnit")
+    )
+
+
+async def test_a_pod_is_not_started_again_through_a_planted_link(core: Core, srv: Path) -> None:
+    service = core.service
+    await service.apply(manifest("Pod", "linked", srv))
+    line = plant_link(srv)
+    before = starts(core)
+    with pytest.raises(InvalidError) as info:
+        await service.restart("linked")
+    assert info.value.details == [line]
+    assert info.value.message == line
+    assert starts(core) == before  # restart refused while it ran: it still runs, unchanged
+    assert await service.start("linked") == "running"  # it runs: no start to refuse
+    assert (await service.status("linked"))["state"] == "running"
+    # its unit gone behind the daemon's back (a reboot): the reconcile does not re-create it
+    await service.steps.stop("iyclo-pod-linked.service")
+    report = await service.reconcile()
+    assert report.failed == (("linked", line),)
+    assert starts(core) == before
+    await service.stop("linked")
+    with pytest.raises(InvalidError) as info:
+        await service.start("linked")
+    assert info.value.details == [line]
+    assert starts(core) == before
+
+
+async def test_a_job_is_not_run_through_a_planted_link(core: Core, srv: Path) -> None:
+    service = core.service
+    await service.apply(manifest("Job", "linked-job", srv))
+    line = plant_link(srv)
+    before = starts(core)
+    for operation in (service.run_job, service.restart):
+        with pytest.raises(InvalidError) as info:
+            await operation("linked-job")
+        assert info.value.details == [line]
+    assert starts(core) == before
+    assert await service.runs("linked-job") == []
