@@ -447,7 +447,7 @@ class JobHandler:
         invocation = str(chosen.get("invocationId", ""))
         entries = []
         if invocation:
-            args = [f"_SYSTEMD_INVOCATION_ID={invocation}", "+", f"INVOCATION_ID={invocation}"]
+            args = journal.run_matches(KIND.service(name), invocation)
             if lines is not None:
                 args += ["-n", str(max(lines, 0) * 4 + 40)]  # Podman's events are dropped below
             entries = journal.journal_lines(await journal.query(*args))
