@@ -338,7 +338,10 @@ def pod_unit_properties(
     With host paths, ``hostcheck_command`` runs first at every start, ``Restart=``'s
     included. A refused start is a failed start: systemd retries it after ``RestartSec=``
     like a crash, each retry refused again, until the pod's own start limit
-    (``restart.limit`` in ``restart.window``) leaves the unit failed (``start-limit-hit``).
+    (``restart.limit`` in ``restart.window``) leaves the unit failed: measured on systemd
+    252 with limit 3, three refused restarts, then ``failed`` with result ``exit-code``.
+    (``RestartPreventExitStatus=`` would not stop the retries: systemd.service(5) applies
+    it to the main process's exit status, and a refused ExecStartPre= starts none.)
     """
     podman = podman_binary()
     hostcheck = hostcheck_command(manifest, policy)
