@@ -175,3 +175,38 @@ async def test_a_job_is_not_run_through_a_planted_link(core: Core, srv: Path) ->
         assert info.value.details == [line]
     assert starts(core) == before
     assert await service.runs("linked-job") == []
+
+
+# -- what a manifest claims on the host beyond its name ------------------------------------
+
+
+def with_userns(kind: str, name: str, host_id: int) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "apiVersion": "iyclo/v1", "kind": kind, "name": name,
+        "userns": {"hostId": host_id, "size": 65536},
+        "containers": [{"name": "main", "image": BUSYBOX, "command": ["true"]}],
+    }  # fmt: skip
+    if kind == "Job":
+        data["schedule"] = {"calendar": "*-01-01 00:00:00"}
+    return data
+
+
+async def test_an_overlapping_user_namespace_is_refused_and_nothing_made(core: Core) -> None:
+    service = core.service
+    await service.apply(with_userns("Pod", "first", 2**31))
+    pods, started = dict(core.podman.pods), starts(core)
+    for kind in ("Pod", "Job"):
+        with pytest.raises(InvalidError) as info:
+            await service.apply(with_userns(kind, "second", 2**31 + 65535))
+        assert info.value.details == [
+            'userns.hostId: refused: host IDs 2147549183-2147614718 overlap those of "first" '
+            "(2147483648-2147549183)"
+        ]
+        assert [r.name for r in core.store.list()] == ["first"]
+        assert core.podman.pods.keys() == pods.keys()
+        assert starts(core) == started
+    # the next range is free, and a pod keeps its own range across an update
+    assert (await service.apply(with_userns("Job", "second", 2**31 + 65536))).changed
+    update = with_userns("Pod", "first", 2**31)
+    update["labels"] = {"updated": "yes"}
+    assert (await service.apply(update)).generation == 2

@@ -31,8 +31,9 @@ from iyclo.core.results import ApplyResult, ReconcileReport
 from iyclo.core.state import LiveState
 from iyclo.core.steps import Steps
 from iyclo.errors import ConflictError, InvalidError, IycloError, NotFoundError
-from iyclo.manifest.convert import dump_manifest, load_manifest_async
-from iyclo.manifest.policy import DEFAULT_POLICY, Policy
+from iyclo.manifest.convert import dump_manifest, load_manifest_async, structure
+from iyclo.manifest.model import Job, Pod, UserNamespace
+from iyclo.manifest.policy import DEFAULT_POLICY, Policy, userns_conflict
 from iyclo.podman.client import PodmanClient
 from iyclo.store import Deployment, Store
 from iyclo.systemd.manager import SystemdManager
@@ -58,6 +59,10 @@ class Service:
         self.policy = policy
         self.events = events or EventBus()
         self.locks = Locks()
+        self.claims = asyncio.Lock()
+        """Held from the check of what a manifest claims on the host beyond its name (a
+        user-namespace range) until its record is stored: two applies under different
+        names could otherwise both find a range free and both take it."""
         self.steps = Steps(systemd, podman, policy)
         self.pods = PodHandler(store, self.steps, self.events, self.locks, LiveState(self.steps))
         self.jobs = JobHandler(store, self.steps, self.events)
@@ -110,7 +115,21 @@ class Service:
                     "exists",
                     hint=f"remove it first with `iyclo rm {manifest.name}`",
                 )
-            return await self._handlers[kind].apply(manifest, previous)
+            if manifest.userns is None:
+                return await self._handlers[kind].apply(manifest, previous)
+            async with self.claims:
+                await self._refuse_claimed(manifest)
+                return await self._handlers[kind].apply(manifest, previous)
+
+    async def _refuse_claimed(self, manifest: Pod | Job) -> None:
+        """Refuse a user-namespace range another pod's or job's overlaps: two pods mapped
+        onto one host ID are one user on the host. Validation alone cannot know the
+        others; the manifest's own record is left out, so an update keeps its range."""
+        records: list[Deployment] = await self._store(self.store.list)
+        others = {r.name: _userns_of(r) for r in records if r.name != manifest.name}
+        line = userns_conflict(manifest.userns, others)
+        if line is not None:
+            raise InvalidError(line)
 
     async def remove(self, name: str, purge_history: bool = False) -> None:
         """Remove a pod or job; a job's run history stays unless `purge_history`."""
@@ -235,6 +254,17 @@ class Service:
             )  # fmt: skip
             log.info("reconciled", **report.to_json())
             return report
+
+
+def _userns_of(record: Deployment) -> UserNamespace | None:
+    """A stored manifest's ``userns``, read without re-validating the whole manifest."""
+    raw = record.manifest.get("userns")
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return structure(raw, UserNamespace)
+    except InvalidError:  # stored before it was validated as it is now: claims nothing
+        return None
 
 
 def default_state_dir() -> Path:
