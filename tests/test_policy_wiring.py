@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dbus_fast import DBusError
 
 from iyclo.core.plan import HOSTCHECK_MODULE, hostcheck_command, plan_pod
 from iyclo.core.plan_job import plan_job
-from iyclo.errors import InvalidError
+from iyclo.errors import InvalidError, PodmanError, SystemdError
 from iyclo.manifest.convert import parse_manifest
 from iyclo.manifest.model import Job, Pod
 from iyclo.manifest.policy import Policy
-from iyclo.manifest.values import AbsPath
+from iyclo.manifest.values import AbsPath, VolumeName
 from tests.fakes.fixtures import Core
 
 BUSYBOX = "localhost/busybox:latest"
@@ -34,8 +35,9 @@ def srv(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def policy(srv: Path) -> Policy:
-    """Overrides ``tests.fakes.fixtures.policy``: the daemon allows binds under ``srv``."""
-    return Policy(bind_mount_allow=(AbsPath(str(srv)),))
+    """Overrides ``tests.fakes.fixtures.policy``: the daemon allows binds under ``srv``
+    and shares the named volume "common"."""
+    return Policy(bind_mount_allow=(AbsPath(str(srv)),), shared_volumes=(VolumeName("common"),))
 
 
 def plant_link(srv: Path) -> str:
@@ -210,3 +212,59 @@ async def test_an_overlapping_user_namespace_is_refused_and_nothing_made(core: C
     update = with_userns("Pod", "first", 2**31)
     update["labels"] = {"updated": "yes"}
     assert (await service.apply(update)).generation == 2
+
+
+def with_volumes(kind: str, name: str, *volumes: str) -> dict[str, Any]:
+    data = with_userns(kind, name, 0)
+    del data["userns"]
+    data["containers"][0]["volumes"] = [
+        {"source": volume, "target": f"/v{index}"} for index, volume in enumerate(volumes)
+    ]
+    return data
+
+
+async def test_a_named_volume_belongs_to_the_pod_that_made_it(core: Core) -> None:
+    service, podman = core.service, core.podman
+    await service.apply(with_volumes("Pod", "maker", "data", "common"))
+    # made by the core, labelled, before the containers (Podman would make it unlabelled)
+    assert podman.volumes["data"] == {
+        "io.github.iyclo.owner": "maker", "io.github.iyclo.pod": "maker",
+        "io.github.iyclo.kind": "Pod",
+    }  # fmt: skip
+    assert podman.volumes["common"] == {}  # shared: left to Podman, owned by nobody
+    pods, started = dict(podman.pods), starts(core)
+    for kind in ("Pod", "Job"):
+        with pytest.raises(InvalidError) as info:
+            await service.apply(with_volumes(kind, "taker", "common", "data"))
+        assert info.value.details == [
+            'containers[0].volumes[1].source: refused: volume "data" belongs to "maker" and '
+            "the daemon does not share it (policy.sharedVolumes)"
+        ]
+    podman.volumes["by-hand"] = {}  # `podman volume create by-hand`
+    with pytest.raises(InvalidError) as info:
+        await service.apply(with_volumes("Pod", "taker", "by-hand"))
+    assert info.value.message == (
+        'containers[0].volumes[0].source: refused: volume "by-hand" was not made by iyclo for '
+        '"taker" and the daemon does not share it (policy.sharedVolumes)'
+    )
+    assert [r.name for r in core.store.list()] == ["maker"]
+    assert (podman.pods.keys(), starts(core)) == (pods.keys(), started)
+    # removing the pod keeps its volume, as Docker and Podman do; the pod may come back to it
+    await service.remove("maker")
+    assert "data" in podman.volumes
+    assert (await service.apply(with_volumes("Pod", "maker", "data"))).changed
+
+
+async def test_a_failed_apply_leaves_no_volume_behind(core: Core) -> None:
+    """Whether the pod cannot be made or its unit cannot start: the volume made for it goes."""
+    core.podman.fail_next("create_pod_with_containers", PodmanError("create pod: boom"))
+    with pytest.raises(PodmanError):
+        await core.service.apply(with_volumes("Job", "unlucky", "fresh"))
+    core.systemd.fail_next(
+        "StartTransientUnit", DBusError("org.freedesktop.DBus.Error.Failed", "no")
+    )
+    with pytest.raises(SystemdError):
+        await core.service.apply(with_volumes("Pod", "unlucky", "fresh"))
+    assert core.podman.volumes == {}
+    assert core.podman.pods == {}
+    assert core.store.list() == []

@@ -232,7 +232,7 @@ class JobHandler:
         self, manifest: Job, record: Deployment, previous: Deployment | None
     ) -> None:
         plan = plan_job(manifest, record.generation, record.digest, policy=self.steps.policy)
-        await self.steps.create_pod(plan, self._description(plan))
+        made = await self.steps.create_pod(plan, self._description(plan))
         try:
             old_plan = self._plan(previous) if previous is not None else None
             old_scheduled = False
@@ -248,8 +248,7 @@ class JobHandler:
                         await self._bring_up(old_plan)
                 raise
         except BaseException:
-            with contextlib.suppress(IycloError):
-                await self.steps.remove_pod(plan.pod_name)
+            await self.steps.discard_pod(plan, made)
             raise
         await self.steps.remove_other_generations(manifest.name, keep=plan.pod_name)
 

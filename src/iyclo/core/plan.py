@@ -17,9 +17,11 @@ from iyclo.manifest.model import Container, Job, Pod, Resources, Security, Syste
 from iyclo.manifest.policy import (
     ALWAYS_DROPPED_CAPS,
     DEFAULT_POLICY,
+    VOLUME_OWNER_LABEL,
     Policy,
     bare_capability,
     host_paths,
+    volume_claims,
 )
 from iyclo.manifest.values import parse_cpu_quota, parse_duration, parse_size, parse_ulimit
 
@@ -53,6 +55,7 @@ class PodPlan:
     slice: str
     pod_spec: dict[str, Any]
     containers: tuple[ContainerPlan, ...]
+    volumes: tuple[str, ...]
     unit_properties: tuple[tuple[str, Any], ...]
     slice_properties: tuple[tuple[str, Any], ...]
 
@@ -101,6 +104,24 @@ def labels_for(manifest: Pod | Job, generation: int, digest: str) -> dict[str, s
         naming.LABEL_KIND: manifest.kind,
         naming.LABEL_GENERATION: str(generation),
         naming.LABEL_HASH: digest,
+    }
+
+
+def owned_volumes(manifest: Pod | Job, policy: Policy) -> tuple[str, ...]:
+    """The named volumes that are the manifest's own (the operator shares none of them):
+    the core makes each that is missing, before the containers, with ``volume_labels``.
+    Podman would make it at container creation too, but unlabelled: owned by nobody."""
+    return tuple(dict.fromkeys(c.name for c in volume_claims(manifest, policy) if not c.shared))
+
+
+def volume_labels(manifest: Pod | Job) -> dict[str, str]:
+    """A volume's owner (``VOLUME_OWNER_LABEL``, which ``policy.volume_problem`` reads) and
+    iyclo's labels of who made it. No generation: a volume outlives generations, and the
+    pod itself (``iyclo rm`` keeps it, as Docker and Podman do)."""
+    return {
+        VOLUME_OWNER_LABEL: manifest.name,
+        naming.LABEL_POD: manifest.name,
+        naming.LABEL_KIND: manifest.kind,
     }
 
 
@@ -409,6 +430,7 @@ def plan_pod(
         slice=slice_,
         pod_spec=_pod_spec(manifest, labels, pod_name, cgroup_parent=slice_),
         containers=containers,
+        volumes=owned_volumes(manifest, policy),
         unit_properties=tuple(pod_unit_properties(manifest, pod_name, unit, policy)),
         slice_properties=tuple(slice_properties(manifest.systemd)),
     )

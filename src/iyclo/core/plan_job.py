@@ -52,6 +52,7 @@ from iyclo.core.plan import (
     _pod_spec,
     hostcheck_command,
     labels_for,
+    owned_volumes,
     pod_stop_timeout,
     podman_binary,
     podman_environment,
@@ -83,6 +84,7 @@ class JobPlan:
     service: str
     pod_spec: dict[str, Any]
     containers: tuple[ContainerPlan, ...]
+    volumes: tuple[str, ...]
     timer_properties: tuple[tuple[str, Any], ...]
     service_properties: tuple[tuple[str, Any], ...]
     slice: str
@@ -241,6 +243,7 @@ def plan_job(
             manifest, labels, pod_name, cgroup_parent=naming.slice_name(manifest.name)
         ),
         containers=containers,
+        volumes=owned_volumes(manifest, policy),
         timer_properties=tuple(job_timer_properties(manifest)),
         service_properties=tuple(
             job_service_properties(manifest, pod_name, service, timer, policy)

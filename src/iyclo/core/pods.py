@@ -130,9 +130,6 @@ class PodHandler:
             plan.unit, plan.unit_properties, clean_up=lambda: self.steps.stop(plan.unit)
         )
 
-    async def _create_pod(self, plan: PodPlan) -> None:
-        await self.steps.create_pod(plan, self._description(plan))
-
     # -- operations (the caller holds the name's lock) --------------------------------
 
     async def apply(self, manifest: Pod | Job, previous: Deployment | None) -> ApplyResult:
@@ -240,7 +237,7 @@ class PodHandler:
         """The new generation's pod first, then the old unit stops and the new one starts;
         if that fails, the new pod goes and the old unit starts again if it ran."""
         plan = plan_pod(manifest, record.generation, record.digest, policy=self.steps.policy)
-        await self._create_pod(plan)
+        made = await self.steps.create_pod(plan, self._description(plan))
         old_plan = self._plan(previous) if previous is not None else None
         old_was_running = False
         if old_plan is not None:
@@ -249,8 +246,7 @@ class PodHandler:
         try:
             await self._start_unit(plan)
         except BaseException:
-            with contextlib.suppress(IycloError):
-                await self.steps.remove_pod(plan.pod_name)
+            await self.steps.discard_pod(plan, made)
             if old_plan is not None and old_was_running:
                 log.warning("apply failed; restarting previous generation", pod=manifest.name)
                 with contextlib.suppress(IycloError):
