@@ -7,13 +7,24 @@ journal line forged by uid nobody.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from tests.daemon_fixtures import Daemon, fast, inspect, pod_manifest, remove, unit_show, wait_for
+from iyclo.errors import NotFoundError
+from tests.daemon_fixtures import (
+    Daemon,
+    fast,
+    inspect,
+    pod_manifest,
+    pods_of,
+    remove,
+    unit_show,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.host, pytest.mark.timeout(300)]
 
@@ -174,3 +185,45 @@ def test_a_line_forged_by_nobody_never_shows_and_real_ones_are_escaped(daemon: D
     finally:
         remove(daemon, "pol-logs", purge_history=True)
         remove(daemon, "pol-logs-pod")
+
+
+def test_a_named_volume_is_its_makers_and_a_user_namespace_range_its_own(daemon: Daemon) -> None:
+    """Refused at apply, in one line naming the field, with nothing made; the volume
+    outlives its pod (as Docker's and Podman's do) and serves it again when it comes back."""
+    host = daemon.host
+
+    def with_volume(name: str) -> dict[str, Any]:
+        manifest = fast(pod_manifest(name))
+        manifest["containers"][0]["volumes"] = [{"source": "pol-data", "target": "/data"}]
+        return manifest
+
+    def refused(manifest: dict[str, Any], line: str) -> None:
+        done = daemon.cli("apply", "-f", "-", stdin=json.dumps(manifest))
+        assert (done.returncode, done.stderr) == (2, f"iyclo: error: {line}\n")
+        assert pods_of(host, manifest["name"]) == []
+        unit = f"iyclo-pod-{manifest['name']}.service"
+        assert unit_show(host, unit, "LoadState")["LoadState"] == "not-found"
+        with pytest.raises(NotFoundError):
+            daemon.call("get", name=manifest["name"])
+
+    userns = {"hostId": 2**31, "size": 65536}
+    try:
+        daemon.call("apply", manifest=with_volume("pol-vol-a"))
+        labels = daemon.podman_json("volume", "inspect", "pol-data")[0]["Labels"]
+        assert labels["io.github.iyclo.owner"] == "pol-vol-a"
+        refused(with_volume("pol-vol-b"),
+                'containers[0].volumes[0].source: refused: volume "pol-data" belongs to '
+                '"pol-vol-a" and the daemon does not share it (policy.sharedVolumes)')  # fmt: skip
+        remove(daemon, "pol-vol-a")
+        assert host.run(["podman", "volume", "exists", "pol-data"], check=False).returncode == 0
+        assert daemon.call("apply", manifest=with_volume("pol-vol-a"))["state"] == "running"
+
+        daemon.call("apply", manifest=fast(pod_manifest("pol-ns-a", userns=userns)))
+        overlapping = {"hostId": 2**31 + 1000, "size": 65536}
+        refused(fast(pod_manifest("pol-ns-b", userns=overlapping)),
+                'userns.hostId: refused: host IDs 2147484648-2147550183 overlap those of '
+                '"pol-ns-a" (2147483648-2147549183)')  # fmt: skip
+    finally:
+        for name in ("pol-vol-a", "pol-vol-b", "pol-ns-a", "pol-ns-b"):
+            remove(daemon, name)
+        host.run(["podman", "volume", "rm", "--force", "pol-data"], check=False)
