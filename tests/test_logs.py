@@ -9,12 +9,10 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from iyclo.api.jsonrpc import JsonRpcServer
 from iyclo.cli.output import terminal_text
 from iyclo.core import journal
 from tests.fakes.fixtures import Core
@@ -45,16 +43,6 @@ def test_a_run_is_matched_by_trusted_fields_only() -> None:
     ]
     for term in terms:
         assert any(word.startswith("_") for word in term.split())
-
-
-@pytest.fixture
-async def socket_path(core: Core, tmp_path: Path) -> AsyncIterator[Path]:
-    server = JsonRpcServer(core.service, tmp_path / "iyclo.sock")
-    await server.start()
-    try:
-        yield tmp_path / "iyclo.sock"
-    finally:
-        await server.close()
 
 
 async def test_logs_asks_for_trusted_fields_and_prints_escaped(

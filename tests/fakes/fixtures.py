@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from iyclo.api.jsonrpc import JsonRpcServer
 from iyclo.core.service import Service
 from iyclo.manifest.policy import DEFAULT_POLICY, Policy
 from iyclo.store import Store
@@ -131,6 +132,17 @@ async def core(
         await service.close()
         podman.close()
         store.close()
+
+
+@pytest_asyncio.fixture
+async def socket_path(core: Core, tmp_path: Path) -> AsyncIterator[Path]:
+    """``core``'s service on a JSON socket, as iyclod serves it."""
+    server = JsonRpcServer(core.service, tmp_path / "iyclo.sock")
+    await server.start()
+    try:
+        yield tmp_path / "iyclo.sock"
+    finally:
+        await server.close()
 
 
 @pytest_asyncio.fixture
