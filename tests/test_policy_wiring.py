@@ -268,3 +268,19 @@ async def test_a_failed_apply_leaves_no_volume_behind(core: Core) -> None:
     assert core.podman.volumes == {}
     assert core.podman.pods == {}
     assert core.store.list() == []
+
+
+async def test_a_dead_sidecar_does_not_restart_its_pod_through_a_planted_link(
+    core: Core, srv: Path
+) -> None:
+    """The daemon restarts a pod whose other container died (systemd watches only the
+    main one): that is a start it makes, so it is checked too."""
+    data = manifest("Pod", "sided", srv)
+    data["containers"].append({"name": "side", "image": BUSYBOX, "command": ["true"]})
+    data["restart"] = {"policy": "always"}
+    await core.service.apply(data)
+    plant_link(srv)
+    before = starts(core)
+    side = core.podman.containers["iyclo-sided-g1_side"]
+    await core.service.pods._container_died("sided", {**side["Labels"], "containerExitCode": "1"})
+    assert starts(core) == before

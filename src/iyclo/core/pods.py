@@ -416,10 +416,9 @@ class PodHandler:
                 return  # stopping or restarting already: systemd is on it
             try:
                 await self.steps.check_host(self._plan(record))
-            except InvalidError as exc:
-                log.warning("container died; restart refused", pod=name, error=exc.message)
-                self._publish(name, await self._state_word(record),
-                              generation=record.generation, error=exc.message)  # fmt: skip
+            except InvalidError as exc:  # the main container runs on; systemd watches it
+                log.warning("container died; restart refused", pod=name, error=exc.message,
+                            container=attributes.get(naming.LABEL_CONTAINER))  # fmt: skip
                 return
             log.info("container died; restarting its pod", pod=name,
                      container=attributes.get(naming.LABEL_CONTAINER))  # fmt: skip
