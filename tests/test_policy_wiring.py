@@ -284,3 +284,18 @@ async def test_a_dead_sidecar_does_not_restart_its_pod_through_a_planted_link(
     side = core.podman.containers["iyclo-sided-g1_side"]
     await core.service.pods._container_died("sided", {**side["Labels"], "containerExitCode": "1"})
     assert starts(core) == before
+
+
+async def test_a_pod_made_with_the_old_container_names_is_made_again(core: Core) -> None:
+    """Before the names could not collide, containers were ``<pod>-<container>``: a job's
+    units re-created (after a reboot, at a start) name the new ones, so the pod is made
+    again rather than started with containers its units cannot find."""
+    service, podman = core.service, core.podman
+    await service.apply(with_userns("Job", "elder", 2**31))
+    await service.stop("elder")
+    old = podman.containers.pop("iyclo-elder-g1_main")
+    podman.containers["iyclo-elder-g1-main"] = {**old, "Names": ["iyclo-elder-g1-main"]}
+    await service.start("elder")
+    assert "iyclo-elder-g1_main" in podman.containers
+    assert "iyclo-elder-g1-main" not in podman.containers
+    assert len(podman.calls["create_pod_with_containers"]) == 2

@@ -237,9 +237,16 @@ class Steps:
             await self.podman.remove_volume(name)
 
     async def ensure_pod(self, plan: PodMaking, description: str) -> None:
-        """The generation's Podman pod, made again if it is missing (e.g. after a reboot)."""
-        if not await self.podman.pod_exists(plan.pod_name):
-            await self.create_pod(plan, description)
+        """The generation's Podman pod, made again if it is missing (e.g. after a reboot)
+        or lacks a container the plan names: one made before containers were named
+        ``<pod>_<container>`` (``naming.CONTAINER_SEPARATOR``), which a job's new units
+        would otherwise fail to ``podman start``."""
+        if await self.podman.pod_exists(plan.pod_name):
+            listed = await self.podman.list_containers(f"{naming.LABEL_POD}={plan.name}")
+            names = {name for c in listed for name in c.get("Names") or []}
+            if all(c.spec["name"] in names for c in plan.containers):
+                return
+        await self.create_pod(plan, description)  # a pod of that name is replaced
 
     async def discard_pod(self, plan: PodMaking, volumes: Sequence[str]) -> None:
         """Undo ``create_pod`` after a later step failed: the pod, then the ``volumes`` it
