@@ -118,28 +118,39 @@ def defaults(daemon: Daemon) -> Iterator[str]:
 
 
 def test_default_capabilities_no_new_privileges_and_seccomp(daemon: Daemon, defaults: str) -> None:
-    status = proc_status(daemon.host, f"{defaults}-plain")
+    status = proc_status(daemon.host, naming.container_name(defaults, "plain"))
     assert int(status["CapEff"], 16) == IYCLO_DEFAULT_CAPS
     assert int(status["CapBnd"], 16) == IYCLO_DEFAULT_CAPS
     assert status["NoNewPrivs"] == "1"
     assert status["Seccomp"] == "2"  # Podman's default profile, in filter mode
     # Podman's masked and read-only paths
-    masked = sh(daemon.host, f"{defaults}-plain", "wc -c < /proc/keys; ls -A /sys/firmware")
+    masked = sh(
+        daemon.host,
+        naming.container_name(defaults, "plain"),
+        "wc -c < /proc/keys; ls -A /sys/firmware",
+    )
     assert masked.split() == ["0"]  # /proc/keys reads as /dev/null, /sys/firmware is empty
-    mounts = sh(daemon.host, f"{defaults}-plain", "cat /proc/mounts").splitlines()
+    mounts = sh(
+        daemon.host, naming.container_name(defaults, "plain"), "cat /proc/mounts"
+    ).splitlines()
     assert any(m.split()[1] == "/proc/sys" and "ro" in m.split()[3].split(",") for m in mounts)
     # capAdd of the baseline drops gives back exactly Podman's default set
-    regrant = proc_status(daemon.host, f"{defaults}-regrant")
+    regrant = proc_status(daemon.host, naming.container_name(defaults, "regrant"))
     assert int(regrant["CapEff"], 16) == PODMAN_DEFAULT_CAPS
 
 
 def test_custom_seccomp_profile_denies_its_syscall(daemon: Daemon, defaults: str) -> None:
-    status = proc_status(daemon.host, f"{defaults}-nomkdir")
+    status = proc_status(daemon.host, naming.container_name(defaults, "nomkdir"))
     assert status["Seccomp"] == "2"
-    denied = sh(daemon.host, f"{defaults}-nomkdir", "mkdir /tmp/d; echo rc=$?", check=False)
+    denied = sh(
+        daemon.host,
+        naming.container_name(defaults, "nomkdir"),
+        "mkdir /tmp/d; echo rc=$?",
+        check=False,
+    )
     assert "Operation not permitted" in denied
     assert "rc=1" in denied
-    allowed = sh(daemon.host, f"{defaults}-plain", "mkdir /tmp/d && echo made")
+    allowed = sh(daemon.host, naming.container_name(defaults, "plain"), "mkdir /tmp/d && echo made")
     assert allowed.strip() == "made"
 
 
@@ -148,7 +159,7 @@ def test_pod_and_its_containers_live_in_the_pod_slice(daemon: Daemon, defaults: 
     slice_path = "/iyclo_sbx\\x2ddefaults.slice/"
     unit = unit_show(host, "iyclo-pod-sbx-defaults.service", "Slice", "MainPID")
     assert unit["Slice"] == "iyclo_sbx\\x2ddefaults.slice"
-    main_pid = inspect(host, f"{defaults}-plain")["State"]["Pid"]
+    main_pid = inspect(host, naming.container_name(defaults, "plain"))["State"]["Pid"]
     for controller in ("memory", "pids", "cpu"):
         assert cgroup_of(host, main_pid, controller).startswith(slice_path)
         assert cgroup_of(host, int(unit["MainPID"]), controller).startswith(slice_path)

@@ -28,6 +28,9 @@ manifest name cannot hold, so the first ``_`` splits the name back into exactly 
 
 
 def unit_name(kind: str, name: str, suffix: str = "service") -> str:
+    """``iyclo-pod-<name>.service``: cannot collide, since the kind is one of two fixed
+    words right after ``iyclo-`` and a name holds no ``.`` (``parse_unit_name`` undoes it;
+    ``tests/test_naming.py`` proves both)."""
     return f"iyclo-{kind.lower()}-{name}.{suffix}"
 
 
