@@ -96,9 +96,14 @@ NOBODY = 65534
 
 
 def manifest(name: str = "web", **changes: Any) -> str:
-    """examples/web.json under another name, or with other top-level fields."""
+    """examples/web.json under another name, or with other top-level fields. Its named
+    volume is renamed with it: a volume belongs to the pod that made it (issue #11)."""
     data = json.loads(WEB)
     data["name"] = name
+    if name != "web":
+        for container in data["containers"]:
+            for volume in container["volumes"]:
+                volume["source"] = volume["source"].replace("web", name, 1)
     data.update(changes)
     return json.dumps(data)
 

@@ -324,7 +324,7 @@ def test_timeout_stops_a_run_and_stop_interrupts_one(daemon: Daemon) -> None:
         assert "working" in output
         assert "got-term" in output  # podman passed systemd's SIGTERM to the container
         # nothing of the run is left going, and the pod can run again
-        state = host.run(["podman", "inspect", "-f", "{{.State.Status}}", "iyclo-slowpoke-g1-main"])
+        state = host.run(["podman", "inspect", "-f", "{{.State.Status}}", "iyclo-slowpoke-g1_main"])
         assert state.stdout.strip() == "exited"
 
         second = daemon.call("run_job", name="slowpoke")

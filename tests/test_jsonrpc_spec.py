@@ -6,28 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from iyclo.api.jsonrpc import MAX_SUBSCRIPTIONS, JsonRpcServer
-from tests.fakes.fixtures import Core
+from iyclo.api.jsonrpc import MAX_SUBSCRIPTIONS
 
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 CONFLICT = -32003
-
-
-@pytest.fixture
-async def socket_path(core: Core, tmp_path: Path) -> AsyncIterator[Path]:
-    server = JsonRpcServer(core.service, tmp_path / "iyclo.sock")
-    await server.start()
-    try:
-        yield tmp_path / "iyclo.sock"
-    finally:
-        await server.close()
 
 
 async def exchange(path: Path, *lines: str, replies: int) -> list[Any]:

@@ -34,8 +34,8 @@ def test_names_and_labels() -> None:
     assert plan.pod_spec["cgroup_parent"] == "iyclo_web.slice"
     assert plan.slice == "iyclo_web.slice"
     assert [c.spec["name"] for c in plan.containers] == [
-        "iyclo-web-g3-httpd",
-        "iyclo-web-g3-writer",
+        "iyclo-web-g3_httpd",
+        "iyclo-web-g3_writer",
     ]
     assert all(c.spec["pod"] == "iyclo-web-g3" for c in plan.containers)
     assert plan.containers[1].spec["labels"][naming.LABEL_CONTAINER] == "writer"
@@ -54,7 +54,7 @@ def test_container_spec_carries_resources_and_sandboxing() -> None:
     assert httpd["read_only"] is True
     assert httpd["no_new_privileges"] is True
     assert httpd["volumes"] == {"web-content": {"bind": "/srv/www", "mode": "ro"}}
-    assert httpd["conmon_pid_file"] == "/run/iyclo/iyclo-web-g1-httpd.pid"
+    assert httpd["conmon_pid_file"] == "/run/iyclo/iyclo-web-g1_httpd.pid"
     writer = plan_pod(pod, 1, "d").containers[1].spec
     assert writer["volumes"] == {"web-content": {"bind": "/srv/www", "mode": "rw"}}
     assert writer["environment"] == {"TZ": "UTC"}
@@ -75,7 +75,7 @@ def test_unit_is_supervised_by_systemd() -> None:
     props = dict(plan.unit_properties)
     assert props["Slice"] == "iyclo_web.slice"
     assert props["Type"] == "forking"
-    assert props["PIDFile"] == "/run/iyclo/iyclo-web-g2-httpd.pid"
+    assert props["PIDFile"] == "/run/iyclo/iyclo-web-g2_httpd.pid"
     assert props["KillMode"] == "process"
     assert props["Restart"] == "always"
     assert props["RestartUSec"] == 2_000_000
@@ -123,14 +123,14 @@ def test_default_container_spec_is_exact() -> None:
     """What a container gets without asking: baseline drops and no-new-privileges."""
     assert _spec() == {
         "image": "localhost/busybox:latest",
-        "name": "iyclo-box-g1-main",
+        "name": "iyclo-box-g1_main",
         "pod": "iyclo-box-g1",
         "labels": {
             naming.LABEL_POD: "box", naming.LABEL_KIND: "Pod", naming.LABEL_GENERATION: "1",
             naming.LABEL_HASH: "d", naming.LABEL_CONTAINER: "main",
         },
         "stop_timeout": 10,
-        "conmon_pid_file": "/run/iyclo/iyclo-box-g1-main.pid",
+        "conmon_pid_file": "/run/iyclo/iyclo-box-g1_main.pid",
         "cap_drop": ["AUDIT_WRITE", "MKNOD", "NET_RAW", "SETFCAP", "SETPCAP", "SYS_CHROOT"],
         "no_new_privileges": True,
     }  # fmt: skip
@@ -225,7 +225,7 @@ def test_generation_updated_in_place_keeps_its_pod() -> None:
     plan = plan_pod(_pod(), 5, "d5", pod_generation=3)
     assert plan.generation == 5
     assert plan.pod_name == "iyclo-box-g3"
-    assert plan.containers[0].spec["name"] == "iyclo-box-g3-main"
+    assert plan.containers[0].spec["name"] == "iyclo-box-g3_main"
     assert plan.pod_spec["labels"][naming.LABEL_GENERATION] == "3"
     assert dict(plan.unit_properties)["ExecStart"][0][1][-1] == "iyclo-box-g3"
 

@@ -88,8 +88,8 @@ def test_service_runs_each_container_in_order_to_completion() -> None:
     props = dict(plan.service_properties)
     podman = props["ExecStart"][0][0]
     assert _argv(props, "ExecStart") == [
-        [podman, "start", "--attach", "iyclo-etl-g2-extract"],
-        [podman, "start", "--attach", "iyclo-etl-g2-load"],
+        [podman, "start", "--attach", "iyclo-etl-g2_extract"],
+        [podman, "start", "--attach", "iyclo-etl-g2_load"],
     ]
     assert [entry[2] for entry in props["ExecStart"]] == [False, False]  # a failure ends the run
     assert props["Type"] == "oneshot"
@@ -160,7 +160,7 @@ def test_containers_are_created_in_one_pod_with_pod_labels() -> None:
     assert plan.pod_spec["labels"][naming.LABEL_GENERATION] == "3"
     assert plan.pod_spec["cgroup_parent"] == "iyclo_etl.slice"
     specs = [c.spec for c in plan.containers]
-    assert [s["name"] for s in specs] == ["iyclo-etl-g3-extract", "iyclo-etl-g3-load"]
+    assert [s["name"] for s in specs] == ["iyclo-etl-g3_extract", "iyclo-etl-g3_load"]
     for spec in specs:
         assert spec["pod"] == "iyclo-etl-g3"
         assert spec["log_config"] == {"Type": "none"}  # the attached podman is the one copy

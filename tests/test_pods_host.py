@@ -46,8 +46,8 @@ def test_two_container_pod_runs_under_systemd(daemon: Daemon) -> None:
         assert unit["Slice"] == "iyclo_duo.slice"  # its own, top-level (Podman 5.4)
         assert unit["Type"] == "forking"
 
-        main = inspect(host, "iyclo-duo-g1-main")
-        side = inspect(host, "iyclo-duo-g1-side")
+        main = inspect(host, "iyclo-duo-g1_main")
+        side = inspect(host, "iyclo-duo-g1_side")
         assert main["State"]["Status"] == side["State"]["Status"] == "running"
         # the unit's main PID is the main container's conmon
         assert int(unit["MainPID"]) == main["State"]["ConmonPid"]
@@ -58,7 +58,7 @@ def test_two_container_pod_runs_under_systemd(daemon: Daemon) -> None:
         }
         assert len(nets) == 1
         reply = host.run(
-            ["podman", "exec", "iyclo-duo-g1-side", "wget", "-q", "-O", "-",
+            ["podman", "exec", "iyclo-duo-g1_side", "wget", "-q", "-O", "-",
              "http://127.0.0.1:8080/hostname"]
         ).stdout  # fmt: skip
         assert reply  # the sidecar reaches the main container over the pod's loopback
@@ -86,7 +86,7 @@ def test_two_container_pod_runs_under_systemd(daemon: Daemon) -> None:
         assert again["changed"] is False
         assert again["generation"] == 1
         assert (
-            inspect(host, "iyclo-duo-g1-main")["State"]["StartedAt"] == main["State"]["StartedAt"]
+            inspect(host, "iyclo-duo-g1_main")["State"]["StartedAt"] == main["State"]["StartedAt"]
         )
     finally:
         remove(daemon, "duo")
@@ -96,7 +96,7 @@ def test_killed_main_container_is_restarted_by_systemd(daemon: Daemon) -> None:
     host = daemon.host
     daemon.call("apply", manifest=fast(pod_manifest("phoenix")))
     try:
-        before = inspect(host, "iyclo-phoenix-g1-main")
+        before = inspect(host, "iyclo-phoenix-g1_main")
         host.run(["kill", "-9", str(before["State"]["Pid"])])
 
         def restarted() -> bool:
@@ -104,7 +104,7 @@ def test_killed_main_container_is_restarted_by_systemd(daemon: Daemon) -> None:
             return props.get("NRestarts", "0") != "0" and props.get("ActiveState") == "active"
 
         wait_for(restarted, timeout=60, what="systemd to restart the pod")
-        after = inspect(host, "iyclo-phoenix-g1-main")
+        after = inspect(host, "iyclo-phoenix-g1_main")
         assert after["State"]["Status"] == "running"
         assert after["State"]["Pid"] != before["State"]["Pid"]
         assert after["Id"] == before["Id"]  # the same container, started again
@@ -120,12 +120,12 @@ def test_update_runs_a_new_generation_and_removes_the_old(daemon: Daemon) -> Non
     manifest = fast(pod_manifest("evolve"))
     daemon.call("apply", manifest=manifest)
     try:
-        old_ids = {inspect(host, f"iyclo-evolve-g1-{c}")["Id"] for c in ("main", "side")}
+        old_ids = {inspect(host, f"iyclo-evolve-g1_{c}")["Id"] for c in ("main", "side")}
         manifest["containers"][0]["env"]["ROLE"] = "updated"
         result = daemon.call("apply", manifest=manifest)
         assert result["generation"] == 2
         assert result["changed"] is True
-        env = host.run(["podman", "exec", "iyclo-evolve-g2-main", "sh", "-c", "echo $ROLE"]).stdout
+        env = host.run(["podman", "exec", "iyclo-evolve-g2_main", "sh", "-c", "echo $ROLE"]).stdout
         assert env.strip() == "updated"
         assert pods_of(host, "evolve") == ["iyclo-evolve-g2"]
         listed = host.run(["podman", "ps", "-a", "--format", "{{.ID}}", "--no-trunc"]).stdout
@@ -147,16 +147,16 @@ def test_stop_start_restart_remove(daemon: Daemon) -> None:
     try:
         assert daemon.call("stop", name="cycle") == "stopped"
         assert unit_show(host, unit, "LoadState")["LoadState"] == "not-found"
-        assert inspect(host, "iyclo-cycle-g1-main")["State"]["Status"] in ("exited", "stopped")
+        assert inspect(host, "iyclo-cycle-g1_main")["State"]["Status"] in ("exited", "stopped")
         assert daemon.call("get", name="cycle")["state"] == "stopped"
 
         assert daemon.call("start", name="cycle") == "running"
         assert unit_show(host, unit, "ActiveState")["ActiveState"] == "active"
-        started = inspect(host, "iyclo-cycle-g1-main")["State"]["StartedAt"]
+        started = inspect(host, "iyclo-cycle-g1_main")["State"]["StartedAt"]
 
         assert daemon.call("restart", name="cycle") == "running"
         assert unit_show(host, unit, "ActiveState")["ActiveState"] == "active"
-        assert inspect(host, "iyclo-cycle-g1-main")["State"]["StartedAt"] != started
+        assert inspect(host, "iyclo-cycle-g1_main")["State"]["StartedAt"] != started
 
         daemon.call("remove", name="cycle")
         assert unit_show(host, unit, "LoadState")["LoadState"] == "not-found"
@@ -173,7 +173,7 @@ def test_daemon_sigkill_adopts_running_pods(daemon: Daemon) -> None:
     host = daemon.host
     daemon.call("apply", manifest=fast(pod_manifest("steady")))
     try:
-        before = {c: inspect(host, f"iyclo-steady-g1-{c}") for c in ("main", "side")}
+        before = {c: inspect(host, f"iyclo-steady-g1_{c}") for c in ("main", "side")}
         restarts = unit_show(host, "iyclo-pod-steady.service", "NRestarts")["NRestarts"]
         daemon.kill()
         assert unit_show(host, "iyclo-pod-steady.service", "ActiveState")["ActiveState"] == "active"
@@ -181,7 +181,7 @@ def test_daemon_sigkill_adopts_running_pods(daemon: Daemon) -> None:
         status = daemon.call("get", name="steady")
         assert status["state"] == "running"
         for name, old in before.items():
-            new = inspect(host, f"iyclo-steady-g1-{name}")
+            new = inspect(host, f"iyclo-steady-g1_{name}")
             assert new["Id"] == old["Id"]
             assert new["State"]["StartedAt"] == old["State"]["StartedAt"]
             assert new["State"]["Pid"] == old["State"]["Pid"]
@@ -213,7 +213,7 @@ def test_failed_update_keeps_previous_generation_running(daemon: Daemon) -> None
     ]
     daemon.call("apply", manifest=squatter)
     try:
-        before = inspect(host, "iyclo-sturdy-g1-main")
+        before = inspect(host, "iyclo-sturdy-g1_main")
         broken = json.loads(json.dumps(manifest))
         broken["containers"][0]["ports"] = [
             {"containerPort": 80, "hostPort": 18099, "hostIp": "127.0.0.1"}
@@ -225,7 +225,7 @@ def test_failed_update_keeps_previous_generation_running(daemon: Daemon) -> None
         # the previous generation runs again; nothing of the failed one is left
         assert daemon.call("get", name="sturdy")["generation"] == 1
         assert pods_of(host, "sturdy") == ["iyclo-sturdy-g1"]
-        after = inspect(host, "iyclo-sturdy-g1-main")
+        after = inspect(host, "iyclo-sturdy-g1_main")
         assert after["Id"] == before["Id"]
         assert after["State"]["Status"] == "running"
         assert unit_show(host, "iyclo-pod-sturdy.service", "ActiveState")["ActiveState"] == "active"
@@ -287,7 +287,7 @@ def test_reboot_recreates_every_stored_pod(fresh_testhost_factory: Any) -> None:
     assert status["generation"] == 1
     unit = unit_show(rebooted, "iyclo-pod-survivor.service", "ActiveState")
     assert unit["ActiveState"] == "active"
-    assert inspect(rebooted, "iyclo-survivor-g1-main")["State"]["Status"] == "running"
+    assert inspect(rebooted, "iyclo-survivor-g1_main")["State"]["Status"] == "running"
     # a pod the user stopped stays stopped across the reboot
     assert second.call("get", name="sleeper")["state"] == "stopped"
     second.stop()
@@ -331,7 +331,7 @@ def test_dead_sidecar_restarts_its_pod_from_podman_events(daemon: Daemon) -> Non
     host = daemon.host
     daemon.call("apply", manifest=fast(pod_manifest("sidekick")))
     try:
-        before = inspect(host, "iyclo-sidekick-g1-side")
+        before = inspect(host, "iyclo-sidekick-g1_side")
         host.run(["kill", "-9", str(before["State"]["Pid"])])
 
         def back() -> bool:
@@ -340,7 +340,7 @@ def test_dead_sidecar_restarts_its_pod_from_podman_events(daemon: Daemon) -> Non
             return status["restarts"] >= 1 and side["state"] == "running"
 
         wait_for(back, timeout=20, what="the pod restarted after its sidecar died")
-        after = inspect(host, "iyclo-sidekick-g1-side")
+        after = inspect(host, "iyclo-sidekick-g1_side")
         assert after["State"]["Status"] == "running"
         assert after["State"]["Pid"] != before["State"]["Pid"]
         assert after["Id"] == before["Id"]

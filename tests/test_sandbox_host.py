@@ -118,28 +118,39 @@ def defaults(daemon: Daemon) -> Iterator[str]:
 
 
 def test_default_capabilities_no_new_privileges_and_seccomp(daemon: Daemon, defaults: str) -> None:
-    status = proc_status(daemon.host, f"{defaults}-plain")
+    status = proc_status(daemon.host, naming.container_name(defaults, "plain"))
     assert int(status["CapEff"], 16) == IYCLO_DEFAULT_CAPS
     assert int(status["CapBnd"], 16) == IYCLO_DEFAULT_CAPS
     assert status["NoNewPrivs"] == "1"
     assert status["Seccomp"] == "2"  # Podman's default profile, in filter mode
     # Podman's masked and read-only paths
-    masked = sh(daemon.host, f"{defaults}-plain", "wc -c < /proc/keys; ls -A /sys/firmware")
+    masked = sh(
+        daemon.host,
+        naming.container_name(defaults, "plain"),
+        "wc -c < /proc/keys; ls -A /sys/firmware",
+    )
     assert masked.split() == ["0"]  # /proc/keys reads as /dev/null, /sys/firmware is empty
-    mounts = sh(daemon.host, f"{defaults}-plain", "cat /proc/mounts").splitlines()
+    mounts = sh(
+        daemon.host, naming.container_name(defaults, "plain"), "cat /proc/mounts"
+    ).splitlines()
     assert any(m.split()[1] == "/proc/sys" and "ro" in m.split()[3].split(",") for m in mounts)
     # capAdd of the baseline drops gives back exactly Podman's default set
-    regrant = proc_status(daemon.host, f"{defaults}-regrant")
+    regrant = proc_status(daemon.host, naming.container_name(defaults, "regrant"))
     assert int(regrant["CapEff"], 16) == PODMAN_DEFAULT_CAPS
 
 
 def test_custom_seccomp_profile_denies_its_syscall(daemon: Daemon, defaults: str) -> None:
-    status = proc_status(daemon.host, f"{defaults}-nomkdir")
+    status = proc_status(daemon.host, naming.container_name(defaults, "nomkdir"))
     assert status["Seccomp"] == "2"
-    denied = sh(daemon.host, f"{defaults}-nomkdir", "mkdir /tmp/d; echo rc=$?", check=False)
+    denied = sh(
+        daemon.host,
+        naming.container_name(defaults, "nomkdir"),
+        "mkdir /tmp/d; echo rc=$?",
+        check=False,
+    )
     assert "Operation not permitted" in denied
     assert "rc=1" in denied
-    allowed = sh(daemon.host, f"{defaults}-plain", "mkdir /tmp/d && echo made")
+    allowed = sh(daemon.host, naming.container_name(defaults, "plain"), "mkdir /tmp/d && echo made")
     assert allowed.strip() == "made"
 
 
@@ -148,7 +159,7 @@ def test_pod_and_its_containers_live_in_the_pod_slice(daemon: Daemon, defaults: 
     slice_path = "/iyclo_sbx\\x2ddefaults.slice/"
     unit = unit_show(host, "iyclo-pod-sbx-defaults.service", "Slice", "MainPID")
     assert unit["Slice"] == "iyclo_sbx\\x2ddefaults.slice"
-    main_pid = inspect(host, f"{defaults}-plain")["State"]["Pid"]
+    main_pid = inspect(host, naming.container_name(defaults, "plain"))["State"]["Pid"]
     for controller in ("memory", "pids", "cpu"):
         assert cgroup_of(host, main_pid, controller).startswith(slice_path)
         assert cgroup_of(host, int(unit["MainPID"]), controller).startswith(slice_path)
@@ -182,7 +193,7 @@ def locked(daemon: Daemon) -> Iterator[str]:
     )  # fmt: skip
     try:
         assert apply(daemon, manifest)["state"] == "running"
-        yield "iyclo-sbx-locked-g1-box"
+        yield "iyclo-sbx-locked-g1_box"
     finally:
         remove(daemon, "sbx-locked")
 
@@ -264,7 +275,7 @@ def test_slice_limits_change_in_place(daemon: Daemon, tmp_path: Path) -> None:
     pids = f"/sys/fs/cgroup/pids/{sl}/pids.max"
     try:
         apply(daemon, manifest)
-        before = inspect(host, "iyclo-sbx-live-g1-main")
+        before = inspect(host, "iyclo-sbx-live-g1_main")
         manifest["systemd"] = {"memoryMax": "150M", "cpuQuota": "50%"}
         path = tmp_path / "live.json"
         path.write_text(json.dumps(manifest))
@@ -273,7 +284,7 @@ def test_slice_limits_change_in_place(daemon: Daemon, tmp_path: Path) -> None:
         assert cli.stdout.strip() == "pod/sbx-live configured (generation 2, updated in place)"
         assert read(host, memory) == str(150 * 2**20)
         assert read(host, pids) == "max"  # the dropped tasksMax is lifted
-        after = inspect(host, "iyclo-sbx-live-g1-main")
+        after = inspect(host, "iyclo-sbx-live-g1_main")
         assert after["Id"] == before["Id"]
         assert after["State"]["StartedAt"] == before["State"]["StartedAt"]
         status = daemon.call("get", name=name)
@@ -288,14 +299,14 @@ def test_slice_limits_change_in_place(daemon: Daemon, tmp_path: Path) -> None:
         result = apply(daemon, manifest)
         if podman_major(host) >= 5:
             assert (result["generation"], result["state"]) == (3, "updated in place")
-            updated = inspect(host, "iyclo-sbx-live-g1-main")
+            updated = inspect(host, "iyclo-sbx-live-g1_main")
             assert updated["Id"] == before["Id"]
             assert updated["HostConfig"]["Memory"] == 32 * 2**20  # stored by Podman
             own = cgroup_of(host, updated["State"]["Pid"], "memory")
             limit = f"/sys/fs/cgroup/memory{own}/memory.limit_in_bytes"
             assert read(host, limit) == str(32 * 2**20)  # and in force
             daemon.call("restart", name=name)
-            restarted = inspect(host, "iyclo-sbx-live-g1-main")
+            restarted = inspect(host, "iyclo-sbx-live-g1_main")
             assert restarted["State"]["StartedAt"] != updated["State"]["StartedAt"]
             assert restarted["HostConfig"]["Memory"] == 32 * 2**20
             own = cgroup_of(host, restarted["State"]["Pid"], "memory")
@@ -304,7 +315,7 @@ def test_slice_limits_change_in_place(daemon: Daemon, tmp_path: Path) -> None:
             )
         else:
             assert (result["generation"], result["state"]) == (3, "running")
-            replaced = inspect(host, "iyclo-sbx-live-g3-main")
+            replaced = inspect(host, "iyclo-sbx-live-g3_main")
             assert replaced["HostConfig"]["Memory"] == 32 * 2**20
         assert read(host, memory) == str(150 * 2**20)
     finally:
@@ -333,9 +344,9 @@ def test_memory_hog_is_oom_killed_and_shown_in_status(daemon: Daemon) -> None:
         assert rows["hog"]["oomKills"] == 1
         assert (rows["calm"]["oomKilled"], rows["calm"]["oomKills"]) == (False, 0)
         # the kernel killed it: exit 137, the cgroup limit it ran under, the unit failed
-        wait_for(lambda: inspect(host, "iyclo-sbx-hog-g1-hog")["State"]["Status"] == "exited",
+        wait_for(lambda: inspect(host, "iyclo-sbx-hog-g1_hog")["State"]["Status"] == "exited",
                  timeout=30, what="the hog to exit")  # fmt: skip
-        assert inspect(host, "iyclo-sbx-hog-g1-hog")["State"]["ExitCode"] == 137
+        assert inspect(host, "iyclo-sbx-hog-g1_hog")["State"]["ExitCode"] == 137
         unit = wait_for(
             lambda: (u := unit_show(host, "iyclo-pod-sbx-hog.service", "ActiveState",
                                "ExecMainStatus"))["ActiveState"] == "failed" and u,
@@ -475,7 +486,7 @@ def test_the_daemon_config_allows_what_defaults_refuse(daemon: Daemon) -> None:
         daemon.stop()
         daemon.start("--config", "/var/lib/iyclo/sbx-policy.json", "--allow-cap", "SYS_PTRACE")
         assert apply(daemon, manifest)["state"] == "running"
-        pid = inspect(host, "iyclo-sbx-hostnet-g1-a")["State"]["Pid"]
+        pid = inspect(host, "iyclo-sbx-hostnet-g1_a")["State"]["Pid"]
         netns = [host.run(["readlink", f"/proc/{p}/ns/net"]).stdout for p in (1, pid)]
         assert netns[0] == netns[1]  # the host's network namespace
         ptrace = pod("sbx-ptrace", {"name": "a", "security": {"capAdd": ["SYS_PTRACE"]}})

@@ -25,7 +25,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from iyclo.api.jsonrpc import JsonRpcServer
 from iyclo.core.service import Service
+from iyclo.manifest.policy import DEFAULT_POLICY, Policy
 from iyclo.store import Store
 from iyclo.systemd import SystemdManager
 
@@ -110,20 +112,37 @@ def fail_once(monkeypatch: pytest.MonkeyPatch, core: Core, error: BaseException)
     monkeypatch.setattr(core.store, "get", get)
 
 
+@pytest.fixture
+def policy() -> Policy:
+    """The daemon's policy for ``core``: a test module overrides this fixture to change it."""
+    return DEFAULT_POLICY
+
+
 @pytest_asyncio.fixture
 async def core(
-    fake_systemd: FakeSystemd, systemd_manager: SystemdManager, tmp_path: Path
+    fake_systemd: FakeSystemd, systemd_manager: SystemdManager, tmp_path: Path, policy: Policy
 ) -> AsyncIterator[Core]:
     fake_systemd.oneshot_seconds = 0.3  # long enough for `run_job` to see a run going
     podman = FakePodman(fake_systemd)
     store = Store.open(tmp_path / "state")
-    service = Service(store, systemd_manager, podman)  # type: ignore[arg-type]
+    service = Service(store, systemd_manager, podman, policy=policy)  # type: ignore[arg-type]
     try:
         yield Core(service, fake_systemd, podman, store)
     finally:
         await service.close()
         podman.close()
         store.close()
+
+
+@pytest_asyncio.fixture
+async def socket_path(core: Core, tmp_path: Path) -> AsyncIterator[Path]:
+    """``core``'s service on a JSON socket, as iyclod serves it."""
+    server = JsonRpcServer(core.service, tmp_path / "iyclo.sock")
+    await server.start()
+    try:
+        yield tmp_path / "iyclo.sock"
+    finally:
+        await server.close()
 
 
 @pytest_asyncio.fixture

@@ -41,6 +41,8 @@ class FakePodman:
         """References that cannot be pulled."""
         self.pods: dict[str, dict[str, Any]] = {}
         self.containers: dict[str, dict[str, Any]] = {}
+        self.volumes: dict[str, dict[str, str]] = {}
+        """Named volumes and their labels."""
         self.calls: defaultdict[str, list[tuple[Any, ...]]] = defaultdict(list)
         self._failures: dict[str, BaseException] = {}
         self._gates: dict[str, asyncio.Event] = {}
@@ -146,12 +148,29 @@ class FakePodman:
         self.pods[name] = {"Name": name, "Id": f"{self._ids:064x}", "Labels": labels}
         for container in [{"name": f"{name}-{INFRA}", "labels": labels, "image": "infra"},
                           *containers]:  # fmt: skip
+            for volume in container.get("volumes") or {}:  # as Podman does: unlabelled
+                self.volumes.setdefault(volume, {})
             self._ids += 1
             self.containers[container["name"]] = {
                 "Id": f"{self._ids:064x}", "Names": [container["name"]], "Pod": name,
                 "Image": container["image"], "Labels": dict(container["labels"]),
                 "State": "created", "ExitCode": 0, "StartedAt": 0,
             }  # fmt: skip
+
+    async def volume_labels(self, name: str) -> dict[str, str] | None:
+        await self._enter("volume_labels", name)
+        labels = self.volumes.get(name)
+        return None if labels is None else dict(labels)
+
+    async def create_volume(self, name: str, labels: Mapping[str, str]) -> None:
+        await self._enter("create_volume", name, dict(labels))
+        if name in self.volumes:
+            raise PodmanError(f'create volume "{name}": volume with name {name} already exists')
+        self.volumes[name] = dict(labels)
+
+    async def remove_volume(self, name: str) -> None:
+        await self._enter("remove_volume", name)
+        self.volumes.pop(name, None)
 
     async def pod_exists(self, name: str) -> bool:
         await self._enter("pod_exists", name)

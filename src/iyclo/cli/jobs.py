@@ -8,7 +8,7 @@ from typing import Any
 import rich_click as click
 
 from iyclo.cli.formats import print_jobs_table
-from iyclo.cli.output import console, json_option, out, print_json
+from iyclo.cli.output import console, json_option, out, print_json, terminal_text
 from iyclo.cli.transport import daemon
 
 
@@ -60,8 +60,10 @@ def logs(
 ) -> None:
     """Show the output of a job run (`--run N`, the newest by default) or a pod's log.
 
-    A run's output is exactly its journal lines: `journalctl _SYSTEMD_INVOCATION_ID=`
-    of that run, with systemd's own lines about it.
+    A run's output is exactly its journal lines: those its unit's processes wrote during
+    that run (`_SYSTEMD_UNIT=`, `_SYSTEMD_INVOCATION_ID=`), with systemd's own lines about
+    it (`_PID=1`); a line anyone else logs with the run's `INVOCATION_ID=` is not one.
+    Control characters are printed escaped (`\\x1b`), tabs as they are.
 
     Example: `iyclo logs nightly-backup --run 7`
     """
@@ -82,4 +84,4 @@ def logs(
         )
     for entry in result.get("entries", []):
         prefix = f"{entry.get('at', '')} " if timestamps else ""
-        sys.stdout.write(f"{prefix}{entry.get('message', '')}\n")
+        sys.stdout.write(terminal_text(f"{prefix}{entry.get('message', '')}") + "\n")

@@ -4,7 +4,6 @@ D-Bus otherwise. Both speak the same method names and raise the same typed error
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import rich_click as click
 
-from iyclo.cli.output import fail
+from iyclo.cli.output import error_line, fail
 from iyclo.errors import InvalidError, IycloError
 
 if TYPE_CHECKING:
@@ -51,7 +50,7 @@ def daemon(ctx: click.Context) -> Iterator[Transport]:
         yield transport
     except InvalidError as exc:
         for line in exc.details[1:]:
-            sys.stderr.write(f"iyclo: error: {line}\n")
+            error_line(line)
         fail(exc)
     except IycloError as exc:
         fail(exc)

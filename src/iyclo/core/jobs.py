@@ -75,10 +75,6 @@ def job_manifest(record: Deployment) -> Job:
     return manifest
 
 
-def plan_of(record: Deployment) -> JobPlan:
-    return plan_job(job_manifest(record), record.generation, record.digest)
-
-
 def state_word(timer: dict[str, Any] | None, service: dict[str, Any] | None, desired: str) -> str:
     """One word for people: scheduled, running, stopped, missing or failed."""
     if is_running(service):
@@ -140,6 +136,11 @@ class JobHandler:
     def _changed(self, name: str, state: str, generation: int = 0, error: str = "") -> None:
         self.events.publish(KIND.changed(name, state, generation=generation, error=error))
 
+    def _plan(self, record: Deployment) -> JobPlan:
+        return plan_job(
+            job_manifest(record), record.generation, record.digest, policy=self.steps.policy
+        )
+
     async def _service(self, plan: JobPlan) -> dict[str, Any] | None:
         return await self.steps.service_state(plan.service)
 
@@ -147,7 +148,7 @@ class JobHandler:
         return await self.steps.unit_state(plan.timer, IFACE_TIMER)
 
     async def _state_now(self, record: Deployment) -> str:
-        plan = plan_of(record)
+        plan = self._plan(record)
         desired = record.status.get("desired", KIND.running)
         return state_word(await self._timer(plan), await self._service(plan), desired)
 
@@ -203,7 +204,7 @@ class JobHandler:
             state = await self._ensure_scheduled(previous)
             return ApplyResult(name, KIND.api_name, previous.generation, False, state)
         if previous is not None:
-            await self._refuse_while_running(name, plan_of(previous), "update")
+            await self._refuse_while_running(name, self._plan(previous), "update")
         record: Deployment = await self._store(
             self.store.apply, name, KIND.value, dump_manifest(manifest), digest
         )
@@ -230,10 +231,10 @@ class JobHandler:
     async def _replace(
         self, manifest: Job, record: Deployment, previous: Deployment | None
     ) -> None:
-        plan = plan_job(manifest, record.generation, record.digest)
-        await self.steps.create_pod(plan, self._description(plan))
+        plan = plan_job(manifest, record.generation, record.digest, policy=self.steps.policy)
+        made = await self.steps.create_pod(plan, self._description(plan))
         try:
-            old_plan = plan_of(previous) if previous is not None else None
+            old_plan = self._plan(previous) if previous is not None else None
             old_scheduled = False
             if old_plan is not None:
                 old_scheduled = is_active(await self._timer(old_plan))
@@ -247,17 +248,17 @@ class JobHandler:
                         await self._bring_up(old_plan)
                 raise
         except BaseException:
-            with contextlib.suppress(IycloError):
-                await self.steps.remove_pod(plan.pod_name)
+            await self.steps.discard_pod(plan, made)
             raise
         await self.steps.remove_other_generations(manifest.name, keep=plan.pod_name)
 
     async def _ensure_scheduled(self, record: Deployment) -> str:
         """Unchanged apply or start: re-create what is missing, leave a live timer alone."""
-        plan = plan_of(record)
+        plan = self._plan(record)
         timer = await self._timer(plan)
         if not is_active(timer):
             await self._refuse_while_running(record.name, plan, "start")
+            await self.steps.check_host(plan)
             if timer is not None:
                 await self._take_down(plan, interrupt=False)
             await self.steps.ensure_pod(plan, self._description(plan))
@@ -270,7 +271,7 @@ class JobHandler:
     async def remove(self, record: Deployment, *, purge_history: bool) -> None:
         """Timer, service (a run in progress is stopped), pods and the persistent stamp
         go; the run history stays unless ``purge_history``."""
-        plan = plan_of(record)
+        plan = self._plan(record)
         self._changed(record.name, "removing", record.generation)
         await self._take_down(plan, interrupt=True)
         await self.runs.settle_after_stop(record.name)
@@ -290,7 +291,7 @@ class JobHandler:
     async def stop(self, record: Deployment) -> str:
         """A stopped job neither fires nor keeps running: its timer and a run in
         progress are stopped (the run is recorded as stopped)."""
-        await self._take_down(plan_of(record), interrupt=True)
+        await self._take_down(self._plan(record), interrupt=True)
         await self._store(self.store.set_status, record.name, desired="stopped")
         await self.runs.settle_after_stop(record.name)
         self._changed(record.name, "stopped", record.generation)
@@ -298,9 +299,10 @@ class JobHandler:
 
     async def restart(self, record: Deployment) -> str:
         """Restart the timer (its schedule starts over); a run in progress goes on."""
-        plan = plan_of(record)
+        plan = self._plan(record)
         if not is_active(await self._timer(plan)):
             return await self._ensure_scheduled(record)
+        await self.steps.check_host(plan)
         await self.steps.restart(plan.timer)
         await self._store(self.store.set_status, record.name, desired=KIND.running)
         state = state_word(await self._timer(plan), await self._service(plan), KIND.running)
@@ -316,7 +318,7 @@ class JobHandler:
         and the run returned is the timer's: there is still only one.
         """
         name = record.name
-        plan = plan_of(record)
+        plan = self._plan(record)
         before = await self._service(plan)
         if before is None:
             raise ConflictError(
@@ -325,6 +327,7 @@ class JobHandler:
         if is_running(before):
             number = await self.runs.number_of(name, before)
             raise ConflictError(f"job '{name}' is already running (run {number})")
+        await self.steps.check_host(plan)
         previous = invocation_hex(before.get("InvocationID"))
         previous_start = int(before.get("InactiveExitTimestamp", 0))
         await self.steps.systemd.enqueue_start_unit(plan.service)
@@ -356,7 +359,7 @@ class JobHandler:
     # -- reads --------------------------------------------------------------------------
 
     async def status(self, record: Deployment) -> dict[str, Any]:
-        plan = plan_of(record)
+        plan = self._plan(record)
         manifest = job_manifest(record)
         timer = await self._timer(plan)
         service = await self._service(plan)
@@ -443,7 +446,7 @@ class JobHandler:
         invocation = str(chosen.get("invocationId", ""))
         entries = []
         if invocation:
-            args = [f"_SYSTEMD_INVOCATION_ID={invocation}", "+", f"INVOCATION_ID={invocation}"]
+            args = journal.run_matches(KIND.service(name), invocation)
             if lines is not None:
                 args += ["-n", str(max(lines, 0) * 4 + 40)]  # Podman's events are dropped below
             entries = journal.journal_lines(await journal.query(*args))
@@ -462,7 +465,7 @@ class JobHandler:
 
     async def reconcile_one(self, record: Deployment) -> str:
         """After a daemon restart or a reboot: settle runs, then make the units match."""
-        plan = plan_of(record)
+        plan = self._plan(record)
         await self.runs.settle(record.name, deep=True, final=True)
         desired = record.status.get("desired", KIND.running)
         timer = await self._timer(plan)
@@ -480,6 +483,7 @@ class JobHandler:
                 log.warning("an older generation is running; replacing it later", job=record.name)
                 return "adopted"
             await self._take_down(plan, interrupt=False)  # the daemon died mid-update
+        await self.steps.check_host(plan)
         await self.steps.ensure_pod(plan, self._description(plan))
         await self._bring_up(plan)
         await self.steps.remove_other_generations(record.name, keep=plan.pod_name)

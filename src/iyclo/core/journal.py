@@ -84,6 +84,22 @@ async def unit_entries(
     return entries
 
 
+def run_matches(unit: str, invocation: str) -> list[str]:
+    """``journalctl`` matches for one run of ``unit``: its own lines, and systemd's about it.
+
+    Only fields journald sets itself (``_``-prefixed: a client cannot send them) select a
+    line. ``INVOCATION_ID``, ``UNIT`` and ``MESSAGE`` are a client's to send, so any local
+    user can log a line carrying a real run's ID (``logger --journald``, ``systemd-cat``);
+    those count only from PID 1, as ``journalctl -u`` trusts them (``_PID=1``). Lines the
+    run's processes wrote carry the run's unit and invocation as journald read them from
+    the sender's cgroup. See systemd.journal-fields(7).
+    """
+    return [
+        f"_SYSTEMD_UNIT={unit}", f"_SYSTEMD_INVOCATION_ID={invocation}",
+        "+", "_PID=1", f"UNIT={unit}", f"INVOCATION_ID={invocation}",
+    ]  # fmt: skip
+
+
 def journal_lines(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Journal entries as ``{"at", "identifier", "message"}``; Podman's event records
     (``container init``, ``died``, …, marked ``PODMAN_EVENT``) are not output."""

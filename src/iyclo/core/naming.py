@@ -14,9 +14,23 @@ LABEL_HASH = f"{LABEL_PREFIX}hash"
 LABEL_CONTAINER = f"{LABEL_PREFIX}container"
 SLICE_PREFIX = "iyclo_"
 RUN_DIR = "/run/iyclo"
+CONTAINER_SEPARATOR = "_"
+"""Between a Podman pod's name and what is named after it (its containers).
+
+Pod and container names are ``[a-z0-9][a-z0-9-]*`` (``manifest.values.NAME_RE``), so a
+``-`` joining them is ambiguous: pod ``a`` generation 1 with container ``g2-web`` and pod
+``a-g1`` generation 2 with container ``web`` were both ``iyclo-a-g1-g2-web``, one
+container (and one PID file) for two. ``_`` is a character Podman allows in names and a
+manifest name cannot hold, so the first ``_`` splits the name back into exactly one
+(pod, container) pair; ``podman_pod_name`` itself ends in ``-g<digits>`` and holds no
+``_``, so it splits into one (name, generation).
+"""
 
 
 def unit_name(kind: str, name: str, suffix: str = "service") -> str:
+    """``iyclo-pod-<name>.service``: cannot collide, since the kind is one of two fixed
+    words right after ``iyclo-`` and a name holds no ``.`` (``parse_unit_name`` undoes it;
+    ``tests/test_naming.py`` proves both)."""
     return f"iyclo-{kind.lower()}-{name}.{suffix}"
 
 
@@ -50,16 +64,24 @@ def parse_slice_name(unit: str) -> str | None:
 
 
 def podman_pod_name(name: str, generation: int) -> str:
-    """One Podman pod per generation, so a new one is made before the old one goes."""
+    """One Podman pod per generation, so a new one is made before the old one goes.
+
+    Injective: the generation is the digits after the last ``-g`` (a name may contain
+    ``-g``, the digits cannot)."""
     return f"iyclo-{name}-g{generation}"
 
 
 def container_name(pod_name: str, container: str) -> str:
-    return f"{pod_name}-{container}"
+    """A container of one generation's pod, joined by ``CONTAINER_SEPARATOR`` (see there
+    why not ``-``)."""
+    return f"{pod_name}{CONTAINER_SEPARATOR}{container}"
 
 
-def pid_file(pod_name: str) -> str:
-    return f"{RUN_DIR}/{pod_name}.pid"
+def pid_file(podman_name: str) -> str:
+    """conmon's PID file for a pod's infra container (a ``podman_pod_name``) or a
+    container (a ``container_name``): the two never meet, since only the latter has a
+    ``CONTAINER_SEPARATOR``, and each is injective, so neither do two PID files."""
+    return f"{RUN_DIR}/{podman_name}.pid"
 
 
 def parse_unit_name(unit: str) -> tuple[str, str] | None:

@@ -7,13 +7,22 @@ and the adapters stay thin.
 from __future__ import annotations
 
 import shutil
+import sys
 from typing import Any
 
 from attrs import frozen
 
 from iyclo.core import naming
 from iyclo.manifest.model import Container, Job, Pod, Resources, Security, SystemdSandbox
-from iyclo.manifest.policy import ALWAYS_DROPPED_CAPS, bare_capability
+from iyclo.manifest.policy import (
+    ALWAYS_DROPPED_CAPS,
+    DEFAULT_POLICY,
+    VOLUME_OWNER_LABEL,
+    Policy,
+    bare_capability,
+    host_paths,
+    volume_claims,
+)
 from iyclo.manifest.values import parse_cpu_quota, parse_duration, parse_size, parse_ulimit
 
 USEC = 1_000_000
@@ -36,6 +45,7 @@ class ContainerPlan:
 class PodPlan:
     """Everything needed to create one generation of a pod and its unit."""
 
+    manifest: Pod
     name: str
     kind: str
     generation: int
@@ -45,12 +55,46 @@ class PodPlan:
     slice: str
     pod_spec: dict[str, Any]
     containers: tuple[ContainerPlan, ...]
+    volumes: tuple[str, ...]
     unit_properties: tuple[tuple[str, Any], ...]
     slice_properties: tuple[tuple[str, Any], ...]
 
 
 def podman_binary() -> str:
     return shutil.which("podman") or "/usr/bin/podman"
+
+
+HOSTCHECK_MODULE = "iyclo.manifest.hostcheck"
+
+
+def python_binary() -> str:
+    """The daemon's own interpreter: the one that has this iyclo importable, wherever it
+    was installed (a virtualenv, a prefix, a checkout whose path has spaces)."""
+    return sys.executable or shutil.which("python3") or "/usr/bin/python3"
+
+
+def hostcheck_command(
+    manifest: Pod | Job, policy: Policy, python: str | None = None
+) -> tuple[str, list[str], bool] | None:
+    """The ExecStartPre= that checks the manifest's host paths again at every start
+    systemd makes on its own (a job's timer, ``Restart=``), or None without host paths.
+
+    ``-I``: the unit's environment and working directory cannot change which code runs
+    as root. One ``--x=value`` word per option: no path can be read as an option, and the
+    argv reaches systemd word by word, so spaces need no quoting. Fails the start (not
+    ignored, no ``-``) with one journal line per refused path (``manifest.hostcheck``).
+    """
+    paths = host_paths(manifest)
+    if not paths:
+        return None
+    python = python or python_binary()
+    argv = [python, "-I", "-m", HOSTCHECK_MODULE]
+    if any(not path.profile for path in paths):
+        argv += [f"--root={root}" for root in policy.bind_mount_allow]
+    if any(path.profile for path in paths):
+        argv += [f"--profile-root={root}" for root in policy.seccomp_profile_allow]
+    argv += [f"--{'profile' if p.profile else 'bind'}={p.path}" for p in paths]
+    return python, argv, False
 
 
 def labels_for(manifest: Pod | Job, generation: int, digest: str) -> dict[str, str]:
@@ -60,6 +104,24 @@ def labels_for(manifest: Pod | Job, generation: int, digest: str) -> dict[str, s
         naming.LABEL_KIND: manifest.kind,
         naming.LABEL_GENERATION: str(generation),
         naming.LABEL_HASH: digest,
+    }
+
+
+def owned_volumes(manifest: Pod | Job, policy: Policy) -> tuple[str, ...]:
+    """The named volumes that are the manifest's own (the operator shares none of them):
+    the core makes each that is missing, before the containers, with ``volume_labels``.
+    Podman would make it at container creation too, but unlabelled: owned by nobody."""
+    return tuple(dict.fromkeys(c.name for c in volume_claims(manifest, policy) if not c.shared))
+
+
+def volume_labels(manifest: Pod | Job) -> dict[str, str]:
+    """A volume's owner (``VOLUME_OWNER_LABEL``, which ``policy.volume_problem`` reads) and
+    iyclo's labels of who made it. No generation: a volume outlives generations, and the
+    pod itself (``iyclo rm`` keeps it, as Docker and Podman do)."""
+    return {
+        VOLUME_OWNER_LABEL: manifest.name,
+        naming.LABEL_POD: manifest.name,
+        naming.LABEL_KIND: manifest.kind,
     }
 
 
@@ -289,9 +351,21 @@ def podman_environment(unit: str) -> list[str]:
     return [f"PODMAN_SYSTEMD_UNIT={unit}", "PODMAN_IGNORE_CGROUPSV1_WARNING=1"]
 
 
-def pod_unit_properties(manifest: Pod, pod_name: str, unit: str) -> list[tuple[str, Any]]:
-    """A transient service that systemd launches, watches and restarts, as Quadlet would."""
+def pod_unit_properties(
+    manifest: Pod, pod_name: str, unit: str, policy: Policy = DEFAULT_POLICY
+) -> list[tuple[str, Any]]:
+    """A transient service that systemd launches, watches and restarts, as Quadlet would.
+
+    With host paths, ``hostcheck_command`` runs first at every start, ``Restart=``'s
+    included. A refused start is a failed start: systemd retries it after ``RestartSec=``
+    like a crash, each retry refused again, until the pod's own start limit
+    (``restart.limit`` in ``restart.window``) leaves the unit failed: measured on systemd
+    252 with limit 3, three refused restarts, then ``failed`` with result ``exit-code``.
+    (``RestartPreventExitStatus=`` would not stop the retries: systemd.service(5) applies
+    it to the main process's exit status, and a refused ExecStartPre= starts none.)
+    """
     podman = podman_binary()
+    hostcheck = hostcheck_command(manifest, policy)
     main_container = naming.container_name(pod_name, manifest.containers[0].name)
     grace = pod_stop_timeout(manifest)
     stop = [podman, "pod", "stop", "--ignore", f"--time={grace}", pod_name]
@@ -301,6 +375,7 @@ def pod_unit_properties(manifest: Pod, pod_name: str, unit: str) -> list[tuple[s
         ("Slice", naming.slice_name(manifest.name)),
         ("Type", "forking"),
         ("PIDFile", naming.pid_file(main_container)),
+        *([("ExecStartPre", [hostcheck])] if hostcheck else []),
         ("ExecStart", [(podman, [podman, "pod", "start", pod_name], False)]),
         ("ExecStop", [(podman, stop, False)]),
         ("ExecStopPost", [(podman, stop, True)]),
@@ -321,10 +396,16 @@ def pod_unit_properties(manifest: Pod, pod_name: str, unit: str) -> list[tuple[s
 
 
 def plan_pod(
-    manifest: Pod, generation: int, digest: str, *, pod_generation: int | None = None
+    manifest: Pod,
+    generation: int,
+    digest: str,
+    *,
+    pod_generation: int | None = None,
+    policy: Policy = DEFAULT_POLICY,
 ) -> PodPlan:
     """One generation of a pod. ``pod_generation`` names the Podman pod it runs in when
-    that is an earlier generation's, kept by an update in place (see ``core.update``)."""
+    that is an earlier generation's, kept by an update in place (see ``core.update``);
+    ``policy`` gives the allowed roots its unit's host check checks against."""
     pod_generation = pod_generation or generation
     pod_name = naming.podman_pod_name(manifest.name, pod_generation)
     unit = naming.unit_name("Pod", manifest.name)
@@ -339,6 +420,7 @@ def plan_pod(
         for index, c in enumerate(manifest.containers)
     )
     return PodPlan(
+        manifest=manifest,
         name=manifest.name,
         kind=manifest.kind,
         generation=generation,
@@ -348,6 +430,7 @@ def plan_pod(
         slice=slice_,
         pod_spec=_pod_spec(manifest, labels, pod_name, cgroup_parent=slice_),
         containers=containers,
-        unit_properties=tuple(pod_unit_properties(manifest, pod_name, unit)),
+        volumes=owned_volumes(manifest, policy),
+        unit_properties=tuple(pod_unit_properties(manifest, pod_name, unit, policy)),
         slice_properties=tuple(slice_properties(manifest.systemd)),
     )

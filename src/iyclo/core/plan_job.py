@@ -50,7 +50,9 @@ from iyclo.core.plan import (
     ContainerPlan,
     _container_spec,
     _pod_spec,
+    hostcheck_command,
     labels_for,
+    owned_volumes,
     pod_stop_timeout,
     podman_binary,
     podman_environment,
@@ -58,6 +60,7 @@ from iyclo.core.plan import (
     slice_properties,
 )
 from iyclo.manifest.model import Job
+from iyclo.manifest.policy import DEFAULT_POLICY, Policy
 from iyclo.manifest.values import parse_duration
 from iyclo.systemd.properties import USEC_INFINITY
 
@@ -72,6 +75,7 @@ STOP_MARGIN_SEC = 10
 class JobPlan:
     """Everything needed to create one generation of a job: its pod and its two units."""
 
+    manifest: Job
     name: str
     generation: int
     digest: str
@@ -80,6 +84,7 @@ class JobPlan:
     service: str
     pod_spec: dict[str, Any]
     containers: tuple[ContainerPlan, ...]
+    volumes: tuple[str, ...]
     timer_properties: tuple[tuple[str, Any], ...]
     service_properties: tuple[tuple[str, Any], ...]
     slice: str
@@ -159,9 +164,14 @@ def skip_rearm(manifest: Job, timer: str) -> list[tuple[str, list[str], bool]]:
 
 
 def job_service_properties(
-    manifest: Job, pod_name: str, service: str, timer: str
+    manifest: Job, pod_name: str, service: str, timer: str, policy: Policy = DEFAULT_POLICY
 ) -> list[tuple[str, Any]]:
-    """The oneshot that is one run: each container in order, each to completion."""
+    """The oneshot that is one run: each container in order, each to completion.
+
+    With host paths, ``hostcheck_command`` comes first: the timer starts runs without
+    the daemon, and a path changed into a symbolic link since the last check fails the
+    run (its journal says why) before any container starts.
+    """
     podman = podman_binary()
     grace = pod_stop_timeout(manifest)
     start = [
@@ -170,7 +180,8 @@ def job_service_properties(
     ]
     stop_pod = quiet([podman, "pod", "stop", "--ignore", f"--time={grace}", pod_name])
     stop_post: list[tuple[str, list[str], bool]] = [(*stop_pod, True)]
-    start_pre: list[tuple[str, list[str], bool]] = []
+    hostcheck = hostcheck_command(manifest, policy)
+    start_pre: list[tuple[str, list[str], bool]] = [hostcheck] if hostcheck else []
     if manifest.schedule.overlap == "skip":
         rearm = skip_rearm(manifest, timer)
         start_pre.extend(rearm)
@@ -201,7 +212,10 @@ def job_service_properties(
     return props
 
 
-def plan_job(manifest: Job, generation: int, digest: str) -> JobPlan:
+def plan_job(
+    manifest: Job, generation: int, digest: str, *, policy: Policy = DEFAULT_POLICY
+) -> JobPlan:
+    """One generation of a job; ``policy`` gives the roots its host check checks against."""
     pod_name = naming.podman_pod_name(manifest.name, generation)
     timer = naming.unit_name("Job", manifest.name, "timer")
     service = naming.unit_name("Job", manifest.name)
@@ -218,6 +232,7 @@ def plan_job(manifest: Job, generation: int, digest: str) -> JobPlan:
         for c in manifest.containers
     )
     return JobPlan(
+        manifest=manifest,
         name=manifest.name,
         generation=generation,
         digest=digest,
@@ -228,8 +243,11 @@ def plan_job(manifest: Job, generation: int, digest: str) -> JobPlan:
             manifest, labels, pod_name, cgroup_parent=naming.slice_name(manifest.name)
         ),
         containers=containers,
+        volumes=owned_volumes(manifest, policy),
         timer_properties=tuple(job_timer_properties(manifest)),
-        service_properties=tuple(job_service_properties(manifest, pod_name, service, timer)),
+        service_properties=tuple(
+            job_service_properties(manifest, pod_name, service, timer, policy)
+        ),
         slice=naming.slice_name(manifest.name),
         slice_properties=tuple(slice_properties(manifest.systemd)),
     )

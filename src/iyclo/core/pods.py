@@ -103,8 +103,9 @@ class PodHandler:
         if not isinstance(manifest, Pod):
             raise InvalidError(f"{record.kind} '{record.name}' is not a pod")
         return plan_pod(
-            manifest, record.generation, record.digest, pod_generation=record.pod_generation
-        )
+            manifest, record.generation, record.digest, pod_generation=record.pod_generation,
+            policy=self.steps.policy,
+        )  # fmt: skip
 
     def _publish(self, name: str, state: str, *, generation: int = 0, error: str = "") -> None:
         self.events.publish(KIND.changed(name, state, generation=generation, error=error))
@@ -128,9 +129,6 @@ class PodHandler:
         await self.steps.start_transient(
             plan.unit, plan.unit_properties, clean_up=lambda: self.steps.stop(plan.unit)
         )
-
-    async def _create_pod(self, plan: PodPlan) -> None:
-        await self.steps.create_pod(plan, self._description(plan))
 
     # -- operations (the caller holds the name's lock) --------------------------------
 
@@ -238,8 +236,8 @@ class PodHandler:
     ) -> None:
         """The new generation's pod first, then the old unit stops and the new one starts;
         if that fails, the new pod goes and the old unit starts again if it ran."""
-        plan = plan_pod(manifest, record.generation, record.digest)
-        await self._create_pod(plan)
+        plan = plan_pod(manifest, record.generation, record.digest, policy=self.steps.policy)
+        made = await self.steps.create_pod(plan, self._description(plan))
         old_plan = self._plan(previous) if previous is not None else None
         old_was_running = False
         if old_plan is not None:
@@ -248,8 +246,7 @@ class PodHandler:
         try:
             await self._start_unit(plan)
         except BaseException:
-            with contextlib.suppress(IycloError):
-                await self.steps.remove_pod(plan.pod_name)
+            await self.steps.discard_pod(plan, made)
             if old_plan is not None and old_was_running:
                 log.warning("apply failed; restarting previous generation", pod=manifest.name)
                 with contextlib.suppress(IycloError):
@@ -262,6 +259,7 @@ class PodHandler:
         plan = self._plan(record)
         if is_running(await self.steps.unit_state(plan.unit)):
             return "running"
+        await self.steps.check_host(plan)
         await self.steps.ensure_pod(plan, self._description(plan))
         await self._start_unit(plan)
         await self._store(self.store.set_status, record.name, desired=KIND.running)
@@ -298,6 +296,7 @@ class PodHandler:
         unit = KIND.service(record.name)
         if not is_running(await self.steps.unit_state(unit)):
             return await self._ensure_running(record)
+        await self.steps.check_host(self._plan(record))
         self._publish(record.name, "restarting", generation=record.generation)
         await self.steps.restart(unit)
         await self._refresh(record.name)
@@ -362,6 +361,7 @@ class PodHandler:
         if desired == "stopped":
             self._publish(record.name, "stopped", generation=record.generation)
             return "stopped"
+        await self.steps.check_host(plan)
         await self.steps.ensure_pod(plan, self._description(plan))
         await self._start_unit(plan)
         await self.steps.remove_other_generations(record.name, keep=plan.pod_name)
@@ -414,6 +414,12 @@ class PodHandler:
         async with self.locks.hold(name):
             if not is_active(await self.steps.unit_state(unit)):
                 return  # stopping or restarting already: systemd is on it
+            try:
+                await self.steps.check_host(self._plan(record))
+            except InvalidError as exc:  # the main container runs on; systemd watches it
+                log.warning("container died; restart refused", pod=name, error=exc.message,
+                            container=attributes.get(naming.LABEL_CONTAINER))  # fmt: skip
+                return
             log.info("container died; restarting its pod", pod=name,
                      container=attributes.get(naming.LABEL_CONTAINER))  # fmt: skip
             self._publish(name, "restarting", generation=record.generation)

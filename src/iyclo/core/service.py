@@ -33,8 +33,15 @@ from iyclo.core.results import ApplyResult, ReconcileReport
 from iyclo.core.state import LiveState
 from iyclo.core.steps import Steps
 from iyclo.errors import ConflictError, InvalidError, IycloError, NotFoundError
-from iyclo.manifest.convert import dump_manifest, load_manifest_async
-from iyclo.manifest.policy import DEFAULT_POLICY, Policy
+from iyclo.manifest.convert import dump_manifest, load_manifest_async, structure
+from iyclo.manifest.model import Job, Pod, UserNamespace
+from iyclo.manifest.policy import (
+    DEFAULT_POLICY,
+    Policy,
+    userns_conflict,
+    volume_claims,
+    volume_problem,
+)
 from iyclo.podman.client import PodmanClient
 from iyclo.store import Deployment, Store
 from iyclo.systemd.manager import SystemdManager
@@ -60,7 +67,12 @@ class Service:
         self.policy = policy
         self.events = events or EventBus()
         self.locks = Locks()
-        self.steps = Steps(systemd, podman)
+        self.claims = asyncio.Lock()
+        """Held from the check of what a manifest claims on the host beyond its name (a
+        user-namespace range, named volumes) until its record is stored and its volumes
+        are made: two applies under different names could otherwise both find a range or
+        a volume free and both take it."""
+        self.steps = Steps(systemd, podman, policy)
         self.pods = PodHandler(store, self.steps, self.events, self.locks, LiveState(self.steps))
         self.jobs = JobHandler(store, self.steps, self.events)
         self._handlers: dict[Kind, Handler] = {Kind.POD: self.pods, Kind.JOB: self.jobs}
@@ -121,7 +133,35 @@ class Service:
                     "exists",
                     hint=f"remove it first with `iyclo rm {manifest.name}`",
                 )
-            return await self._handlers[kind].apply(manifest, previous)
+            if manifest.userns is None and not volume_claims(manifest, self.policy):
+                return await self._handlers[kind].apply(manifest, previous)
+            async with self.claims:
+                await self._refuse_claimed(manifest, previous)
+                return await self._handlers[kind].apply(manifest, previous)
+
+    async def _refuse_claimed(self, manifest: Pod | Job, previous: Deployment | None) -> None:
+        """Refuse what is another's: a user-namespace range another pod's or job's overlaps
+        (two pods mapped onto one host ID are one user on the host), a named volume
+        another made (``policy.volume_problem``). Validation alone cannot know the others.
+        The manifest's own record is left out, so an update keeps its range, and so are
+        the volumes its stored generation mounts already (made before volumes had owners)."""
+        found: list[str] = []
+        if manifest.userns is not None:
+            records: list[Deployment] = await self._store(self.store.list)
+            others = {r.name: _userns_of(r) for r in records if r.name != manifest.name}
+            line = userns_conflict(manifest.userns, others)
+            if line is not None:
+                found.append(line)
+        mounted = _named_volumes(previous.manifest) if previous is not None else set()
+        for claim in volume_claims(manifest, self.policy):
+            if claim.name in mounted:
+                continue
+            labels = await self.steps.podman.volume_labels(claim.name)
+            problem = volume_problem(claim, manifest.name, labels)
+            if problem is not None:
+                found.append(problem)
+        if found:
+            raise InvalidError(found[0], found)
 
     async def remove(self, name: str, purge_history: bool = False) -> None:
         """Remove a pod or job; a job's run history stays unless `purge_history`."""
@@ -260,6 +300,27 @@ class Service:
             )  # fmt: skip
             log.info("reconciled", **report.to_json())
             return report
+
+
+def _userns_of(record: Deployment) -> UserNamespace | None:
+    """A stored manifest's ``userns``, read without re-validating the whole manifest."""
+    raw = record.manifest.get("userns")
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return structure(raw, UserNamespace)
+    except InvalidError:  # stored before it was validated as it is now: claims nothing
+        return None
+
+
+def _named_volumes(stored: dict[str, Any]) -> set[str]:
+    """The named volumes a stored manifest mounts, read from its JSON as stored."""
+    return {
+        str(volume.get("source"))
+        for container in stored.get("containers") or []
+        for volume in container.get("volumes") or []
+        if not str(volume.get("source", "/")).startswith("/")
+    }
 
 
 def default_state_dir() -> Path:

@@ -25,10 +25,12 @@ from typing import Any, Protocol
 
 from iyclo.core import naming, timeouts
 from iyclo.core.journal import start_failure_reason
-from iyclo.core.plan import ContainerPlan
+from iyclo.core.plan import ContainerPlan, volume_labels
 from iyclo.core.slices import ensure_slice
 from iyclo.core.unit_state import is_running
-from iyclo.errors import IycloError, NotFoundError, SystemdError
+from iyclo.errors import InvalidError, IycloError, NotFoundError, SystemdError
+from iyclo.manifest.model import Job, Pod
+from iyclo.manifest.policy import DEFAULT_POLICY, Policy, host_problems
 from iyclo.podman.client import PodmanClient
 from iyclo.systemd.const import IFACE_SERVICE, IFACE_UNIT, JobResult
 from iyclo.systemd.const import UnitLoadState as Load
@@ -50,6 +52,8 @@ class PodMaking(Protocol):
     """What both plans (``PodPlan``, ``JobPlan``) say about the Podman pod and the slice."""
 
     @property
+    def manifest(self) -> Pod | Job: ...
+    @property
     def name(self) -> str: ...
     @property
     def pod_name(self) -> str: ...
@@ -57,6 +61,8 @@ class PodMaking(Protocol):
     def pod_spec(self) -> dict[str, Any]: ...
     @property
     def containers(self) -> tuple[ContainerPlan, ...]: ...
+    @property
+    def volumes(self) -> tuple[str, ...]: ...
     @property
     def slice(self) -> str: ...
     @property
@@ -68,9 +74,26 @@ STOP_ATTEMPTS = 3
 
 
 class Steps:
-    def __init__(self, systemd: SystemdManager, podman: PodmanClient) -> None:
+    def __init__(
+        self, systemd: SystemdManager, podman: PodmanClient, policy: Policy = DEFAULT_POLICY
+    ) -> None:
         self.systemd = systemd
         self.podman = podman
+        self.policy = policy
+
+    # -- the host, before a start -----------------------------------------------------
+
+    async def check_host(self, plan: PodMaking) -> None:
+        """Refuse a start whose host paths are not safe *now*: a symbolic link planted
+        under an allowed root since the manifest was applied would be followed by runc.
+
+        Called before every start the core makes, before anything is changed for it; the
+        units' ExecStartPre= (``plan.hostcheck_command``) covers the starts systemd makes
+        on its own. The lines name the fields, as validation's do.
+        """
+        found = await asyncio.to_thread(host_problems, plan.manifest, self.policy)
+        if found:
+            raise InvalidError(found[0], found)
 
     # -- units ------------------------------------------------------------------------
 
@@ -174,20 +197,64 @@ class Steps:
             wait_gone=self.wait_gone,
         )  # fmt: skip
 
-    async def create_pod(self, plan: PodMaking, description: str) -> None:
-        """Images, slice, pod and containers of one generation (created, not started);
-        on failure nothing of the pod stays."""
+    async def create_pod(self, plan: PodMaking, description: str) -> list[str]:
+        """Images, volumes, slice, pod and containers of one generation (created, not
+        started); on failure nothing of the pod stays. Returns the volumes it made, for a
+        caller whose later step fails to remove again (``remove_volumes``)."""
         for container in plan.containers:
             await self.podman.ensure_image(container.image)
-        await self.ensure_slice(plan, description, update=False)
-        await self.podman.create_pod_with_containers(
-            plan.pod_name, plan.pod_spec, [c.spec for c in plan.containers]
-        )
+        made = await self._create_volumes(plan)
+        try:
+            await self.ensure_slice(plan, description, update=False)
+            await self.podman.create_pod_with_containers(
+                plan.pod_name, plan.pod_spec, [c.spec for c in plan.containers]
+            )
+        except BaseException:
+            with contextlib.suppress(IycloError):
+                await self.remove_volumes(made)
+            raise
+        return made
+
+    async def _create_volumes(self, plan: PodMaking) -> list[str]:
+        """The plan's own named volumes that are missing, labelled with their owner, made
+        before any container (which would make them unlabelled). One already there was
+        checked at apply (``policy.volume_problem``) and is left as it is."""
+        made: list[str] = []
+        try:
+            for name in plan.volumes:
+                if await self.podman.volume_labels(name) is None:
+                    await self.podman.create_volume(name, volume_labels(plan.manifest))
+                    made.append(name)
+        except BaseException:
+            with contextlib.suppress(IycloError):
+                await self.remove_volumes(made)
+            raise
+        return made
+
+    async def remove_volumes(self, names: Sequence[str]) -> None:
+        """Volumes an apply made and must not leave behind when it fails."""
+        for name in names:
+            await self.podman.remove_volume(name)
 
     async def ensure_pod(self, plan: PodMaking, description: str) -> None:
-        """The generation's Podman pod, made again if it is missing (e.g. after a reboot)."""
-        if not await self.podman.pod_exists(plan.pod_name):
-            await self.create_pod(plan, description)
+        """The generation's Podman pod, made again if it is missing (e.g. after a reboot)
+        or lacks a container the plan names: one made before containers were named
+        ``<pod>_<container>`` (``naming.CONTAINER_SEPARATOR``), which a job's new units
+        would otherwise fail to ``podman start``."""
+        if await self.podman.pod_exists(plan.pod_name):
+            listed = await self.podman.list_containers(f"{naming.LABEL_POD}={plan.name}")
+            names = {name for c in listed for name in c.get("Names") or []}
+            if all(c.spec["name"] in names for c in plan.containers):
+                return
+        await self.create_pod(plan, description)  # a pod of that name is replaced
+
+    async def discard_pod(self, plan: PodMaking, volumes: Sequence[str]) -> None:
+        """Undo ``create_pod`` after a later step failed: the pod, then the ``volumes`` it
+        made (no container uses them any more), best effort."""
+        with contextlib.suppress(IycloError):
+            await self.remove_pod(plan.pod_name)
+        with contextlib.suppress(IycloError):
+            await self.remove_volumes(volumes)
 
     async def remove_pod(self, pod_name: str) -> None:
         await self.podman.remove_pod(pod_name)  # retries while Podman cleans up

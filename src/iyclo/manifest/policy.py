@@ -257,22 +257,39 @@ def check_host_path(
     return _roots_problem(path, roots, profile=profile) or _walk_problem(path, profile=profile)
 
 
-def host_problems(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[str]:
-    """Every host path of a manifest checked on this host (``check_host_path``),
-    path-qualified: the daemon's half of validation, and the core's check before a start."""
-    found: list[str] = []
+@frozen
+class HostPath:
+    """A host path a manifest hands to runc: a bind-mount source or a seccomp profile."""
+
+    where: str
+    path: str
+    profile: bool
+
+
+def host_paths(manifest: Pod | Job) -> list[HostPath]:
+    """Every host path of a manifest with its field, in manifest order: what
+    ``host_problems`` checks here and the units' ExecStartPre= checks again."""
+    found: list[HostPath] = []
     for ci, container in enumerate(manifest.containers):
         prefix = f"containers[{ci}]"
         for vi, volume in enumerate(container.volumes):
             if volume.source.startswith("/"):
-                problem = check_host_path(volume.source, policy.bind_mount_allow)
-                if problem is not None:
-                    found.append(f"{prefix}.volumes[{vi}].source: refused: {problem}")
+                found.append(HostPath(f"{prefix}.volumes[{vi}].source", volume.source, False))
         profile = container.security.seccomp_profile
         if profile is not None and profile not in SECCOMP_KEYWORDS:
-            problem = check_host_path(profile, policy.seccomp_profile_allow, profile=True)
-            if problem is not None:
-                found.append(f"{prefix}.security.seccompProfile: refused: {problem}")
+            found.append(HostPath(f"{prefix}.security.seccompProfile", profile, True))
+    return found
+
+
+def host_problems(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[str]:
+    """Every host path of a manifest checked on this host (``check_host_path``),
+    path-qualified: the daemon's half of validation, and the core's check before a start."""
+    found: list[str] = []
+    for host_path in host_paths(manifest):
+        roots = policy.seccomp_profile_allow if host_path.profile else policy.bind_mount_allow
+        problem = check_host_path(host_path.path, roots, profile=host_path.profile)
+        if problem is not None:
+            found.append(f"{host_path.where}: refused: {problem}")
     return found
 
 

@@ -220,6 +220,31 @@ class PodmanClient:
         finally:
             response.close()
 
+    async def volume_labels(self, name: str) -> dict[str, str] | None:
+        """The labels of the named volume ``name``, or None when there is no such volume."""
+
+        def labels() -> dict[str, str] | None:
+            if not self._client.volumes.exists(name):
+                return None
+            return dict(self._client.volumes.get(name).attrs.get("Labels") or {})
+
+        return await self._call(f'volume "{name}"', labels)
+
+    async def create_volume(self, name: str, labels: Mapping[str, str]) -> None:
+        """A named volume with ``labels``; one of that name already there is an error."""
+        await self._call(
+            f'create volume "{name}"', self._client.volumes.create, name, labels=dict(labels)
+        )
+
+    async def remove_volume(self, name: str) -> None:
+        """Remove a named volume; one already gone is not an error."""
+
+        def remove() -> None:
+            if self._client.volumes.exists(name):
+                self._client.volumes.remove(name)
+
+        await self._call(f'remove volume "{name}"', remove)
+
     async def update_container(self, name: str, resources: Mapping[str, Any]) -> None:
         """Change a running container's limits (OCI LinuxResources: memory, cpu, pids).
 
