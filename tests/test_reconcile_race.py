@@ -24,6 +24,8 @@ def pod(name: str) -> dict[str, Any]:
     data["name"] = name
     for container in data["containers"]:
         container.pop("ports", None)
+        for volume in container.get("volumes", []):
+            volume["source"] = f"{name}-content"  # each pod's own (volumes are scoped)
     return data
 
 
