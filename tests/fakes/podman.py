@@ -45,6 +45,8 @@ class FakePodman:
         """Named volumes and their labels."""
         self.calls: defaultdict[str, list[tuple[Any, ...]]] = defaultdict(list)
         self._failures: dict[str, BaseException] = {}
+        self.down: str | None = None
+        """Set to a reason: every call fails as on a Podman whose socket is gone."""
         self._gates: dict[str, asyncio.Event] = {}
         self.entered: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._events: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -76,6 +78,8 @@ class FakePodman:
         failure = self._failures.pop(method, None)
         if failure is not None:
             raise failure
+        if self.down is not None:
+            raise PodmanError(f"{method}: cannot reach Podman at {self.url} ({self.down})")
 
     # -- what systemd does to the containers --------------------------------------------
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import rich_click as click
 
 from iyclo.cli.formats import print_generations_table, print_runs_table, print_status_table
-from iyclo.cli.output import console, fail, json_option, out, print_json
+from iyclo.cli.output import console, fail, json_option, out, print_json, terminal_text
 from iyclo.cli.transport import daemon
 from iyclo.errors import InvalidError, NotFoundError
 
@@ -71,10 +71,33 @@ def diff(ctx: click.Context, path: str) -> None:
 @json_option
 @click.pass_context
 def ps(ctx: click.Context, as_json: bool) -> None:
-    """List pods and jobs with their state. Alias: `list`."""
+    """List pods and jobs with their state. Alias: `list`.
+
+    While iyclod is degraded (Podman or systemd missing) a warning on stderr says why:
+    the states shown are then its last knowledge, not the host's."""
     with daemon(ctx) as client:
         rows = client.call("list")
+        health = client.call("health")
+    for problem in health["problems"]:
+        sys.stderr.write(f"iyclo: warning: iyclod is degraded: {terminal_text(problem)}\n")
     print_json(rows) if as_json else print_status_table(rows)
+
+
+@click.command(name="health")
+@json_option
+@click.pass_context
+def health(ctx: click.Context, as_json: bool) -> None:
+    """Whether iyclod has what it stands on (Podman, systemd): "ok", or "degraded" and
+    why. Exit status 0 when ok, 1 when degraded (for scripts and monitoring)."""
+    with daemon(ctx) as client:
+        result = client.call("health")
+    if as_json:
+        print_json(result)
+    else:
+        click.echo(result["state"])
+        for problem in result["problems"]:
+            click.echo(f"  {terminal_text(problem)}")
+    sys.exit(0 if result["state"] == "ok" else 1)
 
 
 @click.command()

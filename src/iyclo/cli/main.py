@@ -204,7 +204,7 @@ def system_uninstall(prefix: Path, dry_run: bool) -> None:
 for command in (
     commands.apply, commands.diff, commands.ps, commands.inspect, commands.history,
     commands.rm, commands.start, commands.stop, commands.restart, commands.reconcile,
-    commands.events, jobs.run, jobs.jobs, jobs.logs, commands.daemon_cmd,
+    commands.events, commands.health, jobs.run, jobs.jobs, jobs.logs, commands.daemon_cmd,
 ):  # fmt: skip
     cli.add_command(command)
 cli.add_command(commands.ps, name="list")

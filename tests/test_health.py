@@ -1,0 +1,130 @@
+"""Degraded, not down (issue #14): a Podman that goes away, and comes back.
+
+The real service over the fakes, with the fake Podman made unreachable: the daemon says
+why on both fronts, answers reads, refuses changes at once with one typed line and
+nothing touched, and when Podman answers again it reconciles by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from iyclo.api.dbus import export_service
+from iyclo.api.jsonrpc import JsonRpcServer
+from iyclo.client.dbus import DBusClient
+from iyclo.client.jsonrpc import JsonRpcClient
+from iyclo.core.access import Gate
+from iyclo.errors import UnavailableError
+from tests.fakes.dbus_session import PrivateBus
+from tests.fakes.fixtures import Core
+
+ROOT = Path(__file__).resolve().parent.parent
+GONE = "[Errno 2] No such file or directory"
+
+
+def pod(name: str) -> dict[str, Any]:
+    data = json.loads((ROOT / "examples" / "web.json").read_text())
+    data["name"] = name
+    for container in data["containers"]:
+        for volume in container.get("volumes", []):
+            volume["source"] = f"{name}-content"  # each pod's own (volumes are scoped)
+    return data
+
+
+@pytest.fixture
+async def watched(core: Core) -> AsyncIterator[Core]:
+    core.service.dependencies.interval = 0.05
+    await core.service.dependencies.start()
+    try:
+        yield core
+    finally:
+        await core.service.dependencies.close()
+
+
+async def test_a_missing_podman_degrades_and_its_return_recovers(watched: Core) -> None:
+    core = watched
+    service = core.service
+    await service.apply(pod("web"))
+    seen: list[dict[str, Any]] = []
+    service.on_health_change(seen.append)
+
+    core.podman.down = GONE
+    health = await service.dependencies.check()
+    assert health.state == "degraded"
+    (problem,) = health.problems
+    assert problem.startswith("podman: ping: cannot reach Podman at unix:///fake/podman.sock")
+    assert service.health() == {"state": "degraded", "problems": [problem]}
+    assert seen == [service.health()]
+    # reads are answered from the store and the cache
+    assert (await service.status("web"))["name"] == "web"
+    assert [s["name"] for s in await service.list_all()] == ["web"]
+    # every change is refused at once, naming what is missing, and touches nothing
+    calls_before = {k: len(v) for k, v in core.podman.calls.items() if k != "ping"}
+    for verb, call in (
+        ("apply", service.apply(pod("other"))), ("stop", service.stop("web")),
+        ("remove", service.remove("web")), ("restart", service.restart("web")),
+        ("reconcile", service.reconcile()),
+    ):  # fmt: skip
+        with pytest.raises(UnavailableError) as refused:
+            await call
+        assert refused.value.message.startswith(f"{verb}: iyclod is degraded (podman: ")
+        assert "\n" not in refused.value.message
+    assert {k: len(v) for k, v in core.podman.calls.items() if k != "ping"} == calls_before
+    assert [s["name"] for s in await service.list_all()] == ["web"]
+    # a broken manifest is still named as such: validation needs no Podman
+    broken = pod("broken")
+    broken["name"] = "Bad Name"
+    assert await service.validate(broken)
+
+    core.podman.down = None
+    reconciles = len(core.podman.calls["list_pods"])
+    health = await service.dependencies.check()
+    assert health.state == "ok"
+    assert seen[-1] == {"state": "ok", "problems": []}
+    assert len(core.podman.calls["list_pods"]) > reconciles  # it reconciled by itself
+    assert (await service.apply(pod("other"))).to_json()["state"] == "running"
+
+
+async def test_both_fronts_report_it_and_refuse_typed(watched: Core, tmp_path: Path) -> None:
+    core = watched
+    server = JsonRpcServer(core.service, tmp_path / "iyclo.sock", gate=Gate("iyclo-none"))
+    await server.start()
+    with PrivateBus() as bus:
+        unexport = await export_service(core.service, bus_address=bus.address)
+        try:
+            core.podman.down = GONE
+            await core.service.dependencies.check()
+            socket_client = JsonRpcClient(tmp_path / "iyclo.sock", timeout=30)
+            dbus_client = await asyncio.to_thread(DBusClient, bus_address=bus.address, timeout=30)
+            try:
+                for client in (socket_client, dbus_client):
+                    health = await asyncio.to_thread(client.call, "health")
+                    assert health["state"] == "degraded"
+                    assert health["problems"][0].startswith("podman: ")
+                    with pytest.raises(UnavailableError, match=r"^apply: iyclod is degraded"):
+                        await asyncio.to_thread(
+                            client.call, "apply", manifest=json.dumps(pod("web"))
+                        )
+                    assert await asyncio.to_thread(client.call, "list") == []
+            finally:
+                socket_client.close()
+                await asyncio.to_thread(dbus_client.close)
+            # busctl sees the Manager's properties say it too
+            proc = await asyncio.create_subprocess_exec(
+                "busctl", f"--address={bus.address}", "--json=short", "get-property",
+                "io.github.iyclo1", "/io/github/iyclo1", "io.github.iyclo1.Manager",
+                "State", "Problems", stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, _ = await proc.communicate()
+            state, problems = (json.loads(line)["data"] for line in out.decode().splitlines())
+            assert state == "degraded"
+            assert problems == health["problems"]
+        finally:
+            await unexport()
+            await server.close()
