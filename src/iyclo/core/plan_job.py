@@ -48,6 +48,7 @@ from iyclo.core import naming
 from iyclo.core.plan import (
     USEC,
     ContainerPlan,
+    SecretPlan,
     _container_spec,
     _pod_spec,
     labels_for,
@@ -55,6 +56,7 @@ from iyclo.core.plan import (
     podman_binary,
     podman_environment,
     sandbox_properties,
+    secret_plans,
     slice_properties,
 )
 from iyclo.manifest.model import Job
@@ -84,6 +86,7 @@ class JobPlan:
     service_properties: tuple[tuple[str, Any], ...]
     slice: str
     slice_properties: tuple[tuple[str, Any], ...]
+    secrets: tuple[SecretPlan, ...] = ()
 
 
 def systemctl_binary() -> str:
@@ -232,4 +235,5 @@ def plan_job(manifest: Job, generation: int, digest: str) -> JobPlan:
         service_properties=tuple(job_service_properties(manifest, pod_name, service, timer)),
         slice=naming.slice_name(manifest.name),
         slice_properties=tuple(slice_properties(manifest.systemd)),
+        secrets=secret_plans(manifest, pod_name, labels),
     )
