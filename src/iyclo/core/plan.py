@@ -12,6 +12,7 @@ from typing import Any
 from attrs import frozen
 
 from iyclo.core import naming
+from iyclo.core.secrets import secret_sources
 from iyclo.manifest.model import (
     Container,
     Job,
@@ -53,6 +54,8 @@ class SecretPlan:
     """One Podman secret of a generation: its name, labels, and where its value is read."""
 
     name: str
+    where: str
+    """The secret's field path in the manifest, e.g. "containers[0].secrets[1]"."""
     container: str
     secret: Secret
     labels: dict[str, str]
@@ -104,13 +107,13 @@ def secret_plans(
     own = secret_labels(labels)
     return tuple(
         SecretPlan(
-            name=naming.secret_name(pod_name, c.name, s.name),
-            container=c.name,
-            secret=s,
-            labels={**own, naming.LABEL_CONTAINER: c.name},
+            name=naming.secret_name(pod_name, container, secret.name),
+            where=where,
+            container=container,
+            secret=secret,
+            labels={**own, naming.LABEL_CONTAINER: container},
         )
-        for c in manifest.containers
-        for s in c.secrets
+        for where, container, secret in secret_sources(manifest)
     )
 
 

@@ -20,7 +20,7 @@ import hashlib
 import hmac
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import attrs
@@ -87,10 +87,13 @@ def fingerprint(key: bytes, values: Mapping[SecretRef, bytes]) -> str:
     return mac.hexdigest()
 
 
-def secret_refs(manifest: Pod | Job) -> list[tuple[int, int, str, Secret]]:
-    """(container index, secret index, container name, secret) of each secret."""
+SecretSource = tuple[str, str, Secret]
+"""(the secret's field path, its container's name, the secret) of one secret to read."""
+
+
+def secret_sources(manifest: Pod | Job) -> list[SecretSource]:
     return [
-        (ci, si, str(c.name), s)
+        (f"containers[{ci}].secrets[{si}]", str(c.name), s)
         for ci, c in enumerate(manifest.containers)
         for si, s in enumerate(c.secrets)
     ]
@@ -106,10 +109,9 @@ class SecretReader:
     policy: Policy
     state_dir: Path
 
-    def read(self, manifest: Pod | Job) -> SecretValues:
-        """Every secret of ``manifest``; InvalidError naming the first one refused."""
-        refs = secret_refs(manifest)
-        values = {(c, str(s.name)): read_secret(ci, si, s, self.policy) for ci, si, c, s in refs}
+    def read(self, sources: Iterable[SecretSource]) -> SecretValues:
+        """Every secret of ``sources``; InvalidError naming the first one refused."""
+        values = {(c, str(s.name)): read_secret(where, s, self.policy) for where, c, s in sources}
         if not values:
             return SecretValues()
         return SecretValues(values, fingerprint(host_key(self.state_dir), values))

@@ -28,6 +28,7 @@ from iyclo.core.kind import Kind
 from iyclo.core.locks import Locks
 from iyclo.core.pods import PodHandler
 from iyclo.core.results import ApplyResult, ReconcileReport
+from iyclo.core.secrets import SecretReader
 from iyclo.core.state import LiveState
 from iyclo.core.steps import Steps
 from iyclo.errors import ConflictError, InvalidError, IycloError, NotFoundError
@@ -58,7 +59,7 @@ class Service:
         self.policy = policy
         self.events = events or EventBus()
         self.locks = Locks()
-        self.steps = Steps(systemd, podman)
+        self.steps = Steps(systemd, podman, SecretReader(policy, store.state_dir))
         self.pods = PodHandler(store, self.steps, self.events, self.locks, LiveState(self.steps))
         self.jobs = JobHandler(store, self.steps, self.events)
         self._handlers: dict[Kind, Handler] = {Kind.POD: self.pods, Kind.JOB: self.jobs}
@@ -226,7 +227,9 @@ class Service:
             for kind, handler in self._handlers.items():
                 known = {r.name for r in records if Kind.of(r.kind) is kind}
                 removed.extend(await handler.remove_orphans(known))
-            removed.extend(await self.steps.remove_orphans({r.name for r in records}))
+            removed.extend(
+                await self.steps.remove_orphans({r.name for r in records}, self.locks.busy)
+            )
             with contextlib.suppress(IycloError):
                 await self.pods.resync()
             report = ReconcileReport(

@@ -351,8 +351,9 @@ def _secret_fd(secret: Secret, policy: Policy) -> int:
     return fd
 
 
-def _secret_where(ci: int, si: int, secret: Secret) -> str:
-    return f"containers[{ci}].secrets[{si}].{'file' if secret.file is not None else 'credential'}"
+def _secret_where(where: str, secret: Secret) -> str:
+    """The field path of a secret's source, from the secret's own (``where``)."""
+    return f"{where}.{'file' if secret.file is not None else 'credential'}"
 
 
 def secret_problems(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[str]:
@@ -370,30 +371,31 @@ def secret_problems(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> lis
             try:
                 os.close(_secret_fd(secret, policy))
             except ValueError as exc:
-                found.append(f"{_secret_where(ci, si, secret)}: refused: {exc}")
+                where = _secret_where(f"containers[{ci}].secrets[{si}]", secret)
+                found.append(f"{where}: refused: {exc}")
     return found
 
 
-def read_secret(ci: int, si: int, secret: Secret, policy: Policy) -> bytes:
+def read_secret(where: str, secret: Secret, policy: Policy) -> bytes:
     """A secret's value, read through the descriptor the checks opened (no second lookup by
-    name, so no link planted in between is followed); InvalidError naming the field."""
+    name, so no link planted in between is followed); InvalidError naming the field
+    (``where`` is the secret's path, e.g. "containers[0].secrets[1]")."""
+    where = _secret_where(where, secret)
     try:
         fd = _secret_fd(secret, policy)
     except ValueError as exc:
-        raise InvalidError(f"{_secret_where(ci, si, secret)}: refused: {exc}") from None
+        raise InvalidError(f"{where}: refused: {exc}") from None
     try:
         # Reopening an O_PATH descriptor through /proc reads the very file it points to.
         reader = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as exc:
-        raise InvalidError(
-            f"{_secret_where(ci, si, secret)}: cannot read it: {exc.strerror or exc}"
-        ) from None
+        raise InvalidError(f"{where}: cannot read it: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
     with os.fdopen(reader, "rb") as handle:
         data = handle.read(SECRET_MAX_BYTES)
     if not data:
-        raise InvalidError(f"{_secret_where(ci, si, secret)}: refused: it is empty")
+        raise InvalidError(f"{where}: refused: it is empty")
     return data
 
 

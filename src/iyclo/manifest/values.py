@@ -378,7 +378,7 @@ def _check_credential(value: str) -> None:
     if not CREDENTIAL_RE.match(value):
         raise ValueError(
             f'{show(value)} is not a credential name (letters, digits, "_", ".", "@" and "-", '
-            'as in LoadCredential=)'
+            "as in LoadCredential=)"
         )
 
 

@@ -287,13 +287,14 @@ class PodmanClient:
             response.raise_for_status()
             found = []
             for item in response.json() or []:
+                secret = item
                 if not listed:
                     one = self._client.api.get(f"/secrets/{item['ID']}/json")
                     if one.status_code == 404:  # removed in between
                         continue
                     one.raise_for_status()
-                    item = one.json()
-                spec = item.get("Spec") or {}
+                    secret = one.json()
+                spec = secret.get("Spec") or {}
                 labels = spec.get("Labels") or {}
                 if _label_matches(labels, label):
                     found.append({"Name": str(spec.get("Name", "")), "Labels": labels})
