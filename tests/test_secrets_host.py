@@ -8,6 +8,7 @@ secrets and drops the old ones, and a failed apply leaves none behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 
 from iyclo.errors import IycloError
 from iyclo_testhost import Host
-from tests.daemon_fixtures import Daemon, fast, pod_manifest, remove
+from tests.daemon_fixtures import Daemon, fast, pod_manifest, remove, wait_for
 
 pytestmark = [pytest.mark.host, pytest.mark.timeout(300)]
 
@@ -124,3 +125,37 @@ def test_a_failed_apply_leaves_no_secret(daemon: Daemon) -> None:
     finally:
         remove(daemon, "vault")
         remove(daemon, "blocker")
+
+
+def test_a_job_run_reads_its_secrets(daemon: Daemon) -> None:
+    """A job's run gets its secrets the same way; it prints only their digests."""
+    host = daemon.host
+    write_secret(host, "db-password", VALUE)
+    script = 'sha256sum /run/secrets/pw; printf %s "$PW" | sha256sum'
+    backup = {
+        "apiVersion": "iyclo/v1", "kind": "Job", "name": "vaultjob", "network": "none",
+        "schedule": {"calendar": "*-01-01 00:00:00"},
+        "containers": [{"name": "main", "image": "localhost/busybox:latest",
+                        "command": ["sh", "-c", script], "stopTimeout": "1s",
+                        "secrets": [
+                            {"name": "pw", "file": f"{SECRET_DIR}/db-password",
+                             "target": "/run/secrets/pw", "mode": "0440", "uid": 1000},
+                            {"name": "pw-env", "file": f"{SECRET_DIR}/db-password",
+                             "env": "PW"}]}],
+    }  # fmt: skip
+    try:
+        daemon.call("apply", manifest=json.dumps(backup))
+        assert secret_names(host) == ["iyclo-vaultjob-g1-main.pw", "iyclo-vaultjob-g1-main.pw-env"]
+        daemon.call("run_job", name="vaultjob")
+        runs = wait_for(
+            lambda: [r for r in daemon.call("runs", name="vaultjob") if r["state"] != "running"],
+            what="the run to end",
+        )
+        assert runs[0]["state"] == "succeeded"
+        digest = hashlib.sha256(VALUE.encode()).hexdigest()
+        output = json.dumps(daemon.call("logs", name="vaultjob", run=1))
+        assert output.count(digest) == 2
+        assert VALUE not in output
+    finally:
+        remove(daemon, "vaultjob", purge_history=True)
+    assert secret_names(host) == []
