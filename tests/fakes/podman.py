@@ -144,6 +144,14 @@ class FakePodman:
     ) -> None:
         await self._enter("create_pod_with_containers", name, dict(spec), list(containers))
         await self._remove(name)
+        for container in containers:  # Podman 4.3 refuses a missing secret so (measured)
+            named = [s["source"] for s in container.get("secrets") or []]
+            for secret in [*named, *(container.get("secret_env") or {}).values()]:
+                if secret not in self.secrets:
+                    raise PodmanError(
+                        f'create container "{container["name"]}": no secret with name or id '
+                        f'"{secret}": no such secret'
+                    )
         self._ids += 1
         labels = dict(spec.get("labels") or {})
         self.pods[name] = {"Name": name, "Id": f"{self._ids:064x}", "Labels": labels}
