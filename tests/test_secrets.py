@@ -23,7 +23,14 @@ import pytest_asyncio
 from iyclo.core import naming
 from iyclo.core.plan import plan_pod
 from iyclo.core.plan_job import plan_job
-from iyclo.core.secrets import KEY_FILE, SecretReader, SecretValues, fingerprint, host_key
+from iyclo.core.secrets import (
+    KEY_FILE,
+    SecretReader,
+    SecretValues,
+    fingerprint,
+    host_key,
+    secret_sources,
+)
 from iyclo.core.service import Service
 from iyclo.errors import InvalidError, PodmanError
 from iyclo.manifest.convert import load_manifest, manifest_digest, parse_manifest
@@ -415,3 +422,19 @@ def test_the_digest_of_a_manifest_without_secrets_is_unchanged(secret_dir: Path)
         container.pop("secrets")
     manifest = parse_manifest(data)
     assert SecretValues().rollout_digest(manifest_digest(manifest)) == manifest_digest(manifest)
+
+
+def test_a_link_planted_after_validation_is_not_read(secret_dir: Path, tmp_path: Path) -> None:
+    """Apply reads the value itself, through the same no-symlink walk: a file swapped for
+    a link to another file after validation is refused, not followed."""
+    policy = policy_for(secret_dir)
+    manifest = load_manifest(pod(secret_dir), policy)
+    (tmp_path / "shadow").write_text("root:$6$not-yours")
+    (secret_dir / "api").unlink()
+    (secret_dir / "api").symlink_to(tmp_path / "shadow")
+    reader = SecretReader(policy, tmp_path / "state")
+    with pytest.raises(InvalidError) as info:
+        reader.read(secret_sources(manifest))
+    assert info.value.message == (
+        f'containers[0].secrets[1].file: refused: "{secret_dir}/api" is a symbolic link'
+    )
