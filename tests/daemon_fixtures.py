@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +39,13 @@ class Daemon:
         self.socket = host.root / "iyclo" / "iyclo.sock"
         self.log = host.root / "iyclo" / "iyclod.log"
 
-    def start(self, *extra: str) -> None:
+    def start(self, *extra: str, properties: Sequence[str] = ()) -> None:
+        """Start iyclod with ``extra`` arguments and ``properties`` of its unit (e.g.
+        ``LoadCredential=``)."""
         argv = [
             "systemd-run", f"--unit={UNIT}", "--collect",
             "-p", "Type=notify", "-p", "NotifyAccess=main", "-p", "TimeoutStartSec=90",
+            *(word for item in properties for word in ("-p", item)),
             f"--setenv=PYTHONPATH={ROOT / 'src'}", "--setenv=PYTHONUNBUFFERED=1",
             sys.executable, "-m", "iyclo.daemon",
             "--state-dir", INNER_STATE, "--socket", f"{INNER_STATE}/iyclo.sock",

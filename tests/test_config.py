@@ -145,3 +145,17 @@ def test_iyclod_creates_its_files_for_root_alone(tmp_path: Path) -> None:
             "--systemd-bus-address", f"unix:path={tmp_path}/no-bus")  # fmt: skip
     assert log.stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "logs").stat().st_mode & 0o777 == 0o700
+
+
+def test_secret_directories_come_from_the_file(tmp_path: Path) -> None:
+    assert DEFAULT_POLICY.secret_file_allow == ("/etc/iyclo/secrets",)
+    path = _write(tmp_path, {"policy": {"secretFileAllow": ["/run/keys", "/etc/iyclo/s"]}})
+    assert load_config(path, required=True).policy.secret_file_allow == (
+        "/run/keys", "/etc/iyclo/s",
+    )  # fmt: skip
+    _write(tmp_path, {"policy": {"secretFileAllow": ["keys"]}})
+    with pytest.raises(InvalidError) as info:
+        load_config(path, required=True)
+    assert info.value.details == [
+        f'{path}: policy.secretFileAllow[0]: "keys" is not an absolute path'
+    ]

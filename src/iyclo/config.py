@@ -12,7 +12,8 @@ of ``Policy``, every one optional; shown here with their defaults::
                 "capAddAllow": [],
                 "usernsRanges": [{"start": 2147483648, "size": 2147483647}],
                 "sharedVolumes": [],
-                "labelKeysAllow": []}}
+                "labelKeysAllow": [],
+                "secretFileAllow": ["/etc/iyclo/secrets"]}}
 
 A list in the file replaces the default list. ``usernsRanges`` are the host IDs set aside
 for pods' user namespaces (see ``policy.DEFAULT_USERNS_RANGES`` for why these); a
@@ -20,6 +21,8 @@ manifest's ``userns`` must lie inside one. ``sharedVolumes`` names the named vol
 manifest may mount; every other named volume belongs to the pod or job that made it.
 ``labelKeysAllow`` lets manifests set label keys Podman acts on, each an exact key or a
 prefix ending in "." (e.g. ``"io.containers.autoupdate"`` for ``podman auto-update``).
+``secretFileAllow`` are the directories a secret's ``file`` may be in: iyclod reads it as
+root and hands it to a container, so a manifest must not name just any host file.
 
 ``deployGroup`` names the group whose members may deploy and manage pods and jobs and
 read them whole (``iyclo.core.access``); it also owns the JSON socket. Everyone else reads

@@ -42,6 +42,7 @@ from iyclo.core.plan_job import JobPlan, plan_job, timer_stamp
 from iyclo.core.results import ApplyResult
 from iyclo.core.run_records import RunRecorder
 from iyclo.core.runs import invocation_hex, usec_iso
+from iyclo.core.secrets import SecretValues
 from iyclo.core.steps import Steps, pod_of_unit
 from iyclo.core.unit_state import is_active, is_ended, is_running
 from iyclo.errors import (
@@ -199,7 +200,8 @@ class JobHandler:
         """
         assert isinstance(manifest, Job)
         name = manifest.name
-        digest = manifest_digest(manifest)
+        values = await self.steps.read_secrets(manifest)
+        digest = values.rollout_digest(manifest_digest(manifest))
         if previous is not None and previous.digest == digest:
             state = await self._ensure_scheduled(previous)
             return ApplyResult(name, KIND.api_name, previous.generation, False, state)
@@ -210,7 +212,7 @@ class JobHandler:
         )
         self._changed(name, "applying", record.generation)
         try:
-            await self._replace(manifest, record, previous)
+            await self._replace(manifest, record, previous, values)
         except BaseException as exc:
             if previous is None:
                 # Runs kept from an earlier job of this name stay; this one made none.
@@ -229,10 +231,14 @@ class JobHandler:
         return ApplyResult(name, KIND.api_name, record.generation, True, "scheduled")
 
     async def _replace(
-        self, manifest: Job, record: Deployment, previous: Deployment | None
+        self,
+        manifest: Job,
+        record: Deployment,
+        previous: Deployment | None,
+        values: SecretValues,
     ) -> None:
         plan = plan_job(manifest, record.generation, record.digest, policy=self.steps.policy)
-        made = await self.steps.create_pod(plan, self._description(plan))
+        made = await self.steps.create_pod(plan, self._description(plan), values)
         try:
             old_plan = self._plan(previous) if previous is not None else None
             old_scheduled = False

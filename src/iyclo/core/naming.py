@@ -77,6 +77,24 @@ def container_name(pod_name: str, container: str) -> str:
     return f"{pod_name}{CONTAINER_SEPARATOR}{container}"
 
 
+def secret_name(pod_name: str, container: str, secret: str) -> str:
+    """The Podman secret made for one secret of one container of a generation's pod.
+
+    Built on ``container_name``, so it follows that scheme wherever it goes; the "." that
+    joins the secret's name cannot appear in a container's or a secret's own name, so no
+    other container's secret can be spelt the same.
+    """
+    return f"{container_name(pod_name, container)}.{secret}"
+
+
+def secret_pod(labels: dict[str, str]) -> str | None:
+    """The Podman pod (generation) a secret iyclo made belongs to, from its labels."""
+    name, generation = labels.get(LABEL_POD), labels.get(LABEL_GENERATION, "")
+    if not name or not generation.isdigit():
+        return None
+    return podman_pod_name(name, int(generation))
+
+
 def pid_file(podman_name: str) -> str:
     """conmon's PID file for a pod's infra container (a ``podman_pod_name``) or a
     container (a ``container_name``): the two never meet, since only the latter has a

@@ -13,7 +13,16 @@ from typing import Any
 from attrs import frozen
 
 from iyclo.core import naming
-from iyclo.manifest.model import Container, Job, Pod, Resources, Security, SystemdSandbox
+from iyclo.core.secrets import secret_sources
+from iyclo.manifest.model import (
+    Container,
+    Job,
+    Pod,
+    Resources,
+    Secret,
+    Security,
+    SystemdSandbox,
+)
 from iyclo.manifest.policy import (
     ALWAYS_DROPPED_CAPS,
     DEFAULT_POLICY,
@@ -23,12 +32,20 @@ from iyclo.manifest.policy import (
     host_paths,
     volume_claims,
 )
-from iyclo.manifest.values import parse_cpu_quota, parse_duration, parse_size, parse_ulimit
+from iyclo.manifest.values import (
+    parse_cpu_quota,
+    parse_duration,
+    parse_file_mode,
+    parse_size,
+    parse_ulimit,
+)
 
 USEC = 1_000_000
 CPU_PERIOD_USEC = 100_000
 UNSET = 2**64 - 1
 """systemd's "infinity" for limits and "[not set]" for weights, as a ``t`` property."""
+SECRET_MODE = "0400"
+"""A secret file's mode unless the manifest says otherwise: readable by its owner only."""
 READ_ONLY_TMPFS = ("/tmp", "/var/tmp", "/run")
 """Writable tmpfs a read-only container gets, as `podman run --read-only` gives them (the
 REST API does not: measured on Podman 4.3, /tmp stayed read-only)."""
@@ -39,6 +56,18 @@ class ContainerPlan:
     name: str
     image: str
     spec: dict[str, Any]
+
+
+@frozen
+class SecretPlan:
+    """One Podman secret of a generation: its name, labels, and where its value is read."""
+
+    name: str
+    where: str
+    """The secret's field path in the manifest, e.g. "containers[0].secrets[1]"."""
+    container: str
+    secret: Secret
+    labels: dict[str, str]
 
 
 @frozen
@@ -58,6 +87,7 @@ class PodPlan:
     volumes: tuple[str, ...]
     unit_properties: tuple[tuple[str, Any], ...]
     slice_properties: tuple[tuple[str, Any], ...]
+    secrets: tuple[SecretPlan, ...] = ()
 
 
 def podman_binary() -> str:
@@ -125,6 +155,53 @@ def volume_labels(manifest: Pod | Job) -> dict[str, str]:
     }
 
 
+def secret_labels(labels: dict[str, str]) -> dict[str, str]:
+    """iyclo's own labels of a generation, which its secrets carry (no user labels: a
+    secret is iyclo's, and its labels are how reconcile finds the ones left over)."""
+    keys = (naming.LABEL_POD, naming.LABEL_KIND, naming.LABEL_GENERATION)
+    return {key: labels[key] for key in keys}
+
+
+def secret_plans(
+    manifest: Pod | Job, pod_name: str, labels: dict[str, str]
+) -> tuple[SecretPlan, ...]:
+    """Each container's secrets as the Podman secrets made for the generation ``pod_name``."""
+    own = secret_labels(labels)
+    return tuple(
+        SecretPlan(
+            name=naming.secret_name(pod_name, container, secret.name),
+            where=where,
+            container=container,
+            secret=secret,
+            labels={**own, naming.LABEL_CONTAINER: container},
+        )
+        for where, container, secret in secret_sources(manifest)
+    )
+
+
+def _secret_spec(pod_name: str, container: Container) -> dict[str, Any]:
+    """specgen's ``secrets`` (a file) and ``secret_env`` (a variable) of a container, each
+    naming the generation's Podman secret; the value itself is never in a spec."""
+    files: list[dict[str, Any]] = []
+    env: dict[str, str] = {}
+    for secret in container.secrets:
+        source = naming.secret_name(pod_name, container.name, secret.name)
+        if secret.env is not None:
+            env[secret.env] = source
+        else:
+            files.append(
+                {"source": source, "target": secret.target,
+                 "mode": parse_file_mode(secret.mode or SECRET_MODE),
+                 "uid": secret.uid or 0, "gid": secret.gid or 0}
+            )  # fmt: skip
+    spec: dict[str, Any] = {}
+    if files:
+        spec["secrets"] = files
+    if env:
+        spec["secret_env"] = env
+    return spec
+
+
 def _seconds(duration: str) -> int:
     return max(0, round(parse_duration(duration) / USEC))
 
@@ -169,6 +246,7 @@ def _container_spec(
         spec["command"] = list(container.args)
     if container.env:
         spec["environment"] = dict(container.env)
+    spec.update(_secret_spec(pod_name, container))
     if container.workdir:
         spec["working_dir"] = container.workdir
     if container.user:
@@ -433,4 +511,5 @@ def plan_pod(
         volumes=owned_volumes(manifest, policy),
         unit_properties=tuple(pod_unit_properties(manifest, pod_name, unit, policy)),
         slice_properties=tuple(slice_properties(manifest.systemd)),
+        secrets=secret_plans(manifest, pod_name, labels),
     )

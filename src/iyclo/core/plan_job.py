@@ -48,6 +48,7 @@ from iyclo.core import naming
 from iyclo.core.plan import (
     USEC,
     ContainerPlan,
+    SecretPlan,
     _container_spec,
     _pod_spec,
     hostcheck_command,
@@ -57,6 +58,7 @@ from iyclo.core.plan import (
     podman_binary,
     podman_environment,
     sandbox_properties,
+    secret_plans,
     slice_properties,
 )
 from iyclo.manifest.model import Job
@@ -89,6 +91,7 @@ class JobPlan:
     service_properties: tuple[tuple[str, Any], ...]
     slice: str
     slice_properties: tuple[tuple[str, Any], ...]
+    secrets: tuple[SecretPlan, ...] = ()
 
 
 def systemctl_binary() -> str:
@@ -250,4 +253,5 @@ def plan_job(
         ),
         slice=naming.slice_name(manifest.name),
         slice_properties=tuple(slice_properties(manifest.systemd)),
+        secrets=secret_plans(manifest, pod_name, labels),
     )

@@ -25,6 +25,7 @@ from iyclo.core.oom import OomKill, oom_fields, record_kill
 from iyclo.core.plan import PodPlan, container_update_resources, plan_pod
 from iyclo.core.results import ApplyResult
 from iyclo.core.runs import usec_iso
+from iyclo.core.secrets import SecretValues
 from iyclo.core.state import LiveState
 from iyclo.core.steps import Steps, pod_of_unit
 from iyclo.core.timeouts import SYSTEMD_JOB
@@ -135,12 +136,13 @@ class PodHandler:
     async def apply(self, manifest: Pod | Job, previous: Deployment | None) -> ApplyResult:
         assert isinstance(manifest, Pod)
         name = manifest.name
-        digest = manifest_digest(manifest)
+        values = await self.steps.read_secrets(manifest)
+        digest = values.rollout_digest(manifest_digest(manifest))
         if previous is not None and previous.digest == digest:
             state = await self._ensure_running(previous)
             return ApplyResult(name, KIND.api_name, previous.generation, False, state)
         if previous is not None:
-            updated = await self._update_in_place(manifest, digest, previous)
+            updated = await self._update_in_place(manifest, digest, previous, values)
             if updated is not None:
                 return updated
         record: Deployment = await self._store(
@@ -148,7 +150,7 @@ class PodHandler:
         )
         self._publish(name, "applying", generation=record.generation)
         try:
-            await self._replace(manifest, record, previous)
+            await self._replace(manifest, record, previous, values)
         except BaseException as exc:
             await self._store(self.store.drop_generation, name, record.generation)
             await self._refresh(name)
@@ -171,13 +173,16 @@ class PodHandler:
         return ApplyResult(name, KIND.api_name, record.generation, True, "running")
 
     async def _update_in_place(
-        self, manifest: Pod, digest: str, previous: Deployment
+        self, manifest: Pod, digest: str, previous: Deployment, values: SecretValues
     ) -> ApplyResult | None:
         """Set changed slice limits, and container limits where Podman keeps them, on the
         running pod (see ``core.update``); None when the change needs a new generation of
-        the pod, or nothing runs to update."""
+        the pod, or nothing runs to update. A changed secret value always does: the
+        containers hold the old one."""
         old = parse_manifest(previous.manifest, UNRESTRICTED)
         if not isinstance(old, Pod):
+            return None
+        if previous.digest != values.rollout_digest(manifest_digest(old)):
             return None
         features = (await self.steps.podman.platform()).features
         change = in_place_update(old, manifest, keeps_updates=features.keeps_updates)
@@ -232,12 +237,17 @@ class PodHandler:
         return ApplyResult(manifest.name, KIND.api_name, record.generation, True, IN_PLACE)
 
     async def _replace(
-        self, manifest: Pod, record: Deployment, previous: Deployment | None
+        self,
+        manifest: Pod,
+        record: Deployment,
+        previous: Deployment | None,
+        values: SecretValues,
     ) -> None:
         """The new generation's pod first, then the old unit stops and the new one starts;
-        if that fails, the new pod goes and the old unit starts again if it ran."""
+        if that fails, the new pod (and its secrets and new volumes) go and the old unit
+        starts again if it ran."""
         plan = plan_pod(manifest, record.generation, record.digest, policy=self.steps.policy)
-        made = await self.steps.create_pod(plan, self._description(plan))
+        made = await self.steps.create_pod(plan, self._description(plan), values)
         old_plan = self._plan(previous) if previous is not None else None
         old_was_running = False
         if old_plan is not None:

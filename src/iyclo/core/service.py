@@ -30,6 +30,7 @@ from iyclo.core.locks import Locks
 from iyclo.core.pods import PodHandler
 from iyclo.core.redact import redact_manifest
 from iyclo.core.results import ApplyResult, ReconcileReport
+from iyclo.core.secrets import SecretReader
 from iyclo.core.state import LiveState
 from iyclo.core.steps import Steps
 from iyclo.errors import ConflictError, InvalidError, IycloError, NotFoundError
@@ -72,7 +73,7 @@ class Service:
         user-namespace range, named volumes) until its record is stored and its volumes
         are made: two applies under different names could otherwise both find a range or
         a volume free and both take it."""
-        self.steps = Steps(systemd, podman, policy)
+        self.steps = Steps(systemd, podman, policy, SecretReader(policy, store.state_dir))
         self.pods = PodHandler(store, self.steps, self.events, self.locks, LiveState(self.steps))
         self.jobs = JobHandler(store, self.steps, self.events)
         self._handlers: dict[Kind, Handler] = {Kind.POD: self.pods, Kind.JOB: self.jobs}
@@ -291,7 +292,9 @@ class Service:
             for kind, handler in self._handlers.items():
                 known = {r.name for r in records if Kind.of(r.kind) is kind}
                 removed.extend(await handler.remove_orphans(known))
-            removed.extend(await self.steps.remove_orphans({r.name for r in records}))
+            removed.extend(
+                await self.steps.remove_orphans({r.name for r in records}, self.locks.busy)
+            )
             with contextlib.suppress(IycloError):
                 await self.pods.resync()
             report = ReconcileReport(

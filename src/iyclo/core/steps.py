@@ -11,7 +11,10 @@ rules below used to exist twice and disagreed; now they are these:
 * a stopped transient unit is waited for until it is unloaded (a failed one is reset so
   it can be), bounded by ``timeouts.UNIT_GONE``;
 * a start that fails is explained from the unit's own journal (Podman's first error),
-  and whatever the caller made for it is cleaned up before the error is raised.
+  and whatever the caller made for it is cleaned up before the error is raised;
+* a generation's secrets are Podman secrets made with it, before its containers (which
+  name them), and removed with it: with its pod, with the other generations, or by
+  reconcile when the generation they carry in their labels has no pod any more.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from typing import Any, Protocol
 
 from iyclo.core import naming, timeouts
 from iyclo.core.journal import start_failure_reason
-from iyclo.core.plan import ContainerPlan, volume_labels
+from iyclo.core.plan import ContainerPlan, SecretPlan, volume_labels
+from iyclo.core.secrets import SecretReader, SecretSource, SecretValues, secret_sources
 from iyclo.core.slices import ensure_slice
 from iyclo.core.unit_state import is_running
-from iyclo.errors import InvalidError, IycloError, NotFoundError, SystemdError
+from iyclo.errors import InvalidError, IycloError, NotFoundError, PodmanError, SystemdError
 from iyclo.manifest.model import Job, Pod
 from iyclo.manifest.policy import DEFAULT_POLICY, Policy, host_problems
 from iyclo.podman.client import PodmanClient
@@ -67,6 +71,8 @@ class PodMaking(Protocol):
     def slice(self) -> str: ...
     @property
     def slice_properties(self) -> tuple[tuple[str, Any], ...]: ...
+    @property
+    def secrets(self) -> tuple[SecretPlan, ...]: ...
 
 
 STOP_ATTEMPTS = 3
@@ -75,11 +81,18 @@ STOP_ATTEMPTS = 3
 
 class Steps:
     def __init__(
-        self, systemd: SystemdManager, podman: PodmanClient, policy: Policy = DEFAULT_POLICY
+        self,
+        systemd: SystemdManager,
+        podman: PodmanClient,
+        policy: Policy = DEFAULT_POLICY,
+        secrets: SecretReader | None = None,
     ) -> None:
+        """``secrets`` reads secret values as the daemon's policy allows; without it, a
+        manifest with secrets is refused."""
         self.systemd = systemd
         self.podman = podman
         self.policy = policy
+        self.secrets = secrets
 
     # -- the host, before a start -----------------------------------------------------
 
@@ -197,18 +210,34 @@ class Steps:
             wait_gone=self.wait_gone,
         )  # fmt: skip
 
-    async def create_pod(self, plan: PodMaking, description: str) -> list[str]:
-        """Images, volumes, slice, pod and containers of one generation (created, not
-        started); on failure nothing of the pod stays. Returns the volumes it made, for a
-        caller whose later step fails to remove again (``remove_volumes``)."""
+    async def create_pod(
+        self, plan: PodMaking, description: str, values: SecretValues | None = None
+    ) -> list[str]:
+        """Images, volumes, slice, secrets, pod and containers of one generation (created,
+        not started); on failure nothing of the pod stays. ``values`` are the secrets'
+        values as apply read them; without them (a pod made again) they are read now.
+        Returns the volumes it made, for a caller whose later step fails to remove again
+        (``remove_volumes``)."""
         for container in plan.containers:
             await self.podman.ensure_image(container.image)
         made = await self._create_volumes(plan)
         try:
             await self.ensure_slice(plan, description, update=False)
-            await self.podman.create_pod_with_containers(
-                plan.pod_name, plan.pod_spec, [c.spec for c in plan.containers]
-            )
+            if plan.secrets:
+                if values is None:
+                    values = await self._read(
+                        [(s.where, s.container, s.secret) for s in plan.secrets]
+                    )
+                await self.podman.remove_pod(plan.pod_name)  # a crashed attempt's, using them
+                await self.create_secrets(plan.secrets, values)
+            try:
+                await self.podman.create_pod_with_containers(
+                    plan.pod_name, plan.pod_spec, [c.spec for c in plan.containers]
+                )
+            except BaseException:
+                with contextlib.suppress(PodmanError, NotFoundError):
+                    await self._remove_secrets(lambda pod, _: pod == plan.pod_name)
+                raise
         except BaseException:
             with contextlib.suppress(IycloError):
                 await self.remove_volumes(made)
@@ -257,26 +286,87 @@ class Steps:
             await self.remove_volumes(volumes)
 
     async def remove_pod(self, pod_name: str) -> None:
-        await self.podman.remove_pod(pod_name)  # retries while Podman cleans up
+        """A generation's pod (retried while Podman cleans up), then its secrets."""
+        await self.podman.remove_pod(pod_name)
+        await self._remove_secrets(lambda pod, _: pod == pod_name)
 
     async def remove_other_generations(self, name: str, keep: str | None) -> list[str]:
-        """Every Podman pod of ``name`` but ``keep`` (all of them when None)."""
+        """Every Podman pod of ``name`` but ``keep`` (all of them when None), and the
+        secrets of those generations."""
         removed = []
         for pod in await self.podman.list_pods(f"{naming.LABEL_POD}={name}"):
             pod_name = str(pod.get("Name", ""))
             if pod_name and pod_name != keep:
                 await self.podman.remove_pod(pod_name)
                 removed.append(pod_name)
+        await self._remove_secrets(
+            lambda pod, labels: labels.get(naming.LABEL_POD) == name and pod != keep
+        )
         return removed
 
-    async def remove_orphans(self, known: set[str]) -> list[str]:
-        """Podman pods and slices iyclo made for names the store does not hold."""
+    # -- secrets ------------------------------------------------------------------------
+
+    async def read_secrets(self, manifest: Pod | Job) -> SecretValues:
+        """The values of ``manifest``'s secrets, read as the policy allows (InvalidError
+        naming the field otherwise), with their keyed digest."""
+        return await self._read(secret_sources(manifest))
+
+    async def _read(self, sources: list[SecretSource]) -> SecretValues:
+        if not sources:
+            return SecretValues()
+        if self.secrets is None:
+            raise InvalidError(f"{sources[0][0]}: this daemon reads no secrets")
+        return await asyncio.to_thread(self.secrets.read, sources)
+
+    async def create_secrets(self, plans: Sequence[SecretPlan], values: SecretValues) -> None:
+        """One Podman secret per plan, all or nothing; one of the same name left over from
+        a crashed attempt is replaced."""
+        made: list[str] = []
+        try:
+            for secret in plans:
+                await self.podman.remove_secret(secret.name)
+                value = values.values[(secret.container, str(secret.secret.name))]
+                await self.podman.create_secret(secret.name, value, secret.labels)
+                made.append(secret.name)
+        except BaseException:
+            for name in made:
+                with contextlib.suppress(PodmanError, NotFoundError):
+                    await self.podman.remove_secret(name)
+            raise
+
+    async def _remove_secrets(
+        self, doomed: Callable[[str | None, dict[str, str]], bool]
+    ) -> list[str]:
+        """Remove iyclo's secrets for which ``doomed(their generation's pod, labels)``."""
+        removed = []
+        for secret in await self.podman.list_secrets(naming.LABEL_POD):
+            labels = dict(secret.get("Labels") or {})
+            if doomed(naming.secret_pod(labels), labels):
+                await self.podman.remove_secret(str(secret["Name"]))
+                removed.append(str(secret["Name"]))
+        return removed
+
+    async def remove_orphans(
+        self, known: set[str], busy: Callable[[str], bool] = lambda _: False
+    ) -> list[str]:
+        """Podman pods, secrets and slices iyclo made for names the store does not hold,
+        and secrets of generations whose pod is gone (but not those of a name ``busy``
+        with an operation, whose apply makes its secrets before its pod)."""
         removed: list[str] = []
+        pods: set[str] = set()
         for pod in await self.podman.list_pods(naming.LABEL_POD):
             labels = pod.get("Labels") or {}
             if labels.get(naming.LABEL_POD) not in known:
                 await self.podman.remove_pod(str(pod["Name"]))
                 removed.append(str(pod["Name"]))
+            else:
+                pods.add(str(pod["Name"]))
+
+        def orphan(pod: str | None, labels: dict[str, str]) -> bool:
+            owner = labels.get(naming.LABEL_POD, "")
+            return not busy(owner) and (owner not in known or pod not in pods)
+
+        removed.extend(await self._remove_secrets(orphan))
         patterns = [f"{naming.SLICE_PREFIX}*.slice"]
         for unit in await self.systemd.list_units_by_patterns([], patterns):
             owner = naming.parse_slice_name(unit.name)

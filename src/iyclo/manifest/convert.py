@@ -34,6 +34,7 @@ from iyclo.manifest.policy import (
     Policy,
     host_problems,
     problems,
+    secret_problems,
 )
 from iyclo.manifest.values import VALUE_RULES, show
 
@@ -318,7 +319,8 @@ def parse_manifest_text(
 
 def load_manifest(manifest: str | dict[str, Any], policy: Policy = DEFAULT_POLICY) -> Manifest:
     """A manifest as the fronts pass it (JSON text, or already-decoded JSON), checked as
-    the daemon must: its text, then its host paths on this host (``host_problems``).
+    the daemon must: its text, then its host paths on this host (``host_problems``) and its
+    secrets' sources (``secret_problems``).
 
     Blocking: it may run ``systemd-analyze`` (up to 10 s) and walks the file system. From
     the event loop, await ``load_manifest_async``.
@@ -327,7 +329,7 @@ def load_manifest(manifest: str | dict[str, Any], policy: Policy = DEFAULT_POLIC
         parsed = parse_manifest_text(manifest, policy=policy)
     else:
         parsed = parse_manifest(manifest, policy)
-    found = host_problems(parsed, policy)
+    found = host_problems(parsed, policy) + secret_problems(parsed, policy)
     if found:
         raise _invalid(found)
     return parsed

@@ -17,8 +17,10 @@ from iyclo.manifest.values import (
     Calendar,
     Capability,
     CPUQuota,
+    Credential,
     Duration,
     EnvName,
+    FileMode,
     IPAddress,
     LabelKey,
     Name,
@@ -117,6 +119,32 @@ class UserNamespace:
 
 
 @frozen
+class Secret:
+    """A secret handed to a container as a Podman secret made for its generation.
+
+    The manifest holds only where the value is (a host file or a systemd credential); the
+    daemon reads it at apply and never stores or returns it.
+    """
+
+    name: Name = doc("Secret name, unique in its container.")
+    file: AbsPath | None = doc(
+        "Host file holding the value, under the daemon's secretFileAllow directories (no "
+        '"..", no symbolic link, a regular file of at most 512000 bytes).',
+        None,
+    )
+    credential: Credential | None = doc(
+        "systemd credential of iyclod holding the value ($CREDENTIALS_DIRECTORY/<credential>, "
+        "from LoadCredential= or SetCredential= in the daemon's unit).",
+        None,
+    )
+    env: EnvName | None = doc("Environment variable that holds the value.", None)
+    target: AbsPath | None = doc("File inside the container that holds the value.", None)
+    mode: FileMode | None = doc('Permissions of the target file (default "0400").', None)
+    uid: int | None = doc("Owner of the target file, as a container UID (default 0).", None)
+    gid: int | None = doc("Group of the target file, as a container GID (default 0).", None)
+
+
+@frozen
 class Healthcheck:
     command: tuple[str, ...] = doc("Command run inside the container; exit 0 is healthy.")
     interval: Duration = doc("Time between checks.", "30s")
@@ -132,6 +160,10 @@ class Container:
     command: tuple[str, ...] | None = doc("Entrypoint override.", None)
     args: tuple[str, ...] | None = doc("Arguments (the image's CMD if unset).", None)
     env: dict[EnvName, str] = doc("Environment variables.", factory=dict)
+    secrets: tuple[Secret, ...] = doc(
+        "Secrets, each from a host file or a systemd credential, as a file or a variable.",
+        factory=tuple,
+    )
     workdir: AbsPath | None = doc("Working directory.", None)
     user: str | None = doc('User (and group) to run as, e.g. "1000:1000".', None)
     ports: tuple[PortMapping, ...] = doc("Published ports (the pod's network).", factory=tuple)

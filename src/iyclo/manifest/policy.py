@@ -14,7 +14,8 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from attrs import frozen
 
-from iyclo.manifest.model import Container, Job, Pod, UserNamespace
+from iyclo.errors import InvalidError
+from iyclo.manifest.model import Container, Job, Pod, Secret, UserNamespace
 from iyclo.manifest.values import (
     RESERVED_LABEL_KEYS,
     RESERVED_LABEL_PREFIXES,
@@ -135,6 +136,9 @@ class Policy:
     # Reserved label keys, or prefixes ending in ".", manifests may set anyway: e.g.
     # "io.containers.autoupdate" for `podman auto-update`. Never iyclo's own.
     label_keys_allow: tuple[str, ...] = ()
+    # Where a secret's `file` may be: a manifest names a file, iyclod (root) reads it and
+    # hands it to a container, so anywhere else would let a manifest read any host file.
+    secret_file_allow: tuple[AbsPath, ...] = (AbsPath("/etc/iyclo/secrets"),)
 
 
 DEFAULT_POLICY = Policy()
@@ -147,6 +151,7 @@ UNRESTRICTED = Policy(
     cap_add_allow=(Capability("ALL"),),
     userns_ranges=(IdRange(1, MAX_ID - 1),),
     label_keys_allow=(*RESERVED_LABEL_KEYS, *RESERVED_LABEL_PREFIXES),
+    secret_file_allow=(AbsPath("/"),),
 )
 """For re-reading stored manifests: they were checked when applied, and an operator who
 tightens the policy later must not make the daemon unable to stop or remove them."""
@@ -192,13 +197,18 @@ def _roots_problem(path: str, roots: tuple[str, ...], *, profile: bool) -> str |
     return f"host path {show(path)} is outside the allowed roots ({allowed})"
 
 
-def _walk_problem(path: str, *, profile: bool) -> str | None:
+class _Refused(Exception):
+    """A host path refused by ``_walk``; the message names it."""
+
+
+def _walk(path: str, *, profile: bool) -> int | None:
     """Open every component of ``path`` from / without following a symbolic link.
 
     Each component is opened with O_PATH | O_NOFOLLOW relative to its parent's descriptor,
     so what is checked is what the kernel walks, with no second lookup by name. A missing
     tail is not a problem for a bind mount: there is nothing to follow yet, Podman reports
-    it, and the check before every start sees it if it appears.
+    it, and the check before every start sees it if it appears. Returns the O_PATH
+    descriptor of the path (the caller closes it), None for a missing bind-mount source.
     """
     parts = [part for part in path.split("/") if part not in ("", ".")]
     flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -210,27 +220,43 @@ def _walk_problem(path: str, *, profile: bool) -> str | None:
             try:
                 child = os.open(part, flags, dir_fd=fd)
             except FileNotFoundError:
-                return f"{show(path)} does not exist" if profile else None
+                if profile:
+                    raise _Refused(f"{show(path)} does not exist") from None
+                return None
             except NotADirectoryError:
                 parent = show(walked.rsplit("/", 1)[0])
-                return f"{show(path)} goes through {parent}, which is not a directory"
+                raise _Refused(
+                    f"{show(path)} goes through {parent}, which is not a directory"
+                ) from None
             except OSError as exc:
-                return f"cannot check {show(walked)}: {exc.strerror or exc}"
+                raise _Refused(f"cannot check {show(walked)}: {exc.strerror or exc}") from None
             os.close(fd)
             fd = child
             mode = os.fstat(fd).st_mode
             if stat.S_ISLNK(mode) and index == len(parts) - 1:
-                return f"{show(path)} is a symbolic link"
+                raise _Refused(f"{show(path)} is a symbolic link")
             if stat.S_ISLNK(mode):
-                return f"{show(path)} goes through the symbolic link {show(walked)}"
+                raise _Refused(f"{show(path)} goes through the symbolic link {show(walked)}")
         mode = os.fstat(fd).st_mode
         if profile and not stat.S_ISREG(mode):
-            return f"{show(path)} is not a regular file"
+            raise _Refused(f"{show(path)} is not a regular file")
         if stat.S_ISBLK(mode) or stat.S_ISCHR(mode):
-            return f"{show(path)} is a device node"
-        return None
-    finally:
+            raise _Refused(f"{show(path)} is a device node")
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
+
+
+def _walk_problem(path: str, *, profile: bool) -> str | None:
+    """``_walk``'s refusal of ``path``, or None."""
+    try:
+        fd = _walk(path, profile=profile)
+    except _Refused as exc:
+        return str(exc)
+    if fd is not None:
+        os.close(fd)
+    return None
 
 
 def check_host_path(
@@ -291,6 +317,103 @@ def host_problems(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[
         if problem is not None:
             found.append(f"{host_path.where}: refused: {problem}")
     return found
+
+
+SECRET_MAX_BYTES = 512000
+"""Podman refuses a secret of 512000 bytes or more ("secret data must be larger than 0 and
+less than 512000 bytes", measured on 4.3); refused here first, naming the field."""
+CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
+"""Where systemd puts the credentials of iyclod's unit (``LoadCredential=``, ``SetCredential=``)."""
+
+
+def secret_source(secret: Secret, environ: Mapping[str, str] | None = None) -> str:
+    """The host path a secret's value is read from: its file, or its credential in the
+    daemon's credentials directory; ValueError (naming the source) when there is none."""
+    if secret.file is not None:
+        return secret.file
+    directory = (os.environ if environ is None else environ).get(CREDENTIALS_ENV, "")
+    if not directory.startswith("/"):
+        raise ValueError(
+            f"credential {show(secret.credential)} cannot be read: iyclod was started "
+            f"without credentials (${CREDENTIALS_ENV} is not set; see LoadCredential= in "
+            "its unit)"
+        )
+    return f"{directory.rstrip('/')}/{secret.credential}"
+
+
+def _secret_fd(secret: Secret, policy: Policy) -> int:
+    """An O_PATH descriptor of a secret's regular file, found without following a symbolic
+    link, under the operator's roots (a credential: in systemd's credentials directory);
+    ValueError naming the file when it is refused."""
+    path = secret_source(secret)
+    if secret.file is not None:
+        problem = path_problem(path)
+        if problem is None and not _under(normalise_path(path), policy.secret_file_allow):
+            allowed = ", ".join(policy.secret_file_allow) or "none"
+            problem = f"{show(path)} is outside the allowed secret directories ({allowed})"
+        if problem is not None:
+            raise ValueError(problem)
+    try:
+        fd = _walk(path, profile=True)
+    except _Refused as exc:
+        raise ValueError(str(exc)) from None
+    assert fd is not None  # profile=True: a missing file is refused
+    size = os.fstat(fd).st_size
+    if size == 0 or size >= SECRET_MAX_BYTES:
+        os.close(fd)
+        raise ValueError(
+            f"{show(path)} is {size} bytes; a secret must have 1 to {SECRET_MAX_BYTES - 1} "
+            "(Podman's limit)"
+        )
+    return fd
+
+
+def _secret_where(where: str, secret: Secret) -> str:
+    """The field path of a secret's source, from the secret's own (``where``)."""
+    return f"{where}.{'file' if secret.file is not None else 'credential'}"
+
+
+def secret_problems(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[str]:
+    """Every secret source of a manifest checked on this host, path-qualified: under the
+    allowed roots, no symbolic link, a regular file of a size Podman takes.
+
+    Checked at validation and apply only, not before each start (``host_problems``): the
+    value was handed to Podman at apply, and a start never reads the file again.
+    """
+    found: list[str] = []
+    for ci, container in enumerate(manifest.containers):
+        for si, secret in enumerate(container.secrets):
+            if (secret.file is None) == (secret.credential is None):
+                continue  # refused by ``problems`` already
+            try:
+                os.close(_secret_fd(secret, policy))
+            except ValueError as exc:
+                where = _secret_where(f"containers[{ci}].secrets[{si}]", secret)
+                found.append(f"{where}: refused: {exc}")
+    return found
+
+
+def read_secret(where: str, secret: Secret, policy: Policy) -> bytes:
+    """A secret's value, read through the descriptor the checks opened (no second lookup by
+    name, so no link planted in between is followed); InvalidError naming the field
+    (``where`` is the secret's path, e.g. "containers[0].secrets[1]")."""
+    where = _secret_where(where, secret)
+    try:
+        fd = _secret_fd(secret, policy)
+    except ValueError as exc:
+        raise InvalidError(f"{where}: refused: {exc}") from None
+    try:
+        # Reopening an O_PATH descriptor through /proc reads the very file it points to.
+        reader = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise InvalidError(f"{where}: cannot read it: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    with os.fdopen(reader, "rb") as handle:
+        data = handle.read(SECRET_MAX_BYTES)
+    if not data:
+        raise InvalidError(f"{where}: refused: it is empty")
+    return data
 
 
 def ranges_overlap(a: IdRange, b: IdRange) -> bool:
@@ -424,10 +547,42 @@ def _container_problems(prefix: str, container: Container, policy: Policy) -> It
         yield f"{prefix}.resources.cpus: {res.cpus} must be greater than 0"
     if res.pids is not None and res.pids <= 0:
         yield f"{prefix}.resources.pids: {res.pids} must be greater than 0"
+    yield from _secret_container_problems(prefix, container)
     targets = Counter(v.target for v in container.volumes) + Counter(container.tmpfs)
+    targets += Counter(s.target for s in container.secrets if s.target is not None)
     for target, count in sorted(targets.items()):
         if count > 1:
             yield f"{prefix}.volumes: {show(target)} is mounted more than once"
+
+
+def _secret_container_problems(prefix: str, container: Container) -> Iterator[str]:
+    """One source and one delivery per secret, names and variables unique."""
+    names = Counter(s.name for s in container.secrets)
+    envs = Counter(s.env for s in container.secrets if s.env is not None)
+    for index, secret in enumerate(container.secrets):
+        where = f"{prefix}.secrets[{index}]"
+        if names[secret.name] > 1:
+            yield f"{where}.name: {show(secret.name)} is used by more than one secret"
+        if secret.file is None and secret.credential is None:
+            yield f'{where}: needs one of "file" or "credential"'
+        elif secret.file is not None and secret.credential is not None:
+            yield f'{where}.credential: give either "file" or "credential", not both'
+        if secret.env is None and secret.target is None:
+            yield f'{where}: needs one of "env" or "target"'
+        elif secret.env is not None and secret.target is not None:
+            yield f'{where}.target: give either "env" or "target", not both'
+        if secret.env is not None:
+            if secret.env in container.env:
+                yield f"{where}.env: {show(secret.env)} is also set in the container's env"
+            elif envs[secret.env] > 1:
+                yield f"{where}.env: {show(secret.env)} is set by more than one secret"
+            for key in ("mode", "uid", "gid"):
+                if getattr(secret, key) is not None:
+                    yield f'{where}.{key}: only a secret with a "target" file has one'
+        for key in ("uid", "gid"):
+            value = getattr(secret, key)
+            if value is not None and not 0 <= value < MAX_ID:
+                yield f"{where}.{key}: {value} is not in 0-{MAX_ID - 1}"
 
 
 def _label_path(key: str) -> str:

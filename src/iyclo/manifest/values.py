@@ -44,6 +44,10 @@ UlimitName = NewType("UlimitName", str)
 """A POSIX resource limit name as ``podman --ulimit`` spells it: ``nofile``, ``nproc``, ..."""
 Ulimit = NewType("Ulimit", str)
 """A resource limit value ``"SOFT:HARD"``, or one number for both (``podman --ulimit``)."""
+Credential = NewType("Credential", str)
+"""The name of a systemd credential handed to iyclod (``LoadCredential=``, ``SetCredential=``)."""
+FileMode = NewType("FileMode", str)
+"""File permission bits in octal, as chmod takes them: ``"0400"``."""
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 SIZE_RE = re.compile(r"^([0-9]+)([KMGT]?)$", re.IGNORECASE)
@@ -52,6 +56,10 @@ LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,252}$")
 VOLUME_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 CPU_QUOTA_RE = re.compile(r"^[0-9]+(\.[0-9]+)?%$")
 ULIMIT_RE = re.compile(r"^([0-9]+)(?::([0-9]+))?$")
+# systemd's credential_name_valid(): a file name (no "/", not "." or ".."), at most NAME_MAX;
+# narrower here, so a name is also safe to show and to pass on.
+CREDENTIAL_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,254}$")
+FILE_MODE_RE = re.compile(r"^0?[0-7]{3}$")
 # setrlimit(2) resources, by the names Podman's --ulimit takes (RLIMIT_<NAME>).
 ULIMIT_NAMES = (
     "as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
@@ -366,6 +374,21 @@ def _check_seccomp_profile(value: str) -> None:
         raise ValueError(f'{show(value)} is not an absolute path, "default" or "unconfined"')
 
 
+def _check_credential(value: str) -> None:
+    if not CREDENTIAL_RE.match(value):
+        raise ValueError(
+            f'{show(value)} is not a credential name (letters, digits, "_", ".", "@" and "-", '
+            "as in LoadCredential=)"
+        )
+
+
+def parse_file_mode(text: str) -> int:
+    """The permission bits of an octal mode string (``"0400"`` → 0o400)."""
+    if not FILE_MODE_RE.match(text):
+        raise ValueError(f'{show(text)} is not a file mode (use octal, e.g. "0400" or "0440")')
+    return int(text, 8)
+
+
 def _check_ip(value: str) -> None:
     try:
         ipaddress.ip_address(value)
@@ -412,4 +435,6 @@ VALUE_RULES: dict[object, ValueRule] = {
     CPUQuota: ValueRule(str, parse_cpu_quota, {"pattern": CPU_QUOTA_RE.pattern}),
     UlimitName: ValueRule(str, _check_ulimit_name, {"pattern": ULIMIT_NAME_RE.pattern}),
     Ulimit: ValueRule(str, parse_ulimit, {"pattern": ULIMIT_RE.pattern}),
+    Credential: ValueRule(str, _check_credential, {"pattern": CREDENTIAL_RE.pattern}),
+    FileMode: ValueRule(str, parse_file_mode, {"pattern": FILE_MODE_RE.pattern}),
 }

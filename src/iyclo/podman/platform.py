@@ -52,6 +52,9 @@ class Features:
     - `startup_healthchecks`: `--health-startup-*` (4.7+).
     - `quadlet`: Quadlet generator (4.4+); iyclo does not need it, but reports it.
     - `cgroupsv1_warning`: Podman 5 prints a deprecation warning at every call on cgroup v1.
+    - `secret_labels_listed`: the REST API's secret list carries each secret's labels:
+      measured on 5.4; 4.3 lists ``"Labels": null`` and only its inspect has them. Taken
+      from 5.0 on (4.4-4.9 not measured: they get the inspect, which is right everywhere).
     """
 
     keeps_updates: bool
@@ -59,6 +62,7 @@ class Features:
     startup_healthchecks: bool
     quadlet: bool
     cgroupsv1_warning: bool
+    secret_labels_listed: bool
 
     @classmethod
     def for_version(cls, version: tuple[int, ...], cgroup_version: str) -> Features:
@@ -68,6 +72,7 @@ class Features:
             startup_healthchecks=version >= (4, 7),
             quadlet=version >= (4, 4),
             cgroupsv1_warning=version >= (5,) and cgroup_version == "v1",
+            secret_labels_listed=version >= (5,),
         )
 
 
