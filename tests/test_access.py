@@ -26,11 +26,12 @@ from typing import Any
 import pytest
 
 from iyclo.api.dbus import export_service, pod_path
+from iyclo.api.guard import Guarded, fixed
 from iyclo.api.jsonrpc import JsonRpcServer
 from iyclo.contract.methods import Access
 from iyclo.core.access import Caller, Gate
 from iyclo.core.redact import REDACTED, redact_manifest
-from iyclo.errors import AccessDeniedError
+from iyclo.errors import AccessDeniedError, InvalidError
 from tests.fakes.dbus_session import PrivateBus
 from tests.fakes.fixtures import Core
 from tests.fakes.polkit import FakePolkit
@@ -316,3 +317,21 @@ async def test_concurrent_callers_are_each_judged_as_themselves(core: Core) -> N
         else:
             assert code != 0
             assert "access denied: uid 65534" in err, err
+
+
+async def test_a_non_member_cannot_probe_the_host_through_validate_or_diff(core: Core) -> None:
+    """Validation looks at the host (bind-mount sources, secret files) only for a caller
+    who may deploy: for anyone else, whether a root-only path exists, is a link or holds
+    a secret of some size stays unsaid."""
+    probe = manifest()
+    probe["containers"][1]["secrets"] = [
+        {"name": "pw", "file": "/etc/iyclo/secrets/iyclo-test-absent", "env": "PW"}
+    ]
+    root = Guarded(core.service, Gate("iyclo-none"), fixed(Caller(uid=0)))
+    nobody = Guarded(core.service, Gate("iyclo-none"), fixed(Caller(uid=NOBODY)))
+    (line,) = await root.validate(probe)
+    assert line.startswith("containers[1].secrets[0].file: ")
+    assert await nobody.validate(probe) == []
+    assert "+" in await nobody.diff(probe)  # a diff, with no word about the file
+    with pytest.raises(InvalidError, match=r"^containers\[1\]\.secrets\[0\]\.file: "):
+        await root.diff(probe)

@@ -78,11 +78,14 @@ class Guarded:
 
     # -- reads ----------------------------------------------------------------------------
 
-    async def validate(self, manifest: str | dict[str, Any], /) -> list[str]:
-        return await self._service.validate(manifest)
+    async def validate(
+        self, manifest: str | dict[str, Any], /, *, trusted: bool = True
+    ) -> list[str]:
+        """A caller who may not deploy gets the checks that need no look at the host."""
+        return await self._service.validate(manifest, trusted=trusted and await self._reveals())
 
-    async def diff(self, manifest: str | dict[str, Any], /, *, redacted: bool = False) -> str:
-        return await self._service.diff(manifest, redacted=redacted or not await self._reveals())
+    async def diff(self, manifest: str | dict[str, Any], /, *, trusted: bool = True) -> str:
+        return await self._service.diff(manifest, trusted=trusted and await self._reveals())
 
     async def status(self, name: str, /) -> dict[str, Any]:
         status = await self._service.status(name)

@@ -116,9 +116,11 @@ class Service:
 
     # -- operations -----------------------------------------------------------------------
 
-    async def validate(self, manifest: str | dict[str, Any]) -> list[str]:
+    async def validate(self, manifest: str | dict[str, Any], *, trusted: bool = True) -> list[str]:
+        """Every problem of a manifest; ``trusted`` (the caller may deploy): its host paths
+        and secret sources looked at on this host too."""
         try:
-            await load_manifest_async(manifest, self.policy)
+            await load_manifest_async(manifest, self.policy, on_host=trusted)
         except InvalidError as exc:
             return exc.details
         return []
@@ -239,15 +241,16 @@ class Service:
             for g in generations
         ]
 
-    async def diff(self, manifest_in: str | dict[str, Any], *, redacted: bool = False) -> str:
-        """A unified diff of the stored manifest against a proposed one (empty: no change);
-        ``redacted``: both sides with their ``env`` values hidden (``core.redact``), so a
-        caller who may not deploy learns which keys differ, never a stored value."""
-        manifest = await load_manifest_async(manifest_in, self.policy)
+    async def diff(self, manifest_in: str | dict[str, Any], *, trusted: bool = True) -> str:
+        """A unified diff of the stored manifest against a proposed one (empty: no change).
+        Not ``trusted`` (the caller may not deploy): both sides with their ``env`` values
+        hidden (``core.redact``), so it learns which keys differ, never a stored value, and
+        nothing is looked at on the host."""
+        manifest = await load_manifest_async(manifest_in, self.policy, on_host=trusted)
         record = await self._find(manifest.name)
         proposed = dump_manifest(manifest)
         stored = record.manifest if record else None
-        if redacted:
+        if not trusted:
             proposed, stored = redact_manifest(proposed), stored and redact_manifest(stored)
         before = json.dumps(stored, indent=2, sort_keys=True) if stored else ""
         after = json.dumps(proposed, indent=2, sort_keys=True)

@@ -9,6 +9,7 @@ lines such as ``containers[1].resources.memory: "12Q" is not a size``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import math
@@ -317,10 +318,16 @@ def parse_manifest_text(
     return parse_manifest(data, policy)
 
 
-def load_manifest(manifest: str | dict[str, Any], policy: Policy = DEFAULT_POLICY) -> Manifest:
+def load_manifest(
+    manifest: str | dict[str, Any], policy: Policy = DEFAULT_POLICY, *, on_host: bool = True
+) -> Manifest:
     """A manifest as the fronts pass it (JSON text, or already-decoded JSON), checked as
-    the daemon must: its text, then its host paths on this host (``host_problems``) and its
-    secrets' sources (``secret_problems``).
+    the daemon must: its text, then (``on_host``) its host paths on this host
+    (``host_problems``) and its secrets' sources (``secret_problems``).
+
+    Without ``on_host`` nothing on the host is looked at: what the daemon answers a caller
+    who may not deploy, since whether a path under an allowed root exists, is a link, or
+    holds a secret of some size is root's to know.
 
     Blocking: it may run ``systemd-analyze`` (up to 10 s) and walks the file system. From
     the event loop, await ``load_manifest_async``.
@@ -329,18 +336,20 @@ def load_manifest(manifest: str | dict[str, Any], policy: Policy = DEFAULT_POLIC
         parsed = parse_manifest_text(manifest, policy=policy)
     else:
         parsed = parse_manifest(manifest, policy)
-    found = host_problems(parsed, policy) + secret_problems(parsed, policy)
+    found = host_problems(parsed, policy) + secret_problems(parsed, policy) if on_host else []
     if found:
         raise _invalid(found)
     return parsed
 
 
 async def load_manifest_async(
-    manifest: str | dict[str, Any], policy: Policy = DEFAULT_POLICY
+    manifest: str | dict[str, Any], policy: Policy = DEFAULT_POLICY, *, on_host: bool = True
 ) -> Manifest:
     """``load_manifest`` in a worker thread: the event loop serves other callers while a
     calendar check or a large manifest is under way."""
-    return await asyncio.to_thread(load_manifest, manifest, policy)
+    return await asyncio.to_thread(
+        functools.partial(load_manifest, manifest, policy, on_host=on_host)
+    )
 
 
 def dump_manifest(manifest: Manifest) -> dict[str, Any]:
