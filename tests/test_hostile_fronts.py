@@ -66,7 +66,7 @@ class Figures:
     def line(self, name: str) -> str:
         return (
             f"hostile fronts, {name}: {self.cases} cases tried ({self.answers} answers, "
-            f"{self.errors} errors, {self.dropped} connections dropped by the daemon), "
+            f"{self.errors} errors, {self.dropped} connections dropped), "
             f"{self.crashes} crashes, {self.tracebacks} tracebacks to clients, "
             f"{time.monotonic() - self.started:.1f}s"
         )
@@ -297,7 +297,16 @@ async def test_hostile_dbus_calls(core: Core, report: Callable[[str], Figures]) 
             message = Message(destination=BUS_NAME, path=MANAGER_PATH,
                               interface=MANAGER_INTERFACE, member=member,
                               signature=signature, body=body)  # fmt: skip
-            reply = loop.run_until_complete(asyncio.wait_for(clients[0].call(message), 60))
+            try:
+                reply = loop.run_until_complete(asyncio.wait_for(clients[0].call(message), 60))
+            except (OSError, EOFError):
+                # The bus daemon dropped *this client* for what it sent (dbus 1.16 refuses
+                # more than 1.14 does): iyclod never saw it. It must still be on the bus.
+                figures.dropped += 1
+                clients[0].disconnect()
+                clients[0] = loop.run_until_complete(connect())
+                assert loop.run_until_complete(has_owner(clients[0])), "iyclod left the bus"
+                return
             assert reply is not None
             if reply.message_type is MessageType.METHOD_RETURN:
                 figures.answers += 1
@@ -318,6 +327,14 @@ async def test_hostile_dbus_calls(core: Core, report: Callable[[str], Figures]) 
         async def connect() -> MessageBus:
             return await MessageBus(bus_address=bus.address).connect()
 
+        async def has_owner(client: MessageBus) -> bool:
+            reply = await client.call(
+                Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                        interface="org.freedesktop.DBus", member="NameHasOwner",
+                        signature="s", body=[BUS_NAME])
+            )  # fmt: skip
+            return bool(reply is not None and reply.body and reply.body[0])
+
         def run_all() -> None:
             clients.append(loop.run_until_complete(connect()))
             try:
@@ -334,4 +351,5 @@ async def test_hostile_dbus_calls(core: Core, report: Callable[[str], Figures]) 
             await unexport()
     assert figures.cases >= CASES["D-Bus calls"]
     assert (figures.crashes, figures.tracebacks) == (0, 0)
+    assert figures.dropped < figures.cases // 10  # the bus refusing the odd message, no more
     assert figures.answers > 0
