@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from iyclo.errors import NotFoundError, PodmanError, SystemdError
+from iyclo.errors import NotFoundError, PodmanError, SystemdError, UnavailableError
 from tests.daemon_fixtures import (
     Daemon,
     fast,
@@ -236,6 +236,10 @@ def test_failed_update_keeps_previous_generation_running(daemon: Daemon) -> None
 
 
 def test_dead_podman_socket_is_a_clear_error(daemon: Daemon) -> None:
+    """Podman's socket and service stopped under a running daemon (issue #14): iyclod
+    stays up and says it is degraded on every front, answers reads, refuses a change at
+    once with one line naming Podman, changes nothing; once the socket is back it is ok
+    again by itself and the same change goes through."""
     host = daemon.host
     manifest = fast(pod_manifest("orphanless"))
     daemon.call("apply", manifest=manifest)
@@ -243,19 +247,39 @@ def test_dead_podman_socket_is_a_clear_error(daemon: Daemon) -> None:
     changed["containers"][0]["env"]["ROLE"] = "next"
     host.run(["systemctl", "stop", "podman.socket", "podman.service"])
     try:
-        with pytest.raises(
-            PodmanError, match=re.escape("cannot reach Podman at unix:///run/podman/podman.sock")
-        ):
+        wait_for(lambda: daemon.call("health")["state"] == "degraded", timeout=15,
+                 what="iyclod to notice Podman is gone")  # fmt: skip
+        (problem,) = daemon.call("health")["problems"]
+        assert problem.startswith(
+            "podman: ping: cannot reach Podman at unix:///run/podman/podman.sock"
+        ), problem
+        with pytest.raises(UnavailableError, match=r"^apply: iyclod is degraded \(podman: "):
             daemon.call("apply", manifest=changed)
+        assert daemon.call("get", name="orphanless")["generation"] == 1  # reads still work
+        ps = daemon.cli("ps")
+        assert ps.returncode == 0, ps.stderr
+        assert "iyclo: warning: iyclod is degraded: podman: " in ps.stderr
+        assert "orphanless" in ps.stdout
+        assert daemon.cli("health").returncode == 1
+        state = host.run(["busctl", "get-property", "io.github.iyclo1", "/io/github/iyclo1",
+                          "io.github.iyclo1.Manager", "State"]).stdout  # fmt: skip
+        assert state.strip() == 's "degraded"'
+        refused = daemon.cli("apply", "-f", "-", stdin=json.dumps(changed))
+        assert refused.returncode == 9
+        assert refused.stderr.startswith("iyclo: error: apply: iyclod is degraded (podman: ")
     finally:
         host.run(["systemctl", "start", "podman.socket"])
     try:
+        wait_for(lambda: daemon.call("health")["state"] == "ok", timeout=30,
+                 what="iyclod to see Podman back")  # fmt: skip
+        assert daemon.cli("health").returncode == 0
         assert daemon.call("get", name="orphanless")["generation"] == 1
         assert pods_of(host, "orphanless") == ["iyclo-orphanless-g1"]
         assert (
             unit_show(host, "iyclo-pod-orphanless.service", "ActiveState")["ActiveState"]
             == "active"
         )
+        assert daemon.call("apply", manifest=changed)["generation"] == 2
     finally:
         remove(daemon, "orphanless")
 
