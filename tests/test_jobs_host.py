@@ -300,7 +300,8 @@ def test_runs_missed_while_the_daemon_was_down_are_settled_from_systemd(daemon: 
             assert run["durationSec"] is not None
         assert {r["exitCode"] for r in runs} == {0, 7}
         starts = [r["startUsec"] for r in runs]
-        assert all(b - a >= 1_500_000 for a, b in itertools.pairwise(starts))  # no duplicates
+        # no run recorded twice (a catch-up run may start right after a long one: not 2 s apart)
+        assert all(b - a >= 500_000 for a, b in itertools.pairwise(starts))
     finally:
         remove(daemon, "unseen")
         host.run(["rm", "-rf", tally])
