@@ -114,6 +114,9 @@ def handlers(service: ServiceApi) -> dict[str, Handler]:
     async def run_job(name: str) -> dict[str, Any]:
         return await service.run_job(name)
 
+    async def pull(manifest: str | dict[str, Any], image: str) -> dict[str, Any]:
+        return await service.pull(manifest, image)
+
     async def version() -> str:
         return service.version()
 
@@ -121,7 +124,7 @@ def handlers(service: ServiceApi) -> dict[str, Handler]:
         "apply": apply, "validate": validate, "diff": diff, "remove": remove, "start": start,
         "stop": stop, "restart": restart, "list": list_, "get": get,
         "get_manifest": get_manifest, "history": history, "runs": runs, "logs": logs,
-        "reconcile": reconcile, "run_job": run_job, "version": version,
+        "reconcile": reconcile, "run_job": run_job, "pull": pull, "version": version,
     }  # fmt: skip
 
 

@@ -12,7 +12,15 @@ from typing import Any
 from attrs import frozen
 
 from iyclo.core import naming
-from iyclo.manifest.model import Container, Job, Pod, Resources, Security, SystemdSandbox
+from iyclo.manifest.model import (
+    Container,
+    Job,
+    Pod,
+    PullPolicy,
+    Resources,
+    Security,
+    SystemdSandbox,
+)
 from iyclo.manifest.policy import ALWAYS_DROPPED_CAPS, bare_capability
 from iyclo.manifest.values import parse_cpu_quota, parse_duration, parse_size, parse_ulimit
 
@@ -30,6 +38,7 @@ class ContainerPlan:
     name: str
     image: str
     spec: dict[str, Any]
+    pull_policy: PullPolicy = "missing"
 
 
 @frozen
@@ -335,6 +344,7 @@ def plan_pod(
             name=c.name,
             image=c.image,
             spec=_container_spec(pod_name, c, labels, main=index == 0),
+            pull_policy=c.pull_policy,
         )
         for index, c in enumerate(manifest.containers)
     )

@@ -214,6 +214,7 @@ def plan_job(manifest: Job, generation: int, digest: str) -> JobPlan:
                 **_container_spec(pod_name, c, labels, main=False),
                 "log_config": {"Type": "none"},
             },
+            pull_policy=c.pull_policy,
         )
         for c in manifest.containers
     )

@@ -176,9 +176,15 @@ class Steps:
 
     async def create_pod(self, plan: PodMaking, description: str) -> None:
         """Images, slice, pod and containers of one generation (created, not started);
-        on failure nothing of the pod stays."""
+        on failure nothing of the pod stays.
+
+        An apply has pulled the images already (``core.pulls``, as each ``pullPolicy``
+        says); here a missing one is pulled (after a reboot, a pruned image) unless its
+        policy is "never", and none is pulled anew: a generation re-made by a reconcile
+        keeps what it was applied with rather than what a tag names now."""
         for container in plan.containers:
-            await self.podman.ensure_image(container.image)
+            never = container.pull_policy == "never"
+            await self.podman.ensure_image(container.image, "never" if never else "missing")
         await self.ensure_slice(plan, description, update=False)
         await self.podman.create_pod_with_containers(
             plan.pod_name, plan.pod_spec, [c.spec for c in plan.containers]
