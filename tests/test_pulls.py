@@ -135,6 +135,23 @@ async def test_never_refuses_a_missing_image_naming_it_and_the_field(core: Core)
     assert result.changed
 
 
+async def test_a_job_pulls_first_too(core: Core) -> None:
+    job = {
+        "apiVersion": "iyclo/v1", "kind": "Job", "name": "nightly",
+        "schedule": {"calendar": "*-*-* 03:00"},
+        "containers": [{"name": "dump", "image": IMAGE, "pullPolicy": "always"}],
+    }  # fmt: skip
+    core.podman.missing_images.add(IMAGE)
+    with pytest.raises(PodmanError, match=f'^image "{IMAGE}" could not be pulled: '):
+        await core.service.apply(job)
+    assert core.store.find("nightly") is None
+    assert not core.systemd.calls.get("StartTransientUnit")
+    core.podman.missing_images.clear()
+    image_id = core.podman.push(IMAGE)
+    assert (await core.service.apply(job)).state == "scheduled"
+    assert (await core.service.status("nightly"))["images"]["dump"]["id"] == image_id
+
+
 # -- the digest recorded ------------------------------------------------------------------
 
 
