@@ -150,18 +150,23 @@ def test_a_failed_pull_is_one_line_and_changes_nothing(
         remove(daemon, "keep")
 
 
-def test_pull_policy_always_picks_up_a_pushed_tag(
-    daemon: Daemon, registry: str, tmp_path: Path
+@pytest.mark.parametrize("policy", ["always", "newer"])
+def test_pull_policy_always_and_newer_pick_up_a_pushed_tag(
+    daemon: Daemon, registry: str, tmp_path: Path, policy: str
 ) -> None:
+    """Podman decides both (its pull endpoint's own policy): the same tag pushed anew is a
+    new generation from the same manifest, the same image again is no change."""
     host = daemon.host
-    image = f"{registry}/busybox:moving"
-    first = push(host, variant(host, "localhost/variant:one", "one"), image, tmp_path)
-    manifest = one_pod("moving", image, pullPolicy="always")
+    image = f"{registry}/busybox:moving-{policy}"
+    first = push(host, variant(host, "localhost/variant:one", f"one-{policy}"), image, tmp_path)
+    manifest = one_pod("moving", image, pullPolicy=policy)
     try:
         assert daemon.call("apply", manifest=manifest)["generation"] == 1
         again = daemon.call("apply", manifest=manifest)
         assert (again["changed"], again["generation"]) == (False, 1)  # the same image
-        second = push(host, variant(host, "localhost/variant:two", "two"), image, tmp_path)
+        second = push(
+            host, variant(host, "localhost/variant:two", f"two-{policy}"), image, tmp_path
+        )
         assert second != first
         result = daemon.call("apply", manifest=manifest)
         assert (result["changed"], result["generation"]) == (True, 2)
