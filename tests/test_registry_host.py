@@ -8,6 +8,7 @@ digest `podman push` wrote, the unit's state, the Podman pods), not only the dae
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,6 +61,13 @@ def variant(host: Host, tag: str, label: str) -> str:
     return import_image(host, busybox_rootfs_tar(), tag, "CMD=/bin/sh", f"LABEL variant={label}")
 
 
+def steps(image: str, stderr: str) -> list[str]:
+    """The progress lines of `image`'s pull: `IMAGE LAYER STATUS…`, as Podman words it
+    (measured: 4.3 "Copying blob", 5.4 "Already exists", "Pulling fs layer", "Download
+    complete")."""
+    return re.findall(rf"^{re.escape(image)} [0-9a-f]{{12}} \S.*$", stderr, re.MULTILINE)
+
+
 def assert_nothing_of(daemon: Daemon, name: str) -> None:
     """No record, no Podman pod and no unit of `name`: a first apply that failed."""
     assert name not in [p["name"] for p in daemon.call("list")]
@@ -93,8 +101,7 @@ def test_pull_and_apply_from_the_registry_show_progress_and_record_the_digest(
         pulled = daemon.cli("pull", image)
         assert pulled.returncode == 0, pulled.stderr
         # Podman's steps, one line each, on stderr; the result on stdout
-        assert f"{image} " in pulled.stderr
-        assert "Copying blob" in pulled.stderr or "Downloading" in pulled.stderr
+        assert steps(image, pulled.stderr)
         assert pulled.stdout.strip() == f"{image} {digest}"
         quiet = daemon.cli("pull", image, "--json")
         assert quiet.returncode == 0, quiet.stderr
@@ -104,7 +111,7 @@ def test_pull_and_apply_from_the_registry_show_progress_and_record_the_digest(
         host.run(["podman", "rmi", image])
         result = apply_cli(daemon, one_pod("reg", image), via="dbus")  # progress over D-Bus
         assert result.returncode == 0, result.stderr
-        assert "Copying blob" in result.stderr or "Downloading" in result.stderr
+        assert steps(image, result.stderr)
         assert "pod/reg configured (generation 1, running)" in result.stdout
         status = daemon.call("get", name="reg")
         assert status["images"]["main"]["digest"] == digest
@@ -213,6 +220,7 @@ def test_a_redis_image_from_debian_packages_is_deployed_from_the_registry(
     try:
         result = apply_cli(daemon, manifest)
         assert result.returncode == 0, result.stderr
+        assert steps(image, result.stderr)
         assert daemon.call("get", name="redis")["images"]["redis"]["digest"] == digest
         # redis-cli from the same image, on the test host's own loopback
         ping = ["podman", "run", "--rm", "--network", "host", image,
