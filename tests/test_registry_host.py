@@ -7,6 +7,7 @@ digest `podman push` wrote, the unit's state, the Podman pods), not only the dae
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -22,6 +23,7 @@ from iyclo_testhost import (
     busybox_rootfs_tar,
     ensure_redis_image,
     import_image,
+    registry_unit,
     start_registry,
 )
 from tests.daemon_fixtures import Daemon, fast, pods_of, remove, unit_show, wait_for
@@ -30,6 +32,9 @@ from tests.host_fixtures import BUSYBOX_TAG
 pytestmark = [pytest.mark.host, pytest.mark.timeout(600)]
 
 REDIS_PORT = 16379
+USER, PASSWORD = "deployer", "s3cret-registry-pw"
+AUTH_FILE = "/run/containers/0/auth.json"
+"""Where Podman keeps root's registry logins (`podman login`), and its service reads them."""
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +42,15 @@ def registry(daemon: Daemon) -> Iterator[str]:
     """The test registry's location inside the session's host, e.g. 127.0.0.1:5000."""
     location = start_registry(daemon.host)
     yield location
-    daemon.host.run(["systemctl", "stop", "iyclo-test-registry.service"], check=False)
+    daemon.host.run(["systemctl", "stop", registry_unit(5000)], check=False)
+
+
+@pytest.fixture(scope="module")
+def locked_registry(daemon: Daemon) -> Iterator[str]:
+    """A second test registry that lets only `USER` in."""
+    location = start_registry(daemon.host, 5001, users={USER: PASSWORD})
+    yield location
+    daemon.host.run(["systemctl", "stop", registry_unit(5001)], check=False)
 
 
 def push(host: Host, source: str, target: str, tmp: Path) -> str:
@@ -186,6 +199,42 @@ def test_pull_policy_always_and_newer_pick_up_a_pushed_tag(
         )
     finally:
         remove(daemon, "moving")
+
+
+def test_credentials_come_from_podmans_auth_file_and_a_refused_login_is_one_line(
+    daemon: Daemon, locked_registry: str, tmp_path: Path
+) -> None:
+    host = daemon.host
+    image = f"{locked_registry}/busybox:locked"
+    source = variant(host, "localhost/variant:locked", "locked")
+    host.run(["podman", "tag", source, image])
+    host.run(["podman", "push", "--quiet", "--creds", f"{USER}:{PASSWORD}", image])
+    host.run(["podman", "rmi", image, source])
+    auth = host.path(AUTH_FILE)
+    manifest = one_pod("locked", image)
+    try:
+        for password in (None, "wrong"):  # no login, then a refused one
+            if password is not None:
+                token = base64.b64encode(f"{USER}:{password}".encode()).decode()
+                auth.parent.mkdir(parents=True, exist_ok=True)
+                auth.write_text(json.dumps({"auths": {locked_registry: {"auth": token}}}))
+            result = apply_cli(daemon, manifest)
+            assert result.returncode == 5
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1, result.stderr
+            assert lines[0].startswith(f'iyclo: error: image "{image}" could not be pulled: ')
+            assert "unauthorized" in lines[0] or "authentication required" in lines[0]
+            assert_nothing_of(daemon, "locked")
+        login = ["podman", "login", "--username", USER, "--password-stdin", locked_registry]
+        host.run(login, input=PASSWORD)
+        assert USER not in json.dumps(manifest)  # credentials are Podman's, never the manifest's
+        result = apply_cli(daemon, manifest)
+        assert result.returncode == 0, result.stderr
+        assert daemon.call("get", name="locked")["state"] == "running"
+        assert PASSWORD not in json.dumps(daemon.call("get", name="locked"))
+    finally:
+        remove(daemon, "locked")
+        auth.unlink(missing_ok=True)
 
 
 def test_pull_policy_never_refuses_a_missing_image(daemon: Daemon, registry: str) -> None:

@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import hashlib
 import io
@@ -1277,7 +1279,6 @@ def ensure_redis_image(host: Host, tag: str = "localhost/iyclo-redis:latest") ->
     return import_image(host, debian_rootfs_tar(REDIS_PACKAGES), tag, REDIS_CMD)
 
 
-REGISTRY_UNIT: Final = "iyclo-test-registry.service"
 REGISTRY_CONFIG: Final = """\
 # Written by iyclo's test harness: Debian's docker-registry for pull tests, in a test host.
 version: 0.1
@@ -1291,6 +1292,12 @@ storage:
 http:
   addr: 127.0.0.1:{port}
 """
+REGISTRY_AUTH: Final = """\
+auth:
+  htpasswd:
+    realm: iyclo-test
+    path: {htpasswd}
+"""
 REGISTRIES_DROPIN: Final = """\
 # Written by iyclo's test harness: the test registry speaks plain HTTP, on loopback only.
 [[registry]]
@@ -1299,9 +1306,30 @@ insecure = true
 """
 
 
-def start_registry(host: Host, port: int = 5000, timeout: float = 30) -> str:
+def registry_unit(port: int) -> str:
+    return f"iyclo-test-registry-{port}.service"
+
+
+def _bcrypt(password: str) -> str:
+    """A bcrypt hash, the only kind docker-registry's htpasswd takes, from the system's
+    libcrypt (libxcrypt on Debian 12 and 13): Python 3.13 has no ``crypt`` module."""
+    lib = ctypes.CDLL(ctypes.util.find_library("crypt") or "libcrypt.so.1")
+    lib.crypt_gensalt.restype = lib.crypt.restype = ctypes.c_char_p
+    lib.crypt_gensalt.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_int]
+    lib.crypt.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    salt = lib.crypt_gensalt(b"$2b$", 10, None, 0)
+    hashed: bytes | None = lib.crypt(password.encode(), salt) if salt else None
+    if not hashed or not hashed.startswith(b"$2b$"):
+        raise TestHostError("libcrypt made no bcrypt hash for the test registry's htpasswd")
+    return hashed.decode()
+
+
+def start_registry(
+    host: Host, port: int = 5000, users: Mapping[str, str] | None = None, timeout: float = 30
+) -> str:
     """Run Debian's `docker-registry` inside `host` on 127.0.0.1:`port`, known to the
     host's Podman as an insecure (plain HTTP) registry; its location, `127.0.0.1:port`.
+    With `users` (name → password) it refuses anyone else (htpasswd basic auth).
 
     A transient unit of the host's systemd (the package's own service is never used: on
     the machine it would listen on every address), its storage under the host's root so
@@ -1311,9 +1339,14 @@ def start_registry(host: Host, port: int = 5000, timeout: float = 30) -> str:
     new, to be socket-activated again with it; clients of its event stream reconnect.
     """
     _need("docker-registry", "docker-registry")
-    base = host.root / "registry"
+    base = host.root / f"registry-{port}"
     (base / "storage").mkdir(parents=True, exist_ok=True)
-    (base / "config.yml").write_text(REGISTRY_CONFIG.format(storage=base / "storage", port=port))
+    config = REGISTRY_CONFIG.format(storage=base / "storage", port=port)
+    if users:
+        htpasswd = base / "htpasswd"
+        htpasswd.write_text("".join(f"{user}:{_bcrypt(pw)}\n" for user, pw in users.items()))
+        config += REGISTRY_AUTH.format(htpasswd=htpasswd)
+    (base / "config.yml").write_text(config)
     dropin = host.path("/etc/containers/registries.conf.d") / f"50-iyclo-test-{port}.conf"
     if not dropin.exists():
         dropin.write_text(REGISTRIES_DROPIN.format(port=port))
@@ -1321,8 +1354,9 @@ def start_registry(host: Host, port: int = 5000, timeout: float = 30) -> str:
         # still spoke HTTPS to this address while `podman push` used the drop-in), so
         # stop it; the next API call starts it again from its socket.
         host.run(["systemctl", "stop", "podman.service"])
-    if host.run(["systemctl", "is-active", REGISTRY_UNIT], check=False).stdout.strip() != "active":
-        host.run(["systemd-run", f"--unit={REGISTRY_UNIT}", "--collect", "-p", "Type=exec",
+    unit = registry_unit(port)
+    if host.run(["systemctl", "is-active", unit], check=False).stdout.strip() != "active":
+        host.run(["systemd-run", f"--unit={unit}", "--collect", "-p", "Type=exec",
                   "docker-registry", "serve", str(base / "config.yml")])  # fmt: skip
     probe = ["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"]
     _wait_for(lambda: host.run(probe, check=False).returncode == 0, time.monotonic() + timeout,
