@@ -178,6 +178,8 @@ async def test_always_picks_up_a_pushed_tag_and_missing_does_not(core: Core) -> 
     assert result.generation == 2
     assert core.store.get("app").images["main"]["id"] == second != first
     assert sorted(core.podman.pods) == ["iyclo-app-g2"]
+    history = await core.service.history("app")
+    assert [h["images"]["main"]["id"] for h in history] == [first, second]
     core.podman.push(IMAGE)
     # "missing": the image is stored, so the tag is not asked for again
     assert (await core.service.apply(pod(pullPolicy="missing"))).generation == 3

@@ -208,6 +208,7 @@ class Service:
             {
                 "generation": g.generation,
                 "digest": g.digest,
+                "images": g.images,
                 "appliedAt": g.applied_at.isoformat(),
                 "current": g.generation == record.generation,
             }

@@ -26,6 +26,10 @@ from iyclo.podman.pull import ImageRef, PullPolicy, PullStep, pull_step
 
 DEFAULT_URL = "unix:///run/podman/podman.sock"
 POD_REMOVE_RETRY_SECONDS = 10.0
+PULL_SILENCE_SECONDS = 30 * 60.0
+"""How long a pull may go without a line from Podman before it is given up: Podman 4.3
+reports a layer when its copy begins and nothing until the next one, so a large layer
+from a slow registry is minutes of silence, far beyond the client's usual timeout."""
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -156,7 +160,9 @@ class PodmanClient:
         def pull() -> str:
             # tlsVerify is left out: given, it overrides registries.conf's `insecure`.
             params = {"reference": reference, "policy": policy, "compatMode": True}
-            response = self._client.api.post("/images/pull", params=params, stream=True)
+            response = self._client.api.post(
+                "/images/pull", params=params, stream=True, timeout=PULL_SILENCE_SECONDS
+            )
             response.raise_for_status()
             error = ""
             for item in _json_lines(response):
