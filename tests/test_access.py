@@ -161,16 +161,17 @@ async def test_the_socket_checks_the_peer_not_only_the_file_mode(
         nobody_python, path,
         [("get_manifest", {"name": "web"}), ("diff", {"manifest": manifest()}),
          ("apply", {"manifest": manifest()}), ("stop", {"name": "web"}),
-         ("logs", {"name": "web"})],
+         ("logs", {"name": "web"}), ("pull", {"image": "127.0.0.1:5000/fill-the-disk:1"})],
         gid=adm,
     )  # fmt: skip
-    shown, diff, apply, stop, logs = replies
+    shown, diff, apply, stop, logs, pull = replies
     assert shown["ok"]["containers"][1]["env"] == {"TZ": REDACTED, "DB_PASSWORD": REDACTED}
     assert diff == {"ok": ""}
     assert SECRET not in json.dumps(replies)
-    for answer, verb in ((apply, "apply"), (stop, "stop"), (logs, "logs")):
+    for answer, verb in ((apply, "apply"), (stop, "stop"), (logs, "logs"), (pull, "pull")):
         assert answer["error"] == "AccessDeniedError", answer
         assert answer["message"].startswith(f"{verb}: access denied: uid {NOBODY} ")
+    assert "127.0.0.1:5000/fill-the-disk:1" not in {c[0] for c in core.podman.calls["ensure_image"]}
     # nobody's own group made the deploy group: the same peer deploys and reads it whole.
     gate.deploy_group = grp.getgrgid(pwd.getpwuid(NOBODY).pw_gid).gr_name
     changed = manifest()

@@ -29,6 +29,7 @@ from iyclo.contract.events import (
     JobChanged,
     JobFinished,
     PodChanged,
+    PullProgress,
     event_from_json,
     event_from_signal,
 )
@@ -81,7 +82,10 @@ def test_signal_signatures_follow_the_fields() -> None:
     assert JobFinished.dbus_arg_names() == (
         "name", "run", "state", "exit_code", "result", "duration_sec", "at"
     )  # fmt: skip
-    assert {cls.MEMBER for cls in EVENT_TYPES} == {"PodChanged", "JobChanged", "JobFinished"}
+    assert PullProgress.dbus_signature() == "ssssttd"
+    assert {cls.MEMBER for cls in EVENT_TYPES} == {
+        "PodChanged", "JobChanged", "JobFinished", "PullProgress"
+    }  # fmt: skip
     # a signal of another shape is not taken for an event
     assert event_from_signal("JobFinished", "suis", ["x", 1, 0, "success"]) is None
     with pytest.raises(ValueError, match="not an iyclo event"):
@@ -130,7 +134,8 @@ async def test_what_the_core_publishes_reads_the_same_on_both_transports(
     count = 10
     try:
         dbus_events = await asyncio.to_thread(via_dbus.events)
-        taking_json = asyncio.ensure_future(asyncio.to_thread(_take, via_json.events(), count))
+        json_events = await asyncio.to_thread(via_json.events)  # subscribed when it returns
+        taking_json = asyncio.ensure_future(asyncio.to_thread(_take, json_events, count))
         async with asyncio.timeout(10):
             while bus.subscribers < 2:  # noqa: ASYNC110 (nothing to wait on but the count)
                 await asyncio.sleep(0.01)
@@ -161,10 +166,10 @@ async def test_one_sequence_reads_the_same_on_both_transports(
     via_json = await asyncio.to_thread(JsonRpcClient, socket_path, timeout=10)
     try:
         dbus_events = await asyncio.to_thread(via_dbus.events)
-        json_events = via_json.events()
+        json_events = await asyncio.to_thread(via_json.events)  # subscribed when it returns
         taking_json = asyncio.ensure_future(asyncio.to_thread(_take, json_events, len(SEQUENCE)))
         async with asyncio.timeout(10):
-            # subscribed: the exporter and the socket client (on its first ``next``)
+            # subscribed: the exporter and the socket client
             while bus.subscribers < 2:  # noqa: ASYNC110 (nothing to wait on but the count)
                 await asyncio.sleep(0.01)
         for event in SEQUENCE:

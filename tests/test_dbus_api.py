@@ -783,6 +783,24 @@ async def test_events_reach_the_client_in_order_as_produced(
     assert times == sorted(times)
 
 
+async def test_a_pull_reports_its_progress_as_signals_while_it_runs(
+    served: Core, client: DBusClient
+) -> None:
+    """``Pull`` over D-Bus: its steps arrive as ``PullProgress`` signals, before the reply."""
+    events = await asyncio.to_thread(client.events)
+    image = "127.0.0.1:5000/app:1"
+    result = await call(client, "pull", image=image)
+    assert [(i["container"], i["image"]) for i in result["images"]] == [("", image)]
+    received = [(await asyncio.to_thread(next, events)).to_json() for _ in range(2)]
+    assert [(e["event"], e["name"], e["image"], e["status"]) for e in received] == [
+        ("PullProgress", "", image, "Copying blob"), ("PullProgress", "", image, "Copying config"),
+    ]  # fmt: skip
+    assert set(received[0]) == {
+        "event", "name", "image", "layer", "status", "current", "total", "at"
+    }  # fmt: skip
+    assert served.podman.calls["ensure_image"] == [(image, "always")]
+
+
 async def test_events_wait_for_what_comes_next(served: Core, client: DBusClient) -> None:
     events = await asyncio.to_thread(client.events)
     for state in ("starting", "running", "stopping", "stopped"):
@@ -1053,9 +1071,9 @@ async def test_introspection_xml_files_match_what_is_exported(
 async def test_a_slow_apply_does_not_block_the_bus(
     served: Core, client: DBusClient, address: str, lag: LagWatch
 ) -> None:
-    gate = served.podman.hold("ensure_image")  # a pull that takes its time
+    gate = served.podman.hold("create_pod_with_containers")  # Podman taking its time
     applying = asyncio.ensure_future(call(client, "apply", manifest=WEB))
-    await asyncio.wait_for(served.podman.entered["ensure_image"].wait(), 10)
+    await asyncio.wait_for(served.podman.entered["create_pod_with_containers"].wait(), 10)
     other = await asyncio.to_thread(DBusClient, bus_address=address, timeout=10)
     try:
         started = time.monotonic()

@@ -96,7 +96,9 @@ def test_the_bus_lets_everyone_call_and_the_daemon_decides() -> None:
     assert rules == [{"send_destination": "io.github.iyclo1"}]
     assert all(isinstance(m.access, Access) for m in METHODS)
     changes = {m.name for m in METHODS if m.access in (Access.DEPLOY, Access.MANAGE)}
-    assert changes == {"apply", "remove", "start", "stop", "restart", "reconcile", "run_job"}
+    assert changes == {
+        "apply", "remove", "start", "stop", "restart", "reconcile", "run_job", "pull"
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(

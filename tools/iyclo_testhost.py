@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import hashlib
 import io
@@ -1204,7 +1206,11 @@ def ensure_busybox_image(host: Host, tag: str = "localhost/busybox:latest") -> s
     """Make `tag` a busybox image in the host's Podman storage; a no-op if it is there."""
     if host.run(["podman", "image", "exists", tag], check=False).returncode == 0:
         return tag
-    tar = busybox_rootfs_tar()
+    return import_image(host, busybox_rootfs_tar(), tag, "CMD=/bin/sh")
+
+
+def import_image(host: Host, tar: Path, tag: str, *changes: str, timeout: float = 300) -> str:
+    """`podman import` a rootfs tar as `tag` in the host, with Dockerfile-style `changes`."""
     # The cache is on the real disk, so the host sees it at the same path, unless the cache
     # was put under a prefix that is private inside: then copy it into the host's /run.
     inner = str(tar)
@@ -1213,8 +1219,155 @@ def ensure_busybox_image(host: Host, tag: str = "localhost/busybox:latest") -> s
         staged.parent.mkdir(exist_ok=True)
         shutil.copyfile(tar, staged)
         inner = f"/run/iyclo-testhost/{tar.name}"
-    host.run(["podman", "import", "--quiet", "--change", "CMD=/bin/sh", inner, tag])
+    argv = ["podman", "import", "--quiet"]
+    for change in changes:
+        argv += ["--change", change]
+    host.run([*argv, inner, tag], timeout=timeout)
     return tag
+
+
+REDIS_PACKAGES: Final = ("redis-server", "redis-tools")
+REDIS_CMD: Final = 'CMD ["redis-server", "--protected-mode", "no", "--save", ""]'
+"""Redis's own default is protected mode, which refuses clients from other addresses than
+loopback; a published port reaches the container from the pod's bridge, not loopback."""
+# Documentation, manuals and translations are a third of a minimal root, and every test
+# that pushes the image compresses them again.
+_SLIM_DPKG = ("path-exclude=/usr/share/doc/*", "path-exclude=/usr/share/man/*",
+              "path-exclude=/usr/share/locale/*", "path-exclude=/usr/share/info/*")  # fmt: skip
+
+
+def debian_rootfs_tar(packages: Sequence[str], suite: str = "", cache: Path | None = None) -> Path:
+    """A tar of a minimal Debian root with `packages` installed, made once by mmdebstrap.
+
+    A real image built from Debian's packages, without a registry to pull one from: the
+    tar is cached per machine under `DEFAULT_BASE/cache/` (`IYCLO_TESTHOST_CACHE`), named
+    by the suite and the packages, so the second run costs nothing (the first: ~30-60 s
+    from the Debian mirror). `suite` defaults to this machine's release.
+    """
+    suite = suite or _machine_suite()
+    cache = cache or _cache_dir()
+    key = hashlib.sha256("\0".join([suite, *packages, *_SLIM_DPKG]).encode()).hexdigest()[:16]
+    target = cache / f"debian-{suite}-{key}.tar"
+    if target.exists():
+        return target
+    _need("mmdebstrap", "mmdebstrap")
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f"debian-{suite}-{key}.{os.getpid()}.tmp.tar"
+    log = target.with_suffix(".log")
+    with log.open("wb") as out:
+        result = subprocess.run(
+            ["mmdebstrap", "--variant=minbase", f"--include={','.join(packages)}",
+             *(f"--dpkgopt={opt}" for opt in _SLIM_DPKG), suite, str(tmp)],
+            stdout=out, stderr=subprocess.STDOUT, check=False,
+        )  # fmt: skip
+    if result.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        tail = " | ".join(log.read_text(errors="replace").splitlines()[-3:])
+        raise TestHostError(f"mmdebstrap {suite} failed (exit {result.returncode}): {tail}")
+    tmp.replace(target)
+    return target
+
+
+def _machine_suite() -> str:
+    """This machine's Debian release (bookworm, trixie), from /etc/os-release."""
+    for line in Path("/etc/os-release").read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key == "VERSION_CODENAME" and value.strip('"') in SUITES:
+            return value.strip('"')
+    raise TestHostError("this machine is neither Debian 12 nor 13 (no known VERSION_CODENAME)")
+
+
+def ensure_redis_image(host: Host, tag: str = "localhost/iyclo-redis:latest") -> str:
+    """Make `tag` a Debian image running `redis-server` (and holding `redis-cli`) in the
+    host's Podman storage; a no-op if it is there."""
+    if host.run(["podman", "image", "exists", tag], check=False).returncode == 0:
+        return tag
+    return import_image(host, debian_rootfs_tar(REDIS_PACKAGES), tag, REDIS_CMD)
+
+
+REGISTRY_CONFIG: Final = """\
+# Written by iyclo's test harness: Debian's docker-registry for pull tests, in a test host.
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: {storage}
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:{port}
+"""
+REGISTRY_AUTH: Final = """\
+auth:
+  htpasswd:
+    realm: iyclo-test
+    path: {htpasswd}
+"""
+REGISTRIES_DROPIN: Final = """\
+# Written by iyclo's test harness: the test registry speaks plain HTTP, on loopback only.
+[[registry]]
+location = "127.0.0.1:{port}"
+insecure = true
+"""
+
+
+def registry_unit(port: int) -> str:
+    return f"iyclo-test-registry-{port}.service"
+
+
+def _bcrypt(password: str) -> str:
+    """A bcrypt hash, the only kind docker-registry's htpasswd takes, from the system's
+    libcrypt (libxcrypt on Debian 12 and 13): Python 3.13 has no ``crypt`` module."""
+    lib = ctypes.CDLL(ctypes.util.find_library("crypt") or "libcrypt.so.1")
+    lib.crypt_gensalt.restype = lib.crypt.restype = ctypes.c_char_p
+    lib.crypt_gensalt.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_int]
+    lib.crypt.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    salt = lib.crypt_gensalt(b"$2b$", 10, None, 0)
+    hashed: bytes | None = lib.crypt(password.encode(), salt) if salt else None
+    if not hashed or not hashed.startswith(b"$2b$"):
+        raise TestHostError("libcrypt made no bcrypt hash for the test registry's htpasswd")
+    return hashed.decode()
+
+
+def start_registry(
+    host: Host, port: int = 5000, users: Mapping[str, str] | None = None, timeout: float = 30
+) -> str:
+    """Run Debian's `docker-registry` inside `host` on 127.0.0.1:`port`, known to the
+    host's Podman as an insecure (plain HTTP) registry; its location, `127.0.0.1:port`.
+    With `users` (name → password) it refuses anyone else (htpasswd basic auth).
+
+    A transient unit of the host's systemd (the package's own service is never used: on
+    the machine it would listen on every address), its storage under the host's root so
+    it lasts as long as the host's disk, and a drop-in in the host's
+    `/etc/containers/registries.conf.d/` (a tmpfs of the host: the machine's is untouched)
+    marking only this address insecure. Podman's service is stopped once the drop-in is
+    new, to be socket-activated again with it; clients of its event stream reconnect.
+    """
+    _need("docker-registry", "docker-registry")
+    base = host.root / f"registry-{port}"
+    (base / "storage").mkdir(parents=True, exist_ok=True)
+    config = REGISTRY_CONFIG.format(storage=base / "storage", port=port)
+    if users:
+        htpasswd = base / "htpasswd"
+        htpasswd.write_text("".join(f"{user}:{_bcrypt(pw)}\n" for user, pw in users.items()))
+        config += REGISTRY_AUTH.format(htpasswd=htpasswd)
+    (base / "config.yml").write_text(config)
+    dropin = host.path("/etc/containers/registries.conf.d") / f"50-iyclo-test-{port}.conf"
+    if not dropin.exists():
+        dropin.write_text(REGISTRIES_DROPIN.format(port=port))
+        # Podman's service keeps the registries.conf it read first (measured: its pulls
+        # still spoke HTTPS to this address while `podman push` used the drop-in), so
+        # stop it; the next API call starts it again from its socket.
+        host.run(["systemctl", "stop", "podman.service"])
+    unit = registry_unit(port)
+    if host.run(["systemctl", "is-active", unit], check=False).stdout.strip() != "active":
+        host.run(["systemd-run", f"--unit={unit}", "--collect", "-p", "Type=exec",
+                  "docker-registry", "serve", str(base / "config.yml")])  # fmt: skip
+    probe = ["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"]
+    _wait_for(lambda: host.run(probe, check=False).returncode == 0, time.monotonic() + timeout,
+              f"the test registry on 127.0.0.1:{port}")  # fmt: skip
+    return f"127.0.0.1:{port}"
 
 
 # -- CLI ----------------------------------------------------------------------------------

@@ -148,6 +148,9 @@ class Generation:
     manifest: JSONDict
     applied_at: datetime
     pod_generation: int
+    images: JSONDict
+    """Per container, the image it was made from: ``{"image", "id", "digest"}``; empty
+    for generations recorded before iyclo recorded them."""
 
 
 @attrs.frozen
@@ -164,6 +167,8 @@ class Deployment:
     generations: list[int]
     pod_generation: int
     """The generation whose Podman pod runs this one: itself, unless updated in place."""
+    images: JSONDict
+    """The current generation's images (``Generation.images``)."""
 
 
 def _now() -> str:
@@ -177,6 +182,7 @@ def _generation(entry: Mapping[str, Any]) -> Generation:
         manifest=entry["manifest"],
         applied_at=datetime.fromisoformat(entry["appliedAt"]),
         pod_generation=entry.get("podGeneration", entry["generation"]),
+        images=entry.get("images") or {},
     )
 
 
@@ -192,6 +198,7 @@ def _deployment(doc: Mapping[str, Any]) -> Deployment:
         status=doc["status"],
         generations=[entry["generation"] for entry in doc["generations"]],
         pod_generation=current.pod_generation,
+        images=current.images,
     )
 
 
@@ -302,12 +309,15 @@ class Store:
         digest: str,
         *,
         pod_generation: int | None = None,
+        images: JSONDict | None = None,
     ) -> Deployment:
         """Record `manifest` as the newest generation of `name`.
 
-        Re-applying the current digest writes nothing, so the daemon can apply
-        on every reconcile without growing the history. `pod_generation` is given
-        for a generation that keeps running in an earlier generation's Podman pod.
+        Re-applying the current digest with the same `images` writes nothing, so the
+        daemon can apply on every reconcile without growing the history; the same
+        manifest with an image pulled anew (a tag pushed again) is a new generation.
+        `pod_generation` is given for a generation that keeps running in an earlier
+        generation's Podman pod; `images` are what its containers were made from.
         """
         with self._mutex:
             table = self._table("deployments")
@@ -316,7 +326,13 @@ class Store:
                 raise ConflictError(
                     f"cannot apply {kind} '{name}': a {doc['kind']} with that name exists"
                 )
-            if doc is not None and doc["generations"][-1]["digest"] == digest:
+            last = doc["generations"][-1] if doc is not None else None
+            if (
+                doc is not None
+                and last is not None
+                and last["digest"] == digest
+                and (images is None or (last.get("images") or {}) == images)
+            ):
                 return _deployment(doc)
             number = 1 if doc is None else doc["lastGeneration"] + 1
             entry = {
@@ -327,6 +343,8 @@ class Store:
             }
             if pod_generation is not None:
                 entry["podGeneration"] = pod_generation
+            if images:
+                entry["images"] = images
             if doc is None:
                 table.insert(
                     {

@@ -13,19 +13,22 @@ kept with their values (``secrets``), which a container's spec names as Podman's
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import queue
 import threading
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from iyclo.core import naming
 from iyclo.errors import NotFoundError, PodmanError
 from iyclo.podman.platform import Platform
+from iyclo.podman.pull import ImageRef, PullPolicy, PullStep
 
 from .systemd import FakeSystemd, FakeUnit
 
 INFRA = "infra"
+BUSYBOX = "localhost/busybox:latest"
 
 
 def _matches(labels: Mapping[str, str], label: str) -> bool:
@@ -37,7 +40,12 @@ class FakePodman:
     def __init__(self, systemd: FakeSystemd | None = None) -> None:
         self.url = "unix:///fake/podman.sock"
         self.version = "4.3.1"
-        self.images: set[str] = set()
+        self.images: dict[str, str] = {BUSYBOX: "sha256:" + "b" * 64}
+        """Local storage: reference → image ID; busybox is there, as the test hosts import
+        it, so a manifest of local images pulls nothing."""
+        self.registry: dict[str, str] = {}
+        """What a registry holds under a reference (see ``push``); pulls of a reference
+        not here and not in ``missing_images`` succeed with an ID of the fake's own."""
         self.missing_images: set[str] = set()
         """References that cannot be pulled."""
         self.pods: dict[str, dict[str, Any]] = {}
@@ -136,14 +144,44 @@ class FakePodman:
             raise NotFoundError(f'update container "{name}": no such container')
         self.containers[name]["Resources"] = dict(resources)
 
-    async def ensure_image(self, reference: str) -> None:
-        await self._enter("ensure_image", reference)
+    def push(self, reference: str) -> str:
+        """The registry now has a new image under ``reference`` (``podman push`` of a
+        rebuilt image): the next pull that asks the registry gets it. Its new ID."""
+        self._ids += 1
+        self.registry[reference] = f"sha256:{self._ids:064x}"
+        return self.registry[reference]
+
+    async def ensure_image(
+        self,
+        reference: str,
+        policy: PullPolicy = "missing",
+        progress: Callable[[PullStep], None] | None = None,
+    ) -> ImageRef:
+        """As Podman decides ``policy``: "missing" pulls only an image not stored,
+        "always" and "newer" ask the registry (``push``) and take what it has (the same
+        image when nothing was pushed), "never" refuses a missing one with iyclo's line."""
+        await self._enter("ensure_image", reference, policy)
+        stored = reference in self.images
+        if policy == "never" and not stored:
+            raise PodmanError(f'image "{reference}" is not present and its pullPolicy is "never"')
+        if (policy == "missing" and stored) or policy == "never":
+            return self._image_ref(reference)
         if reference in self.missing_images:
             raise PodmanError(
-                f'image "{reference}" is not present and could not be pulled: '
-                f"{reference}: image not known"
+                f'image "{reference}" could not be pulled: initializing source '
+                f"docker://{reference}: reading manifest: manifest unknown"
             )
-        self.images.add(reference)
+        if progress is not None:
+            for status in ("Copying blob", "Copying config"):
+                progress(PullStep("0123456789ab", status))
+        self.images[reference] = self.registry.get(reference) or self.images.get(
+            reference, "sha256:" + hashlib.sha256(reference.encode()).hexdigest()
+        )
+        return self._image_ref(reference)
+
+    def _image_ref(self, reference: str) -> ImageRef:
+        image_id = self.images[reference]
+        return ImageRef(reference, image_id, f"sha256:{image_id[7:][::-1]}")
 
     async def create_pod_with_containers(
         self, name: str, spec: Mapping[str, Any], containers: Sequence[Mapping[str, Any]]

@@ -31,7 +31,14 @@ from iyclo.api.dbus_base import (
     object_path,
     translated,
 )
-from iyclo.contract.events import EVENT_TYPES, Event, JobChanged, JobFinished, PodChanged
+from iyclo.contract.events import (
+    EVENT_TYPES,
+    Event,
+    JobChanged,
+    JobFinished,
+    PodChanged,
+    PullProgress,
+)
 from iyclo.contract.methods import METHODS
 
 ApplyReply = Annotated[tuple[str, int, bool, str], DBusSignature("oubs")]
@@ -42,6 +49,7 @@ StrList = Annotated[list[str], DBusSignature("as")]
 PodChangedArgs = Annotated[list[Any], DBusSignature(PodChanged.dbus_signature())]
 JobChangedArgs = Annotated[list[Any], DBusSignature(JobChanged.dbus_signature())]
 JobFinishedArgs = Annotated[list[Any], DBusSignature(JobFinished.dbus_signature())]
+PullProgressArgs = Annotated[list[Any], DBusSignature(PullProgress.dbus_signature())]
 
 Refresh = Callable[[str], Awaitable[None]]
 
@@ -176,6 +184,11 @@ class ManagerInterface(Interface):
     async def run_job(self, name: DBusStr) -> DBusStr:
         return as_json(await self._service.run_job(name))
 
+    @dbus_method(name="Pull")
+    @translated
+    async def pull(self, manifest_json: DBusStr, image: DBusStr) -> DBusStr:
+        return as_json(await self._service.pull(manifest_json, image))
+
     @dbus_property(access=PropertyAccess.READ, name="Version")
     def version(self) -> DBusStr:
         return self._service.version()
@@ -209,14 +222,20 @@ class ManagerInterface(Interface):
     def job_finished(self, event: JobFinished) -> JobFinishedArgs:
         return event.dbus_args()
 
+    @dbus_signal(name="PullProgress")
+    def pull_progress(self, event: PullProgress) -> PullProgressArgs:
+        return event.dbus_args()
+
     def signal(self, event: Event) -> None:
         """Emit ``event`` as the signal of its type."""
         if isinstance(event, PodChanged):
             self.pod_changed(event)
         elif isinstance(event, JobChanged):
             self.job_changed(event)
-        else:
+        elif isinstance(event, JobFinished):
             self.job_finished(event)
+        else:
+            self.pull_progress(event)
 
 
 def pod_row(status: dict[str, Any]) -> PodRow:

@@ -72,6 +72,10 @@ class Guarded:
         await self._require("run_job")
         return await self._service.run_job(name)
 
+    async def pull(self, manifest: str | dict[str, Any] = "", image: str = "", /) -> dict[str, Any]:
+        await self._require("pull")
+        return await self._service.pull(manifest, image)
+
     async def reconcile(self) -> JsonResult:
         await self._require("reconcile")
         return await self._service.reconcile()

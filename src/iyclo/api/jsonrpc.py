@@ -117,6 +117,9 @@ def handlers(service: ServiceApi) -> dict[str, Handler]:
     async def health() -> dict[str, Any]:
         return service.health()
 
+    async def pull(manifest: str | dict[str, Any], image: str) -> dict[str, Any]:
+        return await service.pull(manifest, image)
+
     async def version() -> str:
         return service.version()
 
@@ -124,7 +127,8 @@ def handlers(service: ServiceApi) -> dict[str, Handler]:
         "apply": apply, "validate": validate, "diff": diff, "remove": remove, "start": start,
         "stop": stop, "restart": restart, "list": list_, "get": get,
         "get_manifest": get_manifest, "history": history, "runs": runs, "logs": logs,
-        "reconcile": reconcile, "run_job": run_job, "version": version, "health": health,
+        "reconcile": reconcile, "run_job": run_job, "pull": pull, "version": version,
+        "health": health,
     }  # fmt: skip
 
 

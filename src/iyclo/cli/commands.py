@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import rich_click as click
 
 from iyclo.cli.formats import print_generations_table, print_runs_table, print_status_table
 from iyclo.cli.output import console, fail, json_option, out, print_json, terminal_text
-from iyclo.cli.transport import daemon
+from iyclo.cli.progress import progress_line, pull_progress
+from iyclo.cli.transport import connect, daemon
+from iyclo.contract.events import Event, PullProgress
 from iyclo.errors import InvalidError, NotFoundError
 
 names_argument = click.argument("names", nargs=-1, required=True)
@@ -39,8 +43,12 @@ def apply(ctx: click.Context, path: str, as_json: bool) -> None:
     Example: `iyclo apply -f examples/web.json`
     """
     text = _read_manifest(path)
+    name = _manifest_name(text)
     with daemon(ctx) as client:
-        with console().status("applying…", spinner="dots"):
+        with (
+            _progress(ctx, as_json, lambda e: e.name == name),
+            console().status("applying…", spinner="dots"),
+        ):
             result = client.call("apply", manifest=text)
         if as_json:
             print_json(result)
@@ -50,6 +58,62 @@ def apply(ctx: click.Context, path: str, as_json: bool) -> None:
             f"{result['kind'].lower()}/{result['name']} {verb} "
             f"(generation {result['generation']}, {result['state']})"
         )
+
+
+def _manifest_name(text: str) -> str | None:
+    """The name a manifest's text gives, to pick its pull's progress; None when the text
+    is no manifest (the daemon then says what is wrong with it)."""
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return None
+    name = document.get("name") if isinstance(document, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _progress(
+    ctx: click.Context, quiet: bool, wanted: Callable[[PullProgress], bool]
+) -> contextlib.AbstractContextManager[None]:
+    """Pull progress on stderr while a call runs (``cli.progress``), over a connection of
+    its own subscribed before the call; none with --json."""
+    opts = ctx.find_root().params
+
+    def subscribe() -> Iterator[Event]:
+        return connect(opts.get("socket"), opts.get("bus") or "system", timeout=None).events()
+
+    return contextlib.nullcontext() if quiet else pull_progress(subscribe, wanted)
+
+
+@click.command()
+@click.argument("target")
+@json_option
+@click.pass_context
+def pull(ctx: click.Context, target: str, as_json: bool) -> None:
+    """Pull images ahead of an apply, with Podman's progress.
+
+    TARGET is a manifest file (its images, as each container's `pullPolicy` says: what
+    `apply` would pull) or an image reference (pulled always). Registry credentials are
+    Podman's: `podman login` writes them to /run/containers/0/auth.json (or the file
+    `REGISTRY_AUTH_FILE` names in Podman's service), never into a manifest.
+
+    Example: `iyclo pull examples/web.json`, `iyclo pull 127.0.0.1:5000/redis:7`
+    """
+    is_file = target == "-" or Path(target).is_file()
+    params = {"manifest": _read_manifest(target)} if is_file else {"image": target}
+    name = _manifest_name(params["manifest"]) if is_file else ""
+
+    def mine(event: PullProgress) -> bool:
+        return event.name == name and (is_file or event.image == target)
+
+    with daemon(ctx) as client, _progress(ctx, as_json, mine), console().status("pulling…"):
+        result = client.call("pull", **params)
+    if as_json:
+        print_json(result)
+        return
+    for image in result["images"]:
+        container = f"{image['container']}: " if image["container"] else ""
+        out().print(f"{container}{image['image']} {image['digest'] or image['id']}",
+                    highlight=False)  # fmt: skip
 
 
 @click.command()
@@ -219,7 +283,11 @@ def events(ctx: click.Context, as_json: bool) -> None:
                 sys.stdout.flush()
             else:
                 when = time.strftime("%H:%M:%S", time.localtime(event.at))
-                out().print(f"{when} {event.MEMBER} {event.name} {event.state}")
+                what = (
+                    progress_line(event) if isinstance(event, PullProgress)
+                    else f"{event.name} {event.state}"
+                )  # fmt: skip
+                out().print(f"{when} {event.MEMBER} {what}", highlight=False)
 
 
 @click.command(

@@ -81,9 +81,17 @@ class JsonRpcClient:
         return reply.get("result")
 
     def events(self) -> Iterator[Event]:
-        """Subscribe and yield each event notification as it arrives."""
+        """Subscribe now, then yield each event notification as it arrives.
+
+        The subscription is in place when this returns, as with the D-Bus client, so a
+        call made next on another connection (``iyclo apply`` showing its pull's
+        progress) misses none of its events.
+        """
         self._request("subscribe", {})
         self._sock.settimeout(None)
+        return self._iterate_events()
+
+    def _iterate_events(self) -> Iterator[Event]:
         while True:
             message = self._read()
             if message.get("method") == "event":

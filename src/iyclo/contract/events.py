@@ -43,7 +43,7 @@ def camel(name: str) -> str:
     return first + "".join(word.capitalize() for word in rest)
 
 
-_DECODE: dict[str, type] = {"s": str, "u": int, "i": int, "d": float, "b": bool}
+_DECODE: dict[str, type] = {"s": str, "u": int, "t": int, "i": int, "d": float, "b": bool}
 
 
 class _Record:
@@ -135,15 +135,30 @@ class JobFinished(_Record):
     at: float = _at()
 
 
-Event = PodChanged | JobChanged | JobFinished
-EVENT_TYPES: tuple[type[PodChanged], type[JobChanged], type[JobFinished]] = (
-    PodChanged,
-    JobChanged,
-    JobFinished,
-)
-_BY_MEMBER: dict[str, type[PodChanged] | type[JobChanged] | type[JobFinished]] = {
-    cls.MEMBER: cls for cls in EVENT_TYPES
-}
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PullProgress(_Record):
+    """A step of an image pull, as Podman's pull stream reports it: ``name`` is the pod
+    or job the pull is for ("" for ``iyclo pull IMAGE``), ``layer`` Podman's short layer
+    ID, ``status`` its words for the step ("Copying blob", "Downloading", "Pull
+    complete", …), ``current`` and ``total`` bytes (0 when Podman does not say: Podman
+    4.3 names each layer but sends no sizes). Sent on the event stream, so a client
+    sees a pull that ``apply`` or ``pull`` makes while the call is under way, over
+    either front; at most a few per second per layer."""
+
+    MEMBER: ClassVar[str] = "PullProgress"
+    name: str = _arg("s")
+    image: str = _arg("s")
+    layer: str = _arg("s")
+    status: str = _arg("s")
+    current: int = _arg("t", default=0)
+    total: int = _arg("t", default=0)
+    at: float = _at()
+
+
+Event = PodChanged | JobChanged | JobFinished | PullProgress
+EventType = type[PodChanged] | type[JobChanged] | type[JobFinished] | type[PullProgress]
+EVENT_TYPES: tuple[EventType, ...] = (PodChanged, JobChanged, JobFinished, PullProgress)
+_BY_MEMBER: dict[str, EventType] = {cls.MEMBER: cls for cls in EVENT_TYPES}
 
 
 def event_from_json(data: Mapping[str, Any]) -> Event:

@@ -36,7 +36,8 @@ class Access(enum.Enum):
     DEPLOY = "deploy"
     """Create, change or remove pods and jobs (apply, remove)."""
     MANAGE = "manage"
-    """Act on what is deployed without changing it (start, stop, restart, run, reconcile)."""
+    """Act on what is deployed without changing it (start, stop, restart, run, reconcile),
+    and pull images."""
     READ_LOGS = "read-logs"
     """Read the journal of pods and job runs: output is as sensitive as the journal."""
 
@@ -153,6 +154,14 @@ METHODS: tuple[Method, ...] = (
     Method("reconcile", (), "Reconcile", _json("report"), MANAGE,
            "Make systemd and Podman match the store now."),
     Method("run_job", (_name(),), "RunJob", _json("run"), MANAGE, "Run a job now."),
+    # MANAGE, not DEPLOY: a pull changes no pod or job (what runs stays), but it makes
+    # the host fetch and store images, as a start may; READ would let anyone fill the disk.
+    Method("pull",
+           (Param("manifest", (str, dict), "s", "", "a manifest: its images, as each "
+                  "container's pullPolicy says", dbus_name="manifest_json"),
+            Param("image", (str,), "s", "", "one image reference, pulled always")),
+           "Pull", _json("pull"), MANAGE,
+           "Pull images ahead of an apply; progress as PullProgress events."),
     Method("version", (), "", (Out("version", "s"),), READ, "The daemon's version."),
     Method("health", (), "Health", _json("health"), READ,
            "Whether Podman and systemd are there: ok, or degraded with the reasons."),

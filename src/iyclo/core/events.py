@@ -12,9 +12,9 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
-from iyclo.contract.events import Event, JobChanged, JobFinished, PodChanged
+from iyclo.contract.events import Event, JobChanged, JobFinished, PodChanged, PullProgress
 
-__all__ = ["Event", "EventBus", "JobChanged", "JobFinished", "PodChanged"]
+__all__ = ["Event", "EventBus", "JobChanged", "JobFinished", "PodChanged", "PullProgress"]
 
 QUEUE_LIMIT = 1000
 
@@ -26,7 +26,7 @@ class EventBus:
 
     def publish(self, event: Event) -> None:
         """Send to every subscriber; a state change repeating the last state is dropped."""
-        if not isinstance(event, JobFinished):
+        if isinstance(event, PodChanged | JobChanged):
             key = (event.MEMBER, event.name)
             if self._last_state.get(key) == event.state:
                 return

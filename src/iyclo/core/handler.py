@@ -23,9 +23,12 @@ class Handler(Protocol):
 
     async def close(self) -> None: ...
 
-    async def apply(self, manifest: Pod | Job, previous: Deployment | None) -> ApplyResult:
-        """Create or update; all-or-nothing (what a failed apply made is removed and the
-        previous generation keeps, or goes back to, its state)."""
+    async def apply(
+        self, manifest: Pod | Job, previous: Deployment | None, images: dict[str, Any]
+    ) -> ApplyResult:
+        """Create or update from ``images`` (pulled already, ``core.pulls``); all-or-nothing
+        (what a failed apply made is removed and the previous generation keeps, or goes
+        back to, its state)."""
 
     async def remove(self, record: Deployment, *, purge_history: bool) -> None: ...
 

@@ -39,6 +39,7 @@ from iyclo.core import journal, naming, timeouts
 from iyclo.core.events import EventBus
 from iyclo.core.kind import Kind
 from iyclo.core.plan_job import JobPlan, plan_job, timer_stamp
+from iyclo.core.pulls import images_changed
 from iyclo.core.results import ApplyResult
 from iyclo.core.run_records import RunRecorder
 from iyclo.core.runs import invocation_hex, usec_iso
@@ -191,7 +192,9 @@ class JobHandler:
 
     # -- operations (the caller holds the name's lock) ----------------------------------
 
-    async def apply(self, manifest: Pod | Job, previous: Deployment | None) -> ApplyResult:
+    async def apply(
+        self, manifest: Pod | Job, previous: Deployment | None, images: dict[str, Any]
+    ) -> ApplyResult:
         """Create or update a job; all-or-nothing, and never under a running run.
 
         An update replaces the pod and both units with a new generation. It is refused
@@ -202,13 +205,14 @@ class JobHandler:
         name = manifest.name
         values = await self.steps.read_secrets(manifest)
         digest = values.rollout_digest(manifest_digest(manifest))
-        if previous is not None and previous.digest == digest:
+        new_images = previous is not None and images_changed(previous.images, images)
+        if previous is not None and previous.digest == digest and not new_images:
             state = await self._ensure_scheduled(previous)
             return ApplyResult(name, KIND.api_name, previous.generation, False, state)
         if previous is not None:
             await self._refuse_while_running(name, self._plan(previous), "update")
         record: Deployment = await self._store(
-            self.store.apply, name, KIND.value, dump_manifest(manifest), digest
+            self.store.apply, name, KIND.value, dump_manifest(manifest), digest, images=images
         )
         self._changed(name, "applying", record.generation)
         try:
@@ -399,6 +403,7 @@ class JobHandler:
             "kind": KIND.api_name,
             "generation": record.generation,
             "digest": record.digest,
+            "images": record.images,
             "appliedAt": record.applied_at.isoformat(),
             "desired": desired,
             "state": state,

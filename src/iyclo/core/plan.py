@@ -18,6 +18,7 @@ from iyclo.manifest.model import (
     Container,
     Job,
     Pod,
+    PullPolicy,
     Resources,
     Secret,
     Security,
@@ -56,6 +57,7 @@ class ContainerPlan:
     name: str
     image: str
     spec: dict[str, Any]
+    pull_policy: PullPolicy = "missing"
 
 
 @frozen
@@ -494,6 +496,7 @@ def plan_pod(
             name=c.name,
             image=c.image,
             spec=_container_spec(pod_name, c, labels, main=index == 0),
+            pull_policy=c.pull_policy,
         )
         for index, c in enumerate(manifest.containers)
     )

@@ -231,6 +231,7 @@ def plan_job(
                 **_container_spec(pod_name, c, labels, main=False),
                 "log_config": {"Type": "none"},
             },
+            pull_policy=c.pull_policy,
         )
         for c in manifest.containers
     )

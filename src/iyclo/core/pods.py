@@ -23,6 +23,7 @@ from iyclo.core.kind import Kind
 from iyclo.core.locks import Locks
 from iyclo.core.oom import OomKill, oom_fields, record_kill
 from iyclo.core.plan import PodPlan, container_update_resources, plan_pod
+from iyclo.core.pulls import images_changed
 from iyclo.core.results import ApplyResult
 from iyclo.core.runs import usec_iso
 from iyclo.core.secrets import SecretValues
@@ -133,20 +134,23 @@ class PodHandler:
 
     # -- operations (the caller holds the name's lock) --------------------------------
 
-    async def apply(self, manifest: Pod | Job, previous: Deployment | None) -> ApplyResult:
+    async def apply(
+        self, manifest: Pod | Job, previous: Deployment | None, images: dict[str, Any]
+    ) -> ApplyResult:
         assert isinstance(manifest, Pod)
         name = manifest.name
         values = await self.steps.read_secrets(manifest)
         digest = values.rollout_digest(manifest_digest(manifest))
-        if previous is not None and previous.digest == digest:
+        new_images = previous is not None and images_changed(previous.images, images)
+        if previous is not None and previous.digest == digest and not new_images:
             state = await self._ensure_running(previous)
             return ApplyResult(name, KIND.api_name, previous.generation, False, state)
-        if previous is not None:
+        if previous is not None and not new_images:
             updated = await self._update_in_place(manifest, digest, previous, values)
             if updated is not None:
                 return updated
         record: Deployment = await self._store(
-            self.store.apply, name, KIND.value, dump_manifest(manifest), digest
+            self.store.apply, name, KIND.value, dump_manifest(manifest), digest, images=images
         )
         self._publish(name, "applying", generation=record.generation)
         try:
@@ -200,7 +204,7 @@ class PodHandler:
             return None
         record: Deployment = await self._store(
             self.store.apply, manifest.name, KIND.value, dump_manifest(manifest), digest,
-            pod_generation=previous.pod_generation,
+            pod_generation=previous.pod_generation, images=previous.images,
         )  # fmt: skip
         self._publish(manifest.name, "applying", generation=record.generation)
         # best effort on failure: the old limits back (one that was unset stays as set)
@@ -332,6 +336,7 @@ class PodHandler:
             "kind": KIND.api_name,
             "generation": record.generation,
             "digest": record.digest,
+            "images": record.images,
             "appliedAt": record.applied_at.isoformat(),
             "desired": desired,
             "state": state_word(unit, desired),

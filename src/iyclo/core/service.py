@@ -28,6 +28,7 @@ from iyclo.core.jobs import JobHandler
 from iyclo.core.kind import Kind
 from iyclo.core.locks import Locks
 from iyclo.core.pods import PodHandler
+from iyclo.core.pulls import pull_image, pull_images
 from iyclo.core.redact import redact_manifest
 from iyclo.core.results import ApplyResult, ReconcileReport
 from iyclo.core.secrets import SecretReader
@@ -136,11 +137,15 @@ class Service:
                     "exists",
                     hint=f"remove it first with `iyclo rm {manifest.name}`",
                 )
+            # Before anything is recorded or stopped: a pull that fails changes nothing.
+            images = await pull_images(
+                self.steps.podman, self.events, manifest.name, manifest.containers
+            )
             if manifest.userns is None and not volume_claims(manifest, self.policy):
-                return await self._handlers[kind].apply(manifest, previous)
+                return await self._handlers[kind].apply(manifest, previous, images)
             async with self.claims:
                 await self._refuse_claimed(manifest, previous)
-                return await self._handlers[kind].apply(manifest, previous)
+                return await self._handlers[kind].apply(manifest, previous, images)
 
     async def _refuse_claimed(self, manifest: Pod | Job, previous: Deployment | None) -> None:
         """Refuse what is another's: a user-namespace range another pod's or job's overlaps
@@ -165,6 +170,28 @@ class Service:
                 found.append(problem)
         if found:
             raise InvalidError(found[0], found)
+
+    async def pull(self, manifest_in: str | dict[str, Any] = "", image: str = "") -> dict[str, Any]:
+        """Pull a manifest's images as its containers' ``pullPolicy`` says (what an apply
+        would pull, without applying), or one ``image`` always; progress goes to the
+        event stream as ``PullProgress``. Holds no lock: Podman serialises pulls of one
+        image itself, and nothing deployed changes."""
+        if bool(manifest_in) == bool(image):
+            raise InvalidError("pull: give either a manifest or an image, not both or neither")
+        self.dependencies.require_ok("pull")
+        if image:
+            if image != image.strip() or any(c.isspace() for c in image):
+                raise InvalidError(f'pull: "{image}" is not an image reference')
+            ref = await pull_image(self.steps.podman, self.events, "", image, "always")
+            return {"name": "", "images": [{"container": "", **ref.to_json()}]}
+        manifest = await load_manifest_async(manifest_in, self.policy)
+        images = await pull_images(
+            self.steps.podman, self.events, manifest.name, manifest.containers
+        )
+        return {
+            "name": manifest.name,
+            "images": [{"container": name, **ref} for name, ref in images.items()],
+        }
 
     async def remove(self, name: str, purge_history: bool = False) -> None:
         """Remove a pod or job; a job's run history stays unless `purge_history`."""
@@ -235,6 +262,7 @@ class Service:
             {
                 "generation": g.generation,
                 "digest": g.digest,
+                "images": g.images,
                 "appliedAt": g.applied_at.isoformat(),
                 "current": g.generation == record.generation,
             }

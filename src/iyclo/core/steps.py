@@ -217,9 +217,15 @@ class Steps:
         not started); on failure nothing of the pod stays. ``values`` are the secrets'
         values as apply read them; without them (a pod made again) they are read now.
         Returns the volumes it made, for a caller whose later step fails to remove again
-        (``remove_volumes``)."""
+        (``remove_volumes``).
+
+        An apply has pulled the images already (``core.pulls``, as each ``pullPolicy``
+        says); here a missing one is pulled (after a reboot, a pruned image) unless its
+        policy is "never", and none is pulled anew: a generation re-made by a reconcile
+        keeps what it was applied with rather than what a tag names now."""
         for container in plan.containers:
-            await self.podman.ensure_image(container.image)
+            never = container.pull_policy == "never"
+            await self.podman.ensure_image(container.image, "never" if never else "missing")
         made = await self._create_volumes(plan)
         try:
             await self.ensure_slice(plan, description, update=False)

@@ -33,6 +33,7 @@ from iyclo.manifest.values import (
 )
 
 API_VERSION = "iyclo/v1"
+PullPolicy = Literal["always", "missing", "newer", "never"]
 
 
 def doc(text: str, default: Any = attrs.NOTHING, factory: Any = None) -> Any:
@@ -156,7 +157,15 @@ class Healthcheck:
 @frozen
 class Container:
     name: Name = doc("Container name, unique in its pod.")
-    image: str = doc("Image reference; a missing image is pulled.")
+    image: str = doc("Image reference, e.g. registry.example.org/app:1.2.")
+    pull_policy: PullPolicy = doc(
+        "When apply pulls the image, before anything running is touched: always, missing "
+        "(only when not in local storage), newer (when the registry's digest differs from "
+        "the local image's) or never (a missing image is an error). Credentials come from "
+        "Podman's auth file (/run/containers/0/auth.json, or REGISTRY_AUTH_FILE), never "
+        "from the manifest.",
+        "missing",
+    )
     command: tuple[str, ...] | None = doc("Entrypoint override.", None)
     args: tuple[str, ...] | None = doc("Arguments (the image's CMD if unset).", None)
     env: dict[EnvName, str] = doc("Environment variables.", factory=dict)

@@ -22,9 +22,14 @@ import requests.exceptions
 
 from iyclo.errors import NotFoundError, PodmanError
 from iyclo.podman.platform import Platform
+from iyclo.podman.pull import ImageRef, PullPolicy, PullStep, pull_step
 
 DEFAULT_URL = "unix:///run/podman/podman.sock"
 POD_REMOVE_RETRY_SECONDS = 10.0
+PULL_SILENCE_SECONDS = 30 * 60.0
+"""How long a pull may go without a line from Podman before it is given up: Podman 4.3
+reports a layer when its copy begins and nothing until the next one, so a large layer
+from a slow registry is minutes of silence, far beyond the client's usual timeout."""
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -51,6 +56,27 @@ def _label_matches(labels: Mapping[str, str], label: str) -> bool:
     """Whether ``labels`` carry ``label`` (``key`` or ``key=value``), as Podman's filters do."""
     key, _, value = label.partition("=")
     return key in labels and (not value or labels[key] == value)
+
+
+def _json_lines(response: Any) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a streamed reply, one per line, as each arrives.
+
+    Read one HTTP chunk at a time: the bindings' ``iter_lines()`` holds lines back in a
+    512-byte buffer (measured with the event stream), which would delay what a pull's
+    progress or an event says until more follows.
+    """
+    pending = b""
+    try:
+        for chunk in response.raw.read_chunked(decode_content=True):
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                if line.strip():
+                    item = json.loads(line)
+                    if isinstance(item, dict):
+                        yield item
+    finally:
+        response.close()
 
 
 class PodmanClient:
@@ -99,32 +125,68 @@ class PodmanClient:
         result: dict[str, Any] = await self._call("version", self._client.version)
         return result
 
-    async def ensure_image(self, reference: str) -> None:
-        """Use a local image as it is; pull it only when it is missing."""
-        if await self._call(f'image "{reference}"', self._client.images.exists, reference):
-            return
+    async def image(self, reference: str) -> ImageRef | None:
+        """The local image ``reference`` names, or None when local storage has none."""
+
+        def get() -> ImageRef | None:
+            if not self._client.images.exists(reference):
+                return None
+            attrs: dict[str, Any] = self._client.images.get(reference).attrs
+            return ImageRef(reference, f"sha256:{attrs['Id']}", str(attrs.get("Digest") or ""))
+
+        return await self._call(f'image "{reference}"', get)
+
+    async def ensure_image(
+        self,
+        reference: str,
+        policy: PullPolicy = "missing",
+        progress: Callable[[PullStep], None] | None = None,
+    ) -> ImageRef:
+        """The image ``reference`` names, pulled as ``policy`` says, and what it is now.
+
+        Podman applies the policy itself (the pull endpoint's ``policy``), so "newer"
+        means what it means to ``podman pull --policy newer``; only "never" is decided
+        here, to say which field refused the pull. ``progress`` is called in the event
+        loop for each step of Podman's pull stream. Credentials are Podman's own: its
+        service reads its auth file (``/run/containers/0/auth.json`` for root, or
+        ``REGISTRY_AUTH_FILE``), so none pass through iyclo.
+        """
+        what = f'image "{reference}"'
+        if policy == "never":
+            found = await self.image(reference)
+            if found is None:
+                raise PodmanError(f'{what} is not present and its pullPolicy is "never"')
+            return found
+        loop = asyncio.get_running_loop()
+
+        def report(step: PullStep) -> None:
+            if progress is not None:
+                loop.call_soon_threadsafe(progress, step)
 
         def pull() -> str:
-            # The bindings' non-streaming pull returns quietly when the service reports
-            # an error inside the stream, so read the stream and look for it.
+            # tlsVerify is left out: given, it overrides registries.conf's `insecure`.
+            params = {"reference": reference, "policy": policy, "compatMode": True}
+            response = self._client.api.post(
+                "/images/pull", params=params, stream=True, timeout=PULL_SILENCE_SECONDS
+            )
+            response.raise_for_status()
             error = ""
-            stream: Iterator[Any] = self._client.images.pull(reference, stream=True, decode=True)  # type: ignore[assignment]
-            for item in stream:
-                if isinstance(item, dict) and item.get("error"):
+            for item in _json_lines(response):
+                if item.get("error"):
                     error = str(item["error"])
-            if not error and not self._client.images.exists(reference):
-                error = "the pull reported no error but the image is still missing"
+                elif (step := pull_step(item)) is not None:
+                    report(step)
             return error
 
         try:
-            error = await self._call(f'image "{reference}"', pull)
+            error = await self._call(what, pull)
         except (PodmanError, NotFoundError) as exc:
             error = exc.message.split(": ", 1)[-1]
-        if error:
-            raise PodmanError(
-                f'image "{reference}" is not present and could not be pulled: '
-                f"{' '.join(error.split())}"
-            )
+        found = None if error else await self.image(reference)
+        if error or found is None:
+            error = error or "the pull reported no error but the image is still missing"
+            raise PodmanError(f"{what} could not be pulled: {' '.join(error.split())}")
+        return found
 
     async def create_pod(self, name: str, spec: Mapping[str, Any]) -> str:
         pod = await self._call(f'create pod "{name}"', self._client.pods.create, name, **spec)
@@ -211,20 +273,10 @@ class PodmanClient:
         params = {"stream": True, "filters": json.dumps({"type": ["container"]})}
         response = self._client.api.get("/events", params=params, stream=True)
         response.raise_for_status()
-        pending = b""
-        try:
-            for chunk in response.raw.read_chunked(decode_content=True):
-                pending += chunk
-                while b"\n" in pending:
-                    line, pending = pending.split(b"\n", 1)
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
-                    attributes = (event.get("Actor") or {}).get("Attributes") or {}
-                    if isinstance(event, dict) and label in attributes:
-                        yield event
-        finally:
-            response.close()
+        for event in _json_lines(response):
+            attributes = (event.get("Actor") or {}).get("Attributes") or {}
+            if label in attributes:
+                yield event
 
     async def volume_labels(self, name: str) -> dict[str, str] | None:
         """The labels of the named volume ``name``, or None when there is no such volume."""

@@ -1,0 +1,78 @@
+"""Pull progress in a terminal: the daemon's ``PullProgress`` events, one line each.
+
+A command that may pull (``apply``, ``pull``) opens a second connection to the daemon
+and subscribes before it makes its call, so every step of its pull reaches it while the
+call is under way, over either transport; a thread prints those of its own pull to
+stderr, so stdout stays the result. One plain line per step, not redrawn bars: Podman
+4.3 sends no sizes, and a line per step reads the same in a terminal and in a log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from iyclo.cli.output import console, escape
+from iyclo.errors import IycloError
+
+if TYPE_CHECKING:
+    from iyclo.contract.events import Event, PullProgress
+
+
+def _size(count: int) -> str:
+    """Bytes as Podman's own progress shows them (decimal units)."""
+    if count < 1000:
+        return f"{count} B"
+    value, unit = float(count), "B"
+    for unit in ("kB", "MB", "GB"):  # noqa: B007 - the unit the loop stops at is the one
+        value /= 1000
+        if value < 1000:
+            break
+    return f"{value:.1f} {unit}"
+
+
+def progress_line(event: PullProgress) -> str:
+    """``IMAGE LAYER STATUS [CURRENT/TOTAL]`` for people."""
+    size = ""
+    if event.total:
+        size = f" {_size(event.current)}/{_size(event.total)}"
+    elif event.current:
+        size = f" {_size(event.current)}"
+    return f"{event.image} {event.layer} {event.status}{size}"
+
+
+@contextlib.contextmanager
+def pull_progress(
+    subscribe: Callable[[], Iterator[Event]], wanted: Callable[[PullProgress], bool]
+) -> Iterator[None]:
+    """Print the pull steps ``wanted`` picks from the events ``subscribe`` gives (it
+    returns once subscribed) while the block runs; a daemon that cannot be reached a
+    second time only costs the progress, never the command."""
+    from iyclo.contract.events import PullProgress
+
+    try:
+        events = subscribe()
+    except IycloError:
+        yield
+        return
+    done = threading.Event()
+    lock = threading.Lock()
+
+    def show() -> None:
+        with contextlib.suppress(Exception):  # the connection ends with the process
+            for event in events:
+                if isinstance(event, PullProgress) and wanted(event):
+                    with lock:
+                        if done.is_set():
+                            return
+                        console().print(escape(progress_line(event)), highlight=False)
+
+    # A daemon thread: it blocks reading the subscription, and ends with the command.
+    threading.Thread(target=show, name="pull-progress", daemon=True).start()
+    try:
+        yield
+    finally:
+        with lock:
+            done.set()
