@@ -116,7 +116,7 @@ def _broken_port_pair(daemon: Daemon) -> dict[str, Any]:
 CASES: list[tuple[str, type[IycloError], int, str]] = [
     ("not-found", NotFoundError, 3, "no pod or job named 'nope'"),
     ("invalid", InvalidError, 2, 'name: "Bad Name" is not a valid name'),
-    ("podman", PodmanError, 5, 'image "localhost/missing:1" is not present'),
+    ("podman", PodmanError, 5, 'image "localhost/missing:1" could not be pulled'),
     ("systemd", SystemdError, 6, "address already in use"),
 ]
 

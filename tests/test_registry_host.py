@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from iyclo.core import naming
 from iyclo.errors import PodmanError
 from iyclo_testhost import (
     Host,
@@ -129,7 +130,9 @@ def test_pull_and_apply_from_the_registry_show_progress_and_record_the_digest(
         status = daemon.call("get", name="reg")
         assert status["images"]["main"]["digest"] == digest
         assert status["images"]["main"]["image"] == image
-        container = json.loads(host.run(["podman", "inspect", "iyclo-reg-g1-main"]).stdout)[0]
+        container = json.loads(
+            host.run(["podman", "inspect", naming.container_name("iyclo-reg-g1", "main")]).stdout
+        )[0]
         assert f"sha256:{container['Image']}" == status["images"]["main"]["id"]
         inspected = daemon.cli("inspect", "reg")
         assert json.loads(inspected.stdout)["images"]["main"]["digest"] == digest
