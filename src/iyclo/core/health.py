@@ -2,9 +2,10 @@
 
 A dependency that goes away (``podman.socket`` restarted by an upgrade, Podman's service
 hung) must not take the daemon with it, nor let it half-make what it is asked for. So the
-daemon probes both every ``HEALTH_INTERVAL`` seconds; while one is missing it is
-*degraded*: it says so with the reason on every front (``health`` on the JSON socket, the
-Manager's ``State`` and ``Problems`` properties on D-Bus, a warning in ``iyclo ps``),
+daemon probes both every ``HEALTH_INTERVAL`` seconds; while one is missing (Podman: for
+``PODMAN_FAILURES`` probes in a row) it is *degraded*: it says so with the reason on every
+front (``health`` on the JSON socket, the Manager's ``State`` and ``Problems`` properties
+on D-Bus, a warning in ``iyclo ps``),
 keeps answering reads from its store and cache, and refuses changes at once with one
 line (``UnavailableError``) instead of failing them half-way. When the dependency answers
 again it reconciles by itself, so what was missed while it was away is caught up, and is
@@ -33,6 +34,8 @@ log = structlog.get_logger("iyclo.health")
 
 OK = "ok"
 DEGRADED = "degraded"
+PODMAN_FAILURES = 2
+"""Probes of Podman that must fail in a row before the daemon says it is degraded."""
 
 
 class Pingable(Protocol):
@@ -72,7 +75,10 @@ class Dependencies:
         self._systemd = systemd
         self._recovered = recovered
         self.interval = interval
+        self.threshold = PODMAN_FAILURES
         self.health = Health(OK, ())
+        self._podman_failures = 0
+        self._podman_problem = ""
         self._listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -103,13 +109,9 @@ class Dependencies:
         """Probe both dependencies once; on a change tell the listeners, and on a return
         to ok reconcile."""
         problems = []
-        try:
-            async with asyncio.timeout(timeouts.HEALTH_PROBE):
-                await self._podman.ping()
-        except TimeoutError:
-            problems.append(f"podman: no answer to a ping within {timeouts.HEALTH_PROBE:g}s")
-        except IycloError as exc:
-            problems.append(f"podman: {exc.message}")
+        podman = await self._probe_podman()
+        if podman:
+            problems.append(podman)
         if not self._systemd.connected:
             problems.append("systemd: the D-Bus connection to systemd is gone; restart iyclod")
         now = Health(DEGRADED if problems else OK, tuple(problems))
@@ -124,6 +126,24 @@ class Dependencies:
             if now.state == OK and before.state != OK:
                 await self._catch_up()
         return now
+
+    async def _probe_podman(self) -> str:
+        """The line saying Podman is missing, once ``threshold`` probes in a row failed;
+        "" while it answers, or has failed fewer times. One failure is not an outage: a
+        socket-activated Podman starting up, or busy importing an image, can miss one
+        ping (measured on the test host under load), as a kubelet probe can miss one."""
+        try:
+            async with asyncio.timeout(timeouts.HEALTH_PROBE):
+                await self._podman.ping()
+        except TimeoutError:
+            self._podman_problem = f"podman: no answer to a ping within {timeouts.HEALTH_PROBE:g}s"
+        except IycloError as exc:
+            self._podman_problem = f"podman: {exc.message}"
+        else:
+            self._podman_failures = 0
+            return ""
+        self._podman_failures += 1
+        return self._podman_problem if self._podman_failures >= self.threshold else ""
 
     async def _catch_up(self) -> None:
         try:

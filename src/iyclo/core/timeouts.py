@@ -37,5 +37,5 @@ HEALTH_INTERVAL: Final = 2.0
 """How often the daemon asks whether Podman and systemd are there (``core.health``): a
 Podman that went away is reported and its return acted on within this."""
 
-HEALTH_PROBE: Final = 5.0
-"""One probe of a dependency: a Podman that takes longer to answer a ping is down."""
+HEALTH_PROBE: Final = 10.0
+"""One probe of a dependency: a Podman that takes longer to answer a ping failed it."""
