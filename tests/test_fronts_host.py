@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from iyclo.contract.events import PodChanged
 from iyclo.errors import (
     InvalidError,
     IycloError,
@@ -333,6 +334,8 @@ def test_events_arrive_in_order_on_cli_and_dbus(daemon: Daemon) -> None:
         ready.set()
         with contextlib.suppress(IycloError):
             for event in stream:
+                if not isinstance(event, PodChanged):
+                    continue  # state changes only (a pull's progress is not one)
                 signals.append(event.to_json())
                 if event.name == "herald" and event.state == "removed":
                     return
@@ -353,7 +356,7 @@ def test_events_arrive_in_order_on_cli_and_dbus(daemon: Daemon) -> None:
             if not line:
                 break
             event = json.loads(line)
-            if event["name"] == "herald":
+            if event["name"] == "herald" and event["event"] == "PodChanged":
                 lines.append(event)
                 if event["state"] == "removed":
                     break

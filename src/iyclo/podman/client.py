@@ -152,11 +152,14 @@ class PodmanClient:
         ``REGISTRY_AUTH_FILE``), so none pass through iyclo.
         """
         what = f'image "{reference}"'
-        if policy == "never":
+        if policy in ("never", "missing"):
+            # A present image is used as it is, unasked of any registry: Podman 5.4's pull
+            # endpoint reports "Download complete" steps even for one it has.
             found = await self.image(reference)
-            if found is None:
+            if found is not None:
+                return found
+            if policy == "never":
                 raise PodmanError(f'{what} is not present and its pullPolicy is "never"')
-            return found
         loop = asyncio.get_running_loop()
 
         def report(step: PullStep) -> None:
