@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from iyclo.api.dbus import BUS_NAME, MANAGER_INTERFACE, MANAGER_PATH, export_service
@@ -38,9 +38,11 @@ from tests.test_hostile_input import (
     TEMPLATES,
     _to_text,
     _to_value,
+    budget,
     garbage_text,
     json_values,
     mutated_manifests,
+    reported,
     small_strings,
     strings,
 )
@@ -76,30 +78,8 @@ class Figures:
 
 @pytest.fixture
 def report(request: pytest.FixtureRequest) -> Iterator[Callable[[str], Figures]]:
-    made: list[tuple[str, Figures]] = []
-
-    def start(name: str) -> Figures:
-        made.append((name, Figures()))
-        return made[-1][1]
-
-    yield start
-    plugins = request.config.pluginmanager
-    reporter, capture = plugins.getplugin("terminalreporter"), plugins.getplugin("capturemanager")
-    for name, figures in made:
-        if reporter is not None and capture is not None:
-            with capture.global_and_fixture_disabled():  # shown even without -s
-                reporter.write("\n")
-                reporter.write_line(figures.line(name))
-
-
-def _settings(name: str) -> settings:
-    return settings(
-        max_examples=CASES[name],
-        deadline=None,
-        database=None,  # every run explores afresh; a failure prints its example
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                               HealthCheck.large_base_example],
-    )  # fmt: skip
+    with reported(request, Figures) as start:
+        yield start
 
 
 def _no_traceback(figures: Figures, text: str) -> None:
@@ -232,7 +212,7 @@ async def test_hostile_json_socket_frames(
     figures = report("JSON socket frames")
     line = Line(json_socket)
 
-    @_settings("JSON socket frames")
+    @budget(CASES["JSON socket frames"])
     @given(frames)
     def run(frame: bytes) -> None:
         figures.cases += 1
@@ -291,7 +271,7 @@ async def test_hostile_dbus_calls(core: Core, report: Callable[[str], Figures]) 
         # The client has a loop of its own in Hypothesis's thread: the daemon's is this one.
         loop = asyncio.new_event_loop()
 
-        @_settings("D-Bus calls")
+        @budget(CASES["D-Bus calls"])
         @given(dbus_calls())
         def run(call: tuple[str, str, list[Any]]) -> None:
             member, signature, body = call

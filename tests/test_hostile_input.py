@@ -9,6 +9,7 @@ the capture mode, so a run's figures can be quoted.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import re
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -51,6 +52,13 @@ class Figures:
     lines: int = 0
     started: float = field(default_factory=time.monotonic)
 
+    def line(self, name: str) -> str:
+        return (
+            f"hostile input, {name}: {self.cases} cases tried ({self.accepted} accepted, "
+            f"{self.refused} refused with {self.lines} lines), {self.crashes} crashes, "
+            f"{time.monotonic() - self.started:.1f}s"
+        )
+
 
 def check(figures: Figures, attempt: Callable[[], object]) -> None:
     """One case: accepted, or refused with well-formed lines; anything else is a crash."""
@@ -80,33 +88,43 @@ def check(figures: Figures, attempt: Callable[[], object]) -> None:
         line.encode("utf-8")  # sendable over D-Bus: no lone surrogate
 
 
-@pytest.fixture
-def report(request: pytest.FixtureRequest) -> Iterator[Callable[[str], Figures]]:
-    """Figures for the test's runs, written to the terminal when they finished."""
-    made: list[tuple[str, Figures]] = []
+class Reported(Protocol):
+    def line(self, name: str) -> str: ...
 
-    def start(name: str) -> Figures:
-        made.append((name, Figures()))
+
+F = TypeVar("F", bound=Reported)
+
+
+@contextlib.contextmanager
+def reported(request: pytest.FixtureRequest, make: Callable[[], F]) -> Iterator[Callable[[str], F]]:
+    """Figures (made by ``make``) for a test's runs, each written to the terminal as its
+    ``line`` when the test finished, whatever the capture mode."""
+    made: list[tuple[str, F]] = []
+
+    def start(name: str) -> F:
+        made.append((name, make()))
         return made[-1][1]
 
     yield start
     plugins = request.config.pluginmanager
     reporter, capture = plugins.getplugin("terminalreporter"), plugins.getplugin("capturemanager")
     for name, figures in made:
-        line = (
-            f"hostile input, {name}: {figures.cases} cases tried ({figures.accepted} accepted, "
-            f"{figures.refused} refused with {figures.lines} lines), {figures.crashes} crashes, "
-            f"{time.monotonic() - figures.started:.1f}s"
-        )
         if reporter is not None and capture is not None:
             with capture.global_and_fixture_disabled():  # shown even without -s
                 reporter.write("\n")
-                reporter.write_line(line)
+                reporter.write_line(figures.line(name))
 
 
-def _settings(name: str) -> settings:
+@pytest.fixture
+def report(request: pytest.FixtureRequest) -> Iterator[Callable[[str], Figures]]:
+    with reported(request, Figures) as start:
+        yield start
+
+
+def budget(max_examples: int) -> settings:
+    """Hypothesis settings for a run of ``max_examples`` cases, explored afresh each time."""
     return settings(
-        max_examples=CASES[name],
+        max_examples=max_examples,
         deadline=None,
         database=None,  # no example database: every run explores afresh, failures print theirs
         suppress_health_check=[
@@ -253,7 +271,7 @@ WALKING_POLICY = Policy(bind_mount_allow=("/srv", "/var/lib/iyclo/volumes", "/tm
 def test_garbage_text(report: Callable[[str], Figures]) -> None:
     figures = report("garbage text")
 
-    @_settings("garbage text")
+    @budget(CASES["garbage text"])
     @given(garbage_text)
     def run(text: str | bytes) -> None:
         check(figures, lambda: parse_manifest_text(text))
@@ -266,7 +284,7 @@ def test_garbage_text(report: Callable[[str], Figures]) -> None:
 def test_any_json_value(report: Callable[[str], Figures]) -> None:
     figures = report("any JSON value")
 
-    @_settings("any JSON value")
+    @budget(CASES["any JSON value"])
     @given(st.one_of(json_values, st.dictionaries(small_strings, json_values, max_size=8)))
     def run(value: Any) -> None:
         check(figures, lambda: load_manifest(_to_value(value)))
@@ -279,7 +297,7 @@ def test_any_json_value(report: Callable[[str], Figures]) -> None:
 def test_mutated_manifests_as_text(report: Callable[[str], Figures]) -> None:
     figures = report("manifest, as text")
 
-    @_settings("manifest, as text")
+    @budget(CASES["manifest, as text"])
     @given(mutated_manifests())
     def run(doc: Any) -> None:
         text = _to_text(doc)
@@ -294,7 +312,7 @@ def test_mutated_manifests_as_text(report: Callable[[str], Figures]) -> None:
 def test_mutated_manifests_decoded(report: Callable[[str], Figures]) -> None:
     figures = report("manifest, decoded")
 
-    @_settings("manifest, decoded")
+    @budget(CASES["manifest, decoded"])
     @given(mutated_manifests())
     def run(doc: Any) -> None:
         check(figures, lambda: load_manifest(_to_value(doc), WALKING_POLICY))
