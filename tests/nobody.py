@@ -8,6 +8,7 @@ into a world-readable directory, to run with the real interpreter behind the ven
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import sysconfig
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -68,3 +70,54 @@ def nobody_python() -> Iterator[NobodyPython]:
         yield NobodyPython(os.path.realpath(sys.executable), f"{top}{os.pathsep}{top / 'site'}")
     finally:
         shutil.rmtree(top)
+
+
+NOBODY = 65534
+
+_CLIENT = """
+import json, sys
+from iyclo.errors import IycloError
+transport, address = sys.argv[1:]
+try:
+    if transport == "socket":
+        from iyclo.client.jsonrpc import JsonRpcClient
+        client = JsonRpcClient(address, timeout=10)
+    else:
+        from iyclo.client.dbus import DBusClient
+        client = DBusClient(bus_address=address, timeout=10)
+except IycloError as exc:
+    print(json.dumps({"connect": type(exc).__name__, "message": exc.message}))
+    sys.exit(0)
+for line in sys.stdin:
+    method, params = json.loads(line)
+    try:
+        print(json.dumps({"ok": client.call(method, **params)}))
+    except IycloError as exc:
+        print(json.dumps({"error": type(exc).__name__, "message": exc.message}))
+client.close()
+"""
+
+
+async def calls_as_nobody(
+    nobody_python: NobodyPython,
+    transport: str,
+    address: str,
+    requests: list[tuple[str, dict[str, Any]]],
+    *,
+    gid: int = NOBODY,
+) -> list[dict[str, Any]]:
+    """Each request made by iyclo's own client (``transport`` "socket": the JSON socket at
+    ``address``; "dbus": the bus at ``address``) running as uid nobody with group ``gid``:
+    ``{"ok": result}``, ``{"error": type, "message": …}``, or one ``{"connect": …}`` when
+    it could not even connect."""
+    proc = await asyncio.create_subprocess_exec(
+        "setpriv", f"--reuid={NOBODY}", f"--regid={gid}", "--clear-groups",
+        nobody_python.python, "-c", _CLIENT, transport, address,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=nobody_python.env(),
+    )  # fmt: skip
+    stdin = "".join(json.dumps(r) + "\n" for r in requests).encode()
+    out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
+    assert proc.returncode == 0, err.decode()
+    replies: list[dict[str, Any]] = [json.loads(line) for line in out.decode().splitlines()]
+    return replies

@@ -35,9 +35,8 @@ from iyclo.errors import AccessDeniedError, InvalidError
 from tests.fakes.dbus_session import PrivateBus
 from tests.fakes.fixtures import Core
 from tests.fakes.polkit import FakePolkit
-from tests.nobody import NobodyPython
+from tests.nobody import NOBODY, NobodyPython, calls_as_nobody
 
-NOBODY = 65534
 SECRET = "s3cret-in-env"
 ROOT = Path(__file__).resolve().parent.parent
 # A group every Debian system has and uid nobody is not in: the file mode lets a process
@@ -56,25 +55,6 @@ def manifest() -> dict[str, Any]:
     return data
 
 
-NOBODY_CLIENT = """
-import json, sys
-from iyclo.client.jsonrpc import JsonRpcClient
-from iyclo.errors import IycloError
-try:
-    client = JsonRpcClient(sys.argv[1], timeout=10)
-except IycloError as exc:
-    print(json.dumps({"connect": type(exc).__name__, "message": exc.message}))
-    sys.exit(0)
-for line in sys.stdin:
-    method, params = json.loads(line)
-    try:
-        print(json.dumps({"ok": client.call(method, **params)}))
-    except IycloError as exc:
-        print(json.dumps({"error": type(exc).__name__, "message": exc.message}))
-client.close()
-"""
-
-
 async def as_nobody(
     nobody_python: NobodyPython,
     path: Path,
@@ -82,17 +62,7 @@ async def as_nobody(
     *,
     gid: int = NOBODY,
 ) -> list[dict[str, Any]]:
-    proc = await asyncio.create_subprocess_exec(
-        "setpriv", f"--reuid={NOBODY}", f"--regid={gid}", "--clear-groups",
-        nobody_python.python, "-c", NOBODY_CLIENT, str(path),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=nobody_python.env(),
-    )  # fmt: skip
-    stdin = "".join(json.dumps(r) + "\n" for r in requests).encode()
-    out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
-    assert proc.returncode == 0, err.decode()
-    replies: list[dict[str, Any]] = [json.loads(line) for line in out.decode().splitlines()]
-    return replies
+    return await calls_as_nobody(nobody_python, "socket", str(path), requests, gid=gid)
 
 
 def open_directory() -> Path:

@@ -66,7 +66,7 @@ from iyclo.errors import (
     UnavailableError,
 )
 from tests.fakes.fixtures import Core, fail_once
-from tests.nobody import NobodyPython
+from tests.nobody import NobodyPython, calls_as_nobody
 
 ROOT = Path(__file__).parent.parent
 SRC_DIR = Path(iyclo.__file__).parent.parent
@@ -1168,20 +1168,6 @@ async def test_name_refused_by_bus_policy(bus_dir: Path, core: Core) -> None:
     assert "/usr/share/dbus-1/system.d/" in caught.value.message
 
 
-NOBODY_CLIENT = """
-import json, sys
-from iyclo.client.dbus import DBusClient
-from iyclo.errors import IycloError
-client = DBusClient(bus_address=sys.argv[1], timeout=10)
-for line in sys.stdin:
-    method, params = json.loads(line)
-    try:
-        print(json.dumps({"ok": client.call(method, **params)}))
-    except IycloError as exc:
-        print(json.dumps({"error": type(exc).__name__, "message": exc.message}))
-client.close()
-"""
-
 NOBODY_DAEMON = """
 import asyncio, sys, tempfile
 from pathlib import Path
@@ -1322,17 +1308,7 @@ async def nobody_calls(
 ) -> list[dict[str, Any]]:
     """Each request made by iyclo's D-Bus client running as uid nobody, its answer or its
     typed error."""
-    proc = await asyncio.create_subprocess_exec(
-        *as_nobody(nobody_python.python, "-c", NOBODY_CLIENT, address),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=nobody_python.env(),
-    )
-    stdin = "".join(json.dumps(r) + "\n" for r in requests).encode()
-    out_bytes, err_bytes = await asyncio.wait_for(proc.communicate(stdin), 60)
-    assert proc.returncode == 0, err_bytes.decode()
-    return [json.loads(line) for line in out_bytes.decode().splitlines()]
+    return await calls_as_nobody(nobody_python, "dbus", address, requests)
 
 
 def test_activation_file() -> None:
