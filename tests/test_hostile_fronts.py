@@ -29,6 +29,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from iyclo.api.dbus import BUS_NAME, MANAGER_INTERFACE, MANAGER_PATH, export_service
+from iyclo.api.dbus_caller import bus_daemon_message
 from iyclo.api.jsonrpc import INTERNAL_ERROR, MAX_LINE, JsonRpcServer
 from iyclo.contract.methods import METHODS
 from iyclo.core.access import Gate
@@ -310,11 +311,7 @@ async def test_hostile_dbus_calls(core: Core, report: Callable[[str], Figures]) 
             return await MessageBus(bus_address=bus.address).connect()
 
         async def has_owner(client: MessageBus) -> bool:
-            reply = await client.call(
-                Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                        interface="org.freedesktop.DBus", member="NameHasOwner",
-                        signature="s", body=[BUS_NAME])
-            )  # fmt: skip
+            reply = await client.call(bus_daemon_message("NameHasOwner", "s", [BUS_NAME]))
             return bool(reply is not None and reply.body and reply.body[0])
 
         def run_all() -> None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Self
 
-from dbus_fast import Message, MessageType, Variant
+from dbus_fast import MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusSignature
 from dbus_fast.service import ServiceInterface, dbus_method
 
+from iyclo.api.dbus_caller import bus_daemon_message
 from iyclo.api.peer import process_start_time
 from iyclo.api.polkit import AUTHORITY_INTERFACE, AUTHORITY_PATH, POLKIT_NAME
 
@@ -78,10 +79,8 @@ class FakePolkit:
         if kind == "system-bus-name":
             assert self._bus is not None
             reply = await self._bus.call(
-                Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                        interface="org.freedesktop.DBus", member="GetConnectionUnixUser",
-                        signature="s", body=[fields["name"].value])
-            )  # fmt: skip
+                bus_daemon_message("GetConnectionUnixUser", "s", [fields["name"].value])
+            )
             if reply is None or reply.message_type is MessageType.ERROR:
                 return None
             return int(reply.body[0])

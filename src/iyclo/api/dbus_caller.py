@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+from typing import Any
 
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
@@ -27,6 +28,18 @@ from iyclo.errors import AccessDeniedError
 _SENDER: contextvars.ContextVar[str] = contextvars.ContextVar("iyclo_dbus_sender", default="")
 CACHE_SIZE = 1024
 BUS_CALL_TIMEOUT = 10.0
+
+
+def bus_daemon_message(member: str, signature: str = "", body: list[Any] | None = None) -> Message:
+    """A call to the bus daemon itself (``org.freedesktop.DBus``)."""
+    return Message(
+        destination="org.freedesktop.DBus",
+        path="/org/freedesktop/DBus",
+        interface="org.freedesktop.DBus",
+        member=member,
+        signature=signature,
+        body=body or [],
+    )
 
 
 def note_sender(message: Message) -> bool:
@@ -63,14 +76,7 @@ class BusCallers:
         return caller
 
     async def _ask(self, sender: str) -> Caller:
-        request = Message(
-            destination="org.freedesktop.DBus",
-            path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus",
-            member="GetConnectionCredentials",
-            signature="s",
-            body=[sender],
-        )
+        request = bus_daemon_message("GetConnectionCredentials", "s", [sender])
         try:
             async with asyncio.timeout(BUS_CALL_TIMEOUT):
                 reply = await self._bus.call(request)

@@ -24,6 +24,7 @@ import asyncio
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
+from iyclo.api.dbus_caller import bus_daemon_message
 from iyclo.api.peer import process_start_time
 from iyclo.core.access import Caller
 from iyclo.errors import AccessDeniedError
@@ -33,17 +34,6 @@ AUTHORITY_PATH = "/org/freedesktop/PolicyKit1/Authority"
 AUTHORITY_INTERFACE = "org.freedesktop.PolicyKit1.Authority"
 CALL_TIMEOUT = 25.0  # polkit's own rule evaluation is bounded well below this
 NO_INTERACTION = 0
-
-
-def _bus_message(member: str, signature: str = "", body: list[object] | None = None) -> Message:
-    return Message(
-        destination="org.freedesktop.DBus",
-        path="/org/freedesktop/DBus",
-        interface="org.freedesktop.DBus",
-        member=member,
-        signature=signature,
-        body=body or [],
-    )
 
 
 class Polkit:
@@ -59,7 +49,7 @@ class Polkit:
         for member in ("ListNames", "ListActivatableNames"):
             try:
                 async with asyncio.timeout(CALL_TIMEOUT):
-                    reply = await bus.call(_bus_message(member))
+                    reply = await bus.call(bus_daemon_message(member))
             except TimeoutError:
                 continue
             if reply is not None and reply.message_type is MessageType.METHOD_RETURN:
