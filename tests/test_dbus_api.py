@@ -1377,3 +1377,52 @@ async def test_client_import_and_call_are_quick_and_lean(served: Core, address: 
     assert measured["version"] == iyclo.__version__
     assert measured["pods"] == 1
     assert measured["import"] + measured["call"] < 1.5
+
+
+async def test_the_interface_comes_back_after_the_bus_daemon_restarts(
+    core: Core, tmp_path: Path
+) -> None:
+    """A bus daemon that crashes and comes back (socket activation does that on a real
+    host) gets the name, the objects and the answers back without restarting iyclod."""
+    socket_path = tmp_path / "bus"
+    first, _ = spawn_bus("--session", f"--address=unix:path={socket_path}")
+    address = f"unix:path={socket_path}"  # without the guid, which the new bus changes
+    unexport = await export_service(core.service, bus_address=address)
+    second: subprocess.Popen[str] | None = None
+    try:
+        await core.service.apply(WEB)
+        first.kill()  # as a crash would: no goodbye to anyone
+        await asyncio.to_thread(first.wait, 10)
+        assert first.stdout is not None
+        first.stdout.close()
+        socket_path.unlink(missing_ok=True)
+        second, again = spawn_bus("--session", f"--address=unix:path={socket_path}")
+        assert again.startswith(f"unix:path={socket_path}")
+        deadline = time.monotonic() + 15
+        answer: Any = None
+        while time.monotonic() < deadline:
+            try:
+                client = await asyncio.to_thread(DBusClient, bus_address=address, timeout=5)
+            except IycloError:
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                answer = await call(client, "get", name="web")
+                break
+            except IycloError:
+                await asyncio.sleep(0.1)
+            finally:
+                await asyncio.to_thread(client.close)
+        assert answer is not None, "the interface did not come back"
+        assert answer["name"] == "web"
+        out = await asyncio.to_thread(
+            subprocess.run,
+            ["busctl", f"--address={address}", "get-property", BUS_NAME,
+             pod_path("web"), POD_INTERFACE, "State"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert out.stdout.strip() == 's "running"', out.stderr
+    finally:
+        await unexport()
+        if second is not None:
+            stop_bus(second)

@@ -7,7 +7,9 @@ block the event loop for more than 0.2 s.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -550,6 +552,61 @@ async def test_close_fails_pending_waits_at_once(
             await watch.next(timeout=1)
     with pytest.raises(SystemdError, match="not connected"):
         await systemd_manager.get_unit("iyclo-a.service")
+
+
+async def _soon(condition: Callable[[], bool], seconds: float = 10) -> bool:
+    """Whether ``condition`` holds within ``seconds`` (checked every 50 ms)."""
+    for _ in range(int(seconds / 0.05)):
+        if condition():
+            return True
+        await asyncio.sleep(0.05)
+    return condition()
+
+
+async def test_a_dropped_connection_is_made_again_with_its_listeners(
+    fake_systemd: FakeSystemd, dbus_address: str
+) -> None:
+    """The bus daemon dropping iyclod (crashed, restarted) must not leave it deaf: waits
+    under way fail at once, and the same listeners hear systemd on the new connection."""
+    async with await SystemdManager.connect(dbus_address) as manager:
+        seen: list[UnitChange] = []
+        manager.on_unit_change(seen.append)
+        await manager.start_transient_unit("iyclo-a.service", SLEEPER)
+        waiting = asyncio.create_task(
+            manager.wait_for_state("iyclo-a.service", {"failed"}, timeout=30)
+        )
+        await asyncio.sleep(0.05)
+        manager._bus._sock.shutdown(socket.SHUT_RDWR)  # the connection drops under it
+
+        with pytest.raises(SystemdError, match="connection"):
+            await asyncio.wait_for(waiting, 5)
+        assert not manager.connected
+        assert await _soon(lambda: manager.connected), manager.lost_reason
+        assert manager.reconnects == 1
+        assert manager.lost_reason == ""
+        assert fake_systemd.calls["Subscribe"] == [(), ()]
+
+        seen.clear()
+        fake_systemd.set_unit_state("iyclo-a.service", "failed", "failed", result="signal")
+        await manager.wait_for_state("iyclo-a.service", {"failed"}, timeout=5)
+        assert any(c.changed.get("ActiveState") == "failed" for c in seen)
+
+
+async def test_a_connection_that_cannot_be_made_again_keeps_trying_until_closed(
+    fake_systemd: FakeSystemd, dbus_address: str
+) -> None:
+    manager = await SystemdManager.connect(dbus_address)
+    fake_systemd.fail_next(
+        "Subscribe",
+        DBusError("org.freedesktop.DBus.Error.ServiceUnknown", "systemd is not on this bus yet"),
+    )
+    manager._bus._sock.shutdown(socket.SHUT_RDWR)
+    assert await _soon(lambda: "not on this bus yet" in manager.lost_reason)
+    assert "attempt 1" in manager.lost_reason
+    assert await _soon(lambda: manager.connected)  # the next attempt works
+    assert manager.reconnects == 1
+    await manager.close()
+    assert not manager.connected
 
 
 async def test_connect_to_a_dead_address_is_a_systemd_error(tmp_path: Any) -> None:

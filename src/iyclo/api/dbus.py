@@ -18,6 +18,10 @@ message holds every problem, one per line); anything else leaves as
 ``io.github.iyclo1.Error.Failed``. Objects follow the service's ``EventBus``: each event
 is forwarded as a signal at once, and the deployment named in it is re-read with
 ``Service.status`` to export, update or unexport its object — never polled.
+
+A bus daemon that drops iyclod's connection (crashed, restarted) does not take the
+interface away for good: ``_Front`` exports it again on a new connection as soon as the
+bus is back, every object re-read from the service, the name owned again.
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ __all__ = [
 
 POLICY_FILE = "/usr/share/dbus-1/system.d/io.github.iyclo1.conf"
 BUS_TIMEOUT = 10.0  # connecting and owning the name: the bus daemon answers at once or never
+EXPORT_AGAIN_PAUSES = (0.2, 0.5, 1.0, 2.0)
+"""Seconds between attempts to export again after the bus dropped us; the last repeats."""
 
 Deployment = PodInterface | JobInterface
 
@@ -92,13 +98,15 @@ class _Exporter:
         self._watch: asyncio.Task[None] | None = None
         self._subscription = contextlib.ExitStack()
         self._closed = False
+        self.disconnected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        """Done when the connection dropped by itself (not by ``close``)."""
 
     async def start(self, bus_label: str) -> None:
         # Subscribe before reading the initial list: nothing published in between is lost.
         queue = self._subscription.enter_context(self.service.events.subscription())
         self.bus.export(MANAGER_PATH, self.manager)
         self.manager.set_health(self.service.health())
-        self.service.on_health_change(self.manager.set_health)
+        self._subscription.callback(self.service.on_health_change(self.manager.set_health))
         for status in await self.service.list_all():
             self._put(status)
         await self._request_name(bus_label)
@@ -193,11 +201,14 @@ class _Exporter:
                     log.exception("cannot refresh object", name=name)
 
     async def _watch_connection(self, bus_label: str) -> None:
-        """A bus daemon that goes away takes the interface with it: say so, loudly."""
+        """A bus daemon that goes away takes the interface with it until ``_Front``
+        exports it again: say so, loudly."""
         with contextlib.suppress(Exception):
             await self.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
         if not self._closed:
-            log.error("lost the D-Bus connection; the interface is gone", bus=bus_label)
+            log.error("lost the D-Bus connection; exporting again", bus=bus_label)
+            if not self.disconnected.done():
+                self.disconnected.set_result(None)
 
     async def close(self) -> None:
         if self._closed:
@@ -215,13 +226,85 @@ class _Exporter:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(BUS_TIMEOUT):
                     await self.bus.release_name(BUS_NAME)
-        self.bus.disconnect()
+        with contextlib.suppress(Exception):  # already gone when the bus dropped us
+            self.bus.disconnect()
         with contextlib.suppress(Exception):
             async with asyncio.timeout(BUS_TIMEOUT):
                 if self._watch is not None:
                     await self._watch
                 else:
                     await self.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+
+
+class _Front:
+    """The interface on one bus for as long as the daemon runs: exported again on a new
+    connection whenever the bus drops the current one."""
+
+    def __init__(self, service: ServiceApi, connect: Callable[[], MessageBus], label: str,
+                 gate: Gate) -> None:  # fmt: skip
+        self._service = service
+        self._connect = connect
+        self._label = label
+        self._gate = gate
+        self._own_authority = gate.authority is None
+        """polkit is looked up on our bus, so it must be looked up again on a new one."""
+        self._exporter: _Exporter | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._closed = False
+        self.exports = 0
+
+    async def start(self) -> None:
+        self._exporter = await self._export()
+        self._supervisor = asyncio.create_task(self._supervise(), name="iyclo-dbus-front")
+
+    async def _export(self) -> _Exporter:
+        bus = self._connect()
+        try:
+            async with asyncio.timeout(BUS_TIMEOUT):
+                await bus.connect()
+        except TimeoutError:
+            with contextlib.suppress(Exception):
+                bus.disconnect()
+            raise IycloError(f"cannot connect to the {self._label} bus: no answer") from None
+        except Exception as exc:
+            raise IycloError(f"cannot connect to the {self._label} bus: {exc}") from None
+        exporter = _Exporter(self._service, bus, self._gate)
+        try:
+            if self._own_authority:
+                self._gate.authority = await Polkit.on(bus)
+            await exporter.start(self._label)
+        except BaseException:
+            await exporter.close()
+            raise
+        self.exports += 1
+        return exporter
+
+    async def _supervise(self) -> None:
+        while not self._closed and self._exporter is not None:
+            await self._exporter.disconnected
+            await self._exporter.close()
+            self._exporter = None
+            attempt = 0
+            while not self._closed and self._exporter is None:
+                await asyncio.sleep(EXPORT_AGAIN_PAUSES[min(attempt, len(EXPORT_AGAIN_PAUSES) - 1)])
+                attempt += 1
+                try:
+                    self._exporter = await self._export()
+                except IycloError as exc:
+                    log.warning("cannot export again yet", bus=self._label, attempt=attempt,
+                                error=exc.message)  # fmt: skip
+            if self._exporter is not None:
+                log.warning("D-Bus interface exported again", bus=self._label, attempt=attempt)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._supervisor is not None:
+            # waits on the exporter's own future, never on dbus-fast's: safe to cancel
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        if self._exporter is not None:
+            await self._exporter.close()
 
 
 async def export_service(
@@ -240,28 +323,16 @@ async def export_service(
     its authority when polkit is there.
     """
     gate = gate or Gate()
+    connect: Callable[[], MessageBus]
     if bus_address is not None:
         label = bus_address
-        message_bus = MessageBus(bus_address=bus_address)
+        connect = lambda: MessageBus(bus_address=bus_address)  # noqa: E731
     elif bus in ("system", "session"):
         label = bus
-        message_bus = MessageBus(bus_type=BusType.SYSTEM if bus == "system" else BusType.SESSION)
+        kind = BusType.SYSTEM if bus == "system" else BusType.SESSION
+        connect = lambda: MessageBus(bus_type=kind)  # noqa: E731
     else:
         raise InvalidError(f'bus: "{bus}" is not "system" or "session"')
-    try:
-        async with asyncio.timeout(BUS_TIMEOUT):
-            await message_bus.connect()
-    except TimeoutError:
-        message_bus.disconnect()
-        raise IycloError(f"cannot connect to the {label} bus: no answer") from None
-    except Exception as exc:
-        raise IycloError(f"cannot connect to the {label} bus: {exc}") from None
-    exporter = _Exporter(service, message_bus, gate)
-    try:
-        if gate.authority is None:
-            gate.authority = await Polkit.on(message_bus)
-        await exporter.start(label)
-    except BaseException:
-        await exporter.close()
-        raise
-    return exporter.close
+    front = _Front(service, connect, label, gate)
+    await front.start()
+    return front.close

@@ -116,8 +116,8 @@ class Guarded:
     def health(self) -> dict[str, Any]:
         return self._service.health()
 
-    def on_health_change(self, listener: Callable[[dict[str, Any]], None]) -> None:
-        self._service.on_health_change(listener)
+    def on_health_change(self, listener: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+        return self._service.on_health_change(listener)
 
     async def list_all(self) -> list[dict[str, Any]]:
         statuses = await self._service.list_all()

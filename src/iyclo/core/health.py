@@ -11,10 +11,11 @@ line (``UnavailableError``) instead of failing them half-way. When the dependenc
 again it reconciles by itself, so what was missed while it was away is caught up, and is
 *ok* again.
 
-systemd is probed through the daemon's connection to its bus: a lost connection is not
-re-made (every watch of systemd's signals hangs off it), so it stays degraded until the
-daemon is restarted, which ``Restart=`` of iyclod's unit does not do for a live process;
-the reason says so.
+systemd is probed through the daemon's connection to its bus. A connection that drops
+(the bus daemon crashed or was restarted) is made again by the systemd adapter on its own
+(``SystemdManager``), its signal watches with it; until then the daemon is degraded with
+the adapter's reason, and once it is back it reconciles like after any other outage,
+since signals sent in the gap were lost.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ class Pingable(Protocol):
 class Connected(Protocol):
     @property
     def connected(self) -> bool: ...
+
+    @property
+    def lost_reason(self) -> str: ...
+
+    @property
+    def reconnects(self) -> int: ...
 
 
 @frozen
@@ -79,11 +86,15 @@ class Dependencies:
         self.health = Health(OK, ())
         self._podman_failures = 0
         self._podman_problem = ""
+        self._systemd_reconnects: int | None = None
+        """systemd's reconnects as of the last check; unknown before the first."""
         self._listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
 
-    def on_change(self, listener: Listener) -> None:
+    def on_change(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener`` on every change of health; returns its remover."""
         self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
     async def start(self) -> None:
         await self.check()
@@ -113,7 +124,8 @@ class Dependencies:
         if podman:
             problems.append(podman)
         if not self._systemd.connected:
-            problems.append("systemd: the D-Bus connection to systemd is gone; restart iyclod")
+            why = self._systemd.lost_reason or "the D-Bus connection to systemd is gone"
+            problems.append(f"systemd: {why}; connecting again")
         now = Health(DEGRADED if problems else OK, tuple(problems))
         before, self.health = self.health, now
         if now != before:
@@ -123,8 +135,12 @@ class Dependencies:
                 log.error("degraded", problems=problems)
             for listener in self._listeners:
                 listener(now)
-            if now.state == OK and before.state != OK:
-                await self._catch_up()
+        seen, self._systemd_reconnects = self._systemd_reconnects, self._systemd.reconnects
+        reconnected = seen is not None and seen != self._systemd_reconnects
+        # Back from an outage, or from a drop of systemd's bus too short for any probe to
+        # see: either way signals may have been missed.
+        if now.state == OK and (before.state != OK or reconnected):
+            await self._catch_up()
         return now
 
     async def _probe_podman(self) -> str:

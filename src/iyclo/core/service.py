@@ -298,8 +298,8 @@ class Service:
         """ok, or degraded with one line per missing dependency (``core.health``)."""
         return self.dependencies.health.to_json()
 
-    def on_health_change(self, listener: Callable[[dict[str, Any]], None]) -> None:
-        self.dependencies.on_change(lambda health: listener(health.to_json()))
+    def on_health_change(self, listener: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+        return self.dependencies.on_change(lambda health: listener(health.to_json()))
 
     # -- reconcile ------------------------------------------------------------------------
 

@@ -1,0 +1,92 @@
+"""iyclod under faults of what it stands on (issue #14), on the real test host.
+
+Each test injects one fault into a host of its own (a fresh test host, so the session's
+host and daemon never see it), checks that iyclod stays up, says what is wrong on every
+front, answers reads and refuses changes with one line, and that it comes back by itself
+once the fault is gone, with the host matching the store. Every test prints its figures
+(faults injected, what was lost) so they can be quoted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from iyclo.errors import UnavailableError
+from tests.daemon_fixtures import ROOT, Daemon, fast, pod_manifest, unit_show, wait_for
+
+pytestmark = [pytest.mark.host, pytest.mark.timeout(300)]
+
+
+def _manager_state(daemon: Daemon) -> str:
+    out = daemon.host.run(
+        ["busctl", "get-property", "io.github.iyclo1", "/io/github/iyclo1",
+         "io.github.iyclo1.Manager", "State"], check=False, timeout=30,
+    )  # fmt: skip
+    return out.stdout.strip() if out.returncode == 0 else f"(busctl: {out.stderr.strip()})"
+
+
+def test_the_system_bus_going_away_and_coming_back(fresh_testhost_factory: Any) -> None:
+    """dbus-daemon killed, and kept down a while: iyclod loses systemd's bus and its own
+    interface with it. It stays up, says why (JSON socket, `iyclo ps`), answers reads,
+    refuses changes; when the bus is back it connects to systemd again, exports its
+    interface again, catches up with what changed meanwhile (a pod stopped behind its
+    back) and takes changes again, all without a restart."""
+    host = fresh_testhost_factory()
+    host.install_dbus_policy(ROOT / "dbus" / "io.github.iyclo1.conf")
+    daemon = Daemon(host)
+    daemon.start()
+    pid = daemon.unit_property("MainPID")
+    manifest = fast(pod_manifest("steady"))
+    daemon.call("apply", manifest=manifest)
+    assert _manager_state(daemon) == 's "ok"'
+
+    host.run(["systemctl", "stop", "dbus.socket"])
+    host.run(["systemctl", "kill", "--signal=KILL", "dbus.service"])
+    started = time.monotonic()
+    try:
+        health = wait_for(
+            lambda: (h := daemon.call("health"))["state"] == "degraded" and h,
+            timeout=20, what="iyclod to notice the bus is gone",
+        )  # fmt: skip
+        (problem,) = health["problems"]
+        assert problem.startswith("systemd: "), problem
+        assert problem.endswith("; connecting again"), problem
+        print(f"\nwhile the bus was down: {problem}")
+        assert daemon.call("get", name="steady")["generation"] == 1  # reads answer
+        changed = json.loads(json.dumps(manifest))
+        changed["containers"][0]["env"]["ROLE"] = "next"
+        with pytest.raises(UnavailableError, match=r"^apply: iyclod is degraded \(systemd: "):
+            daemon.call("apply", manifest=changed)
+        ps = daemon.cli("ps")
+        assert ps.returncode == 0, ps.stderr
+        assert "iyclo: warning: iyclod is degraded: systemd: " in ps.stderr
+        # meanwhile the pod is stopped behind iyclod's back (systemctl uses systemd's own
+        # socket, not the bus)
+        host.run(["systemctl", "stop", "iyclo-pod-steady.service"])
+    finally:
+        host.run(["systemctl", "start", "dbus.socket", "dbus.service"])
+    wait_for(lambda: daemon.call("health")["state"] == "ok", timeout=30,
+             what="iyclod to be back on the bus")  # fmt: skip
+    back = time.monotonic() - started
+    wait_for(lambda: _manager_state(daemon) == 's "ok"', timeout=30,
+             what="the D-Bus interface to be exported again")  # fmt: skip
+    assert daemon.unit_property("MainPID") == pid, "iyclod was restarted"
+    # the catch-up reconcile started the pod the user never stopped
+    wait_for(
+        lambda: unit_show(host, "iyclo-pod-steady.service", "ActiveState")["ActiveState"]
+        == "active",
+        timeout=60, what="the pod stopped behind iyclod's back to run again",
+    )  # fmt: skip
+    assert daemon.call("apply", manifest=changed)["generation"] == 2
+    status = host.run(["busctl", "call", "io.github.iyclo1", "/io/github/iyclo1",
+                       "io.github.iyclo1.Manager", "Get", "s", "steady"]).stdout  # fmt: skip
+    assert '\\"generation\\": 2' in status or '"generation": 2' in status, status
+    print(
+        f"bus down and back: 1 fault, iyclod restarts 0, back in {back:.1f}s, "
+        "the stopped pod running again, lost 0"
+    )
+    daemon.stop()
