@@ -90,3 +90,46 @@ def test_the_system_bus_going_away_and_coming_back(fresh_testhost_factory: Any) 
         "the stopped pod running again, lost 0"
     )
     daemon.stop()
+
+
+def test_a_full_state_disk(fresh_testhost_factory: Any) -> None:
+    """The state directory on a small filesystem that fills up: changes are refused with
+    one line before anything is touched, what is stored stays whole and readable (also
+    by a daemon restarted meanwhile), and iyclod takes changes again once space is back."""
+    host = fresh_testhost_factory()
+    small = "/var/lib/iyclo-small"
+    host.run(["mkdir", "-p", small])
+    host.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", small])
+    daemon = Daemon(host, ("--no-dbus",))
+    daemon.start("--state-dir", small)
+    daemon.call("apply", manifest=fast(pod_manifest("first")))
+    stored = host.run(["sha256sum", f"{small}/state.json"]).stdout
+    # leave 100 KiB: less than the 1 MiB iyclod keeps free for its records
+    host.run(["sh", "-c", f"head -c $(( $(stat -f -c '%a*%S' {small}) - 102400 )) "
+                          f"/dev/zero > {small}/filler"])  # fmt: skip
+    wait_for(lambda: daemon.call("health")["state"] == "degraded", timeout=20,
+             what="iyclod to see its disk full")  # fmt: skip
+    refused = daemon.cli("apply", "-f", "-", stdin=json.dumps(fast(pod_manifest("second"))))
+    assert refused.returncode == 9, refused
+    assert refused.stderr.startswith(
+        f"iyclo: error: apply: iyclod is degraded (state: {small} has "
+    ), refused.stderr
+    assert "KiB free, iyclod needs 1024 KiB to record changes" in refused.stderr
+    assert refused.stderr.count("\n") <= 2, refused.stderr  # the line and its hint
+    assert host.run(["podman", "pod", "exists", "iyclo-second-g1"], check=False).returncode != 0
+    assert host.run(["sha256sum", f"{small}/state.json"]).stdout == stored
+
+    daemon.kill()  # a restart on the full disk still loads what is stored
+    daemon.start("--state-dir", small)
+    assert [s["name"] for s in daemon.call("list")] == ["first"]
+    assert daemon.call("get", name="first")["state"] == "running"
+
+    host.run(["rm", f"{small}/filler"])
+    wait_for(lambda: daemon.call("health")["state"] == "ok", timeout=20,
+             what="iyclod to see space back")  # fmt: skip
+    assert daemon.call("apply", manifest=fast(pod_manifest("second")))["generation"] == 1
+    print(
+        "\nfull state disk: changes refused 1, stored records damaged 0, lost 0, "
+        "resumed after space came back"
+    )
+    daemon.stop()

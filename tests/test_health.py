@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import os
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,14 @@ from iyclo.api.jsonrpc import JsonRpcServer
 from iyclo.client.dbus import DBusClient
 from iyclo.client.jsonrpc import JsonRpcClient
 from iyclo.core.access import Gate
-from iyclo.errors import UnavailableError
+from iyclo.core.service import Service
+from iyclo.errors import StoreError, UnavailableError
+from iyclo.store import Store
+from iyclo.systemd import SystemdManager
 from tests.fakes.dbus_session import PrivateBus
 from tests.fakes.fixtures import Core
+from tests.fakes.podman import FakePodman
+from tests.fakes.systemd import FakeSystemd
 
 ROOT = Path(__file__).resolve().parent.parent
 GONE = "[Errno 2] No such file or directory"
@@ -131,3 +138,73 @@ async def test_both_fronts_report_it_and_refuse_typed(watched: Core, tmp_path: P
         finally:
             await unexport()
             await server.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MiB filesystem (tmpfs), to be filled."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount)],
+                   check=True)  # fmt: skip
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(mount: Path, leave: int) -> Path:
+    """Fill ``mount`` until at most ``leave`` bytes are free; the file to delete again."""
+    filler = mount / "filler"
+    stats = os.statvfs(mount)
+    with filler.open("wb") as out:
+        out.write(b"\0" * max(0, stats.f_bavail * stats.f_frsize - leave))
+    return filler
+
+
+async def test_a_full_state_disk_refuses_changes_first_and_resumes(
+    small_disk: Path, fake_systemd: FakeSystemd, systemd_manager: SystemdManager
+) -> None:
+    """Full disk (issue #14): a change is refused before it touches anything, with one line
+    naming the directory; what is stored stays readable and whole; freeing space is
+    enough for changes to be taken again."""
+    podman = FakePodman(fake_systemd)
+    store = Store.open(small_disk / "state")
+    service = Service(store, systemd_manager, podman)  # type: ignore[arg-type]
+    try:
+        await service.apply(pod("web"))
+        before = (small_disk / "state" / "state.json").read_bytes()
+        filler = fill(small_disk, leave=64 * 1024)
+        health = await service.dependencies.check()
+        assert health.state == "degraded"
+        (problem,) = health.problems
+        assert problem.startswith(f"state: {small_disk / 'state'} has "), problem
+        assert problem.endswith("KiB free, iyclod needs 1024 KiB to record changes; "
+                                "free some space")  # fmt: skip
+        with pytest.raises(UnavailableError, match=r"^apply: iyclod is degraded \(state: "):
+            await service.apply(pod("db"))
+        assert [s["name"] for s in await service.list_all()] == ["web"]
+        assert (small_disk / "state" / "state.json").read_bytes() == before
+        assert not [name for name in podman.pods if "db" in name]
+
+        filler.unlink()
+        assert (await service.dependencies.check()).state == "ok"
+        assert (await service.apply(pod("db"))).generation == 1
+    finally:
+        await service.close()
+        podman.close()
+        store.close()
+
+
+def test_a_write_that_finds_no_space_leaves_the_old_file(small_disk: Path) -> None:
+    """The backstop below the probe: a write that runs out of space mid-way is one line,
+    and the file on disk is still the last good one (the store writes beside it)."""
+    with Store.open(small_disk / "state") as store:
+        store.apply("web", "pod", {"name": "web"}, "sha256:1")
+        before = (small_disk / "state" / "state.json").read_bytes()
+        fill(small_disk, leave=0)
+        with pytest.raises(StoreError, match=r"cannot write .*state\.json: No space left"):
+            store.apply("web", "pod", {"name": "web", "big": "x" * 200_000}, "sha256:2")
+        assert (small_disk / "state" / "state.json").read_bytes() == before
+        assert [g.generation for g in store.history("web")] == [1]
+        assert not list((small_disk / "state").glob(".state.json.*.tmp"))

@@ -1,4 +1,4 @@
-"""Whether what iyclod stands on is there: Podman's API and systemd's bus.
+"""Whether what iyclod stands on is there: Podman's API, systemd's bus, room to write.
 
 A dependency that goes away (``podman.socket`` restarted by an upgrade, Podman's service
 hung) must not take the daemon with it, nor let it half-make what it is asked for. So the
@@ -11,6 +11,12 @@ line (``UnavailableError``) instead of failing them half-way. When the dependenc
 again it reconciles by itself, so what was missed while it was away is caught up, and is
 *ok* again.
 
+The state directory is probed for free space: a change that cannot be recorded must be
+refused before it touches the host, not fail half-way at its first write. Below
+``STATE_RESERVE`` (or twice the state file, when that is larger: every write of the store
+writes the whole file anew beside the old one) the daemon is degraded the same way, and
+resumes by itself once space is freed, like the kubelet's disk-pressure threshold.
+
 systemd is probed through the daemon's connection to its bus. A connection that drops
 (the bus daemon crashed or was restarted) is made again by the systemd adapter on its own
 (``SystemdManager``), its signal watches with it; until then the daemon is degraded with
@@ -22,7 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
@@ -30,6 +38,7 @@ from attrs import frozen
 
 from iyclo.core import timeouts
 from iyclo.errors import IycloError, UnavailableError
+from iyclo.store import STATE_FILE
 
 log = structlog.get_logger("iyclo.health")
 
@@ -37,6 +46,8 @@ OK = "ok"
 DEGRADED = "degraded"
 PODMAN_FAILURES = 2
 """Probes of Podman that must fail in a row before the daemon says it is degraded."""
+STATE_RESERVE = 1024 * 1024
+"""Bytes that must stay free in the state directory for changes to be taken."""
 
 
 class Pingable(Protocol):
@@ -77,8 +88,10 @@ class Dependencies:
         *,
         recovered: Callable[[], Awaitable[object]],
         interval: float = timeouts.HEALTH_INTERVAL,
+        state_dir: Path | None = None,
     ) -> None:
         self._podman = podman
+        self._state_dir = state_dir
         self._systemd = systemd
         self._recovered = recovered
         self.interval = interval
@@ -123,6 +136,8 @@ class Dependencies:
         podman = await self._probe_podman()
         if podman:
             problems.append(podman)
+        if storage := self._probe_storage():
+            problems.append(storage)
         if not self._systemd.connected:
             why = self._systemd.lost_reason or "the D-Bus connection to systemd is gone"
             problems.append(f"systemd: {why}; connecting again")
@@ -160,6 +175,27 @@ class Dependencies:
             return ""
         self._podman_failures += 1
         return self._podman_problem if self._podman_failures >= self.threshold else ""
+
+    def _probe_storage(self) -> str:
+        """The line saying the state directory has no room for the next write, or ""."""
+        if self._state_dir is None:
+            return ""
+        try:
+            stats = os.statvfs(self._state_dir)
+        except OSError as exc:
+            return f"state: cannot read {self._state_dir}: {exc.strerror}"
+        try:
+            size = os.stat(self._state_dir / STATE_FILE).st_size
+        except OSError:  # none yet: the first write is small
+            size = 0
+        free = stats.f_bavail * stats.f_frsize
+        needed = max(STATE_RESERVE, 2 * size)
+        if free >= needed:
+            return ""
+        return (
+            f"state: {self._state_dir} has {free // 1024} KiB free, iyclod needs "
+            f"{needed // 1024} KiB to record changes; free some space"
+        )
 
     async def _catch_up(self) -> None:
         try:

@@ -78,7 +78,9 @@ class Service:
         self.pods = PodHandler(store, self.steps, self.events, self.locks, LiveState(self.steps))
         self.jobs = JobHandler(store, self.steps, self.events)
         self._handlers: dict[Kind, Handler] = {Kind.POD: self.pods, Kind.JOB: self.jobs}
-        self.dependencies = Dependencies(podman, systemd, recovered=self.reconcile)
+        self.dependencies = Dependencies(
+            podman, systemd, recovered=self.reconcile, state_dir=store.state_dir
+        )
 
     async def start_watching(self) -> None:
         """Follow systemd and Podman (job runs, the pods' live cache). Call before the first
