@@ -616,11 +616,16 @@ class Host:
             except subprocess.TimeoutExpired:
                 raise TestHostError(f"unshare (pid {record.unshare_pid}) did not exit") from None
         if was_running:
-            _wait_for(
-                lambda: not _pid_alive(record.unshare_pid, "unshare") and not _host_pids(record),
-                deadline,
-                f"processes of test host {self.name} did not exit",
-            )
+            try:
+                _wait_for(
+                    lambda: (
+                        not _pid_alive(record.unshare_pid, "unshare") and not _host_pids(record)
+                    ),
+                    deadline,
+                    f"processes of test host {self.name} did not exit",
+                )
+            except TestHostError as exc:
+                raise TestHostError(f"{exc}: {_describe(_host_pids(record))}") from None
             _remove_cgroups(record.cgroups)
         else:
             # It died earlier. A new host of the same name may have booted since: its
@@ -1123,6 +1128,22 @@ def _pids_in_cgroups(specs: Sequence[str], pid_ns: str = "") -> dict[int, list[s
             if ours and _pid_alive(int(entry.name)):
                 found[int(entry.name)] = [f"{ctrl}:{path}" for ctrl, path in cgroups]
     return found
+
+
+def _describe(pids: Mapping[int, list[str]]) -> str:
+    """``pid (command, state) in cgroup`` for each, so a stuck process can be named."""
+    parts = []
+    for pid, cgroups in sorted(pids.items())[:10]:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            command, state = (
+                stat[stat.index("(") + 1 : stat.rindex(")")],
+                stat.split(")")[-1].split()[0],
+            )
+        except (OSError, ValueError, IndexError):
+            command, state = "?", "?"
+        parts.append(f"{pid} ({command}, {state}) in {cgroups[:1]}")
+    return "; ".join(parts) or "none left"
 
 
 def _host_pids(record: _Record) -> dict[int, list[str]]:
