@@ -19,7 +19,7 @@ from iyclo.errors import IycloError, NotFoundError
 from tests.campaign import problems, scale
 from tests.daemon_fixtures import ROOT, Daemon, fast, inspect, pod_manifest, wait_for
 
-pytestmark = [pytest.mark.host, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.host, pytest.mark.campaign, pytest.mark.timeout(900)]
 
 SEED = 1402
 

@@ -364,7 +364,7 @@ class PodHandler:
 
     async def reconcile_one(self, record: Deployment) -> str:
         plan = self._plan(record)
-        state = await self.steps.service_state(plan.unit)
+        state = await self.steps.settled_service_state(plan.unit)
         desired = record.status.get("desired", KIND.running)
         if is_running(state):
             if pod_of_unit(state) in (None, plan.pod_name):

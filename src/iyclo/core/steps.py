@@ -31,7 +31,7 @@ from iyclo.core.journal import start_failure_reason
 from iyclo.core.plan import ContainerPlan, SecretPlan, volume_labels
 from iyclo.core.secrets import SecretReader, SecretSource, SecretValues, secret_sources
 from iyclo.core.slices import ensure_slice
-from iyclo.core.unit_state import is_running
+from iyclo.core.unit_state import SETTLED, TRANSITIONS, is_running
 from iyclo.errors import InvalidError, IycloError, NotFoundError, PodmanError, SystemdError
 from iyclo.manifest.model import Job, Pod
 from iyclo.manifest.policy import DEFAULT_POLICY, Policy, host_problems
@@ -127,6 +127,16 @@ class Steps:
 
     async def service_state(self, unit: str) -> dict[str, Any] | None:
         return await self.unit_state(unit, IFACE_SERVICE)
+
+    async def settled_service_state(self, unit: str) -> dict[str, Any] | None:
+        """``service_state`` once a start or stop under way has ended: a daemon killed in
+        the middle of one leaves the job to systemd, and deciding on "deactivating" would
+        take a pod being stopped for one that runs (found by the crash campaign)."""
+        state = await self.service_state(unit)
+        if state is not None and state.get("ActiveState") in TRANSITIONS:
+            await self.systemd.wait_for_state(unit, SETTLED, timeout=timeouts.SYSTEMD_JOB)
+            state = await self.service_state(unit)
+        return state
 
     async def wait_gone(self, unit: str) -> None:
         """Until ``unit`` is unloaded; a failed one is reset first, which unloads it."""

@@ -14,6 +14,9 @@ from iyclo.systemd.const import UnitActiveState as Active
 
 RUNNING = frozenset({Active.ACTIVE, Active.ACTIVATING, Active.RELOADING, Active.DEACTIVATING})
 ENDED = frozenset({Active.INACTIVE, Active.FAILED})
+TRANSITIONS = frozenset({Active.ACTIVATING, Active.RELOADING, Active.DEACTIVATING})
+"""A job of systemd's is under way: the state is about to change."""
+SETTLED = {str(Active.ACTIVE), str(Active.INACTIVE), str(Active.FAILED)}
 
 
 def is_running(props: Mapping[str, Any] | None) -> bool:
