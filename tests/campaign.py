@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from iyclo.core import naming
@@ -78,3 +80,14 @@ def problems(host: Host, records: list[dict[str, Any]]) -> list[str]:
         if record["kind"] == "Job" and state not in ("scheduled", "running", "stopped"):
             wrong.append(f"job {record['name']} is {state!r}")
     return wrong
+
+
+def wait_until_matching(host: Host, records: Callable[[], list[dict[str, Any]]],
+                        timeout: float, what: str) -> None:  # fmt: skip
+    """Until ``problems`` is empty (checked every 0.5 s), or fail naming what is left."""
+    deadline = time.monotonic() + timeout
+    left = problems(host, records())
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = problems(host, records())
+    assert not left, f"{what}: the host does not match the store after {timeout:g}s: {left}"

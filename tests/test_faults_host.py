@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from iyclo.errors import UnavailableError
+from tests.campaign import problems, wait_until_matching
 from tests.daemon_fixtures import ROOT, Daemon, fast, pod_manifest, unit_show, wait_for
 
 pytestmark = [pytest.mark.host, pytest.mark.timeout(300)]
@@ -132,4 +133,67 @@ def test_a_full_state_disk(fresh_testhost_factory: Any) -> None:
         "\nfull state disk: changes refused 1, stored records damaged 0, lost 0, "
         "resumed after space came back"
     )
+    daemon.stop()
+
+
+def test_podman_restarted_in_the_middle_of_applies(fresh_testhost_factory: Any) -> None:
+    """Podman's service restarted, or stopped for 1.5 s, while iyclod is making a pod's
+    new generation, at a different moment each round: each apply either goes through or
+    fails with one line, and either way the host ends up matching the store, the previous
+    generation serving when the update failed, and nothing half-made left behind."""
+    host = fresh_testhost_factory()
+    daemon = Daemon(host, ("--no-dbus",))
+    daemon.start()
+    daemon.call("apply", manifest=fast(pod_manifest("mid")))
+    outcomes: dict[str, int] = {"applied": 0, "failed": 0}
+    for round_, delay in enumerate((0.0, 0.15, 0.3, 0.5, 0.8)):
+        manifest = fast(pod_manifest("mid"))
+        manifest["containers"][0]["env"]["ROLE"] = f"round-{round_}"
+        path = host.root / "iyclo" / f"mid-{round_}.json"
+        path.write_text(json.dumps(manifest))
+        proc = daemon.cli_stream("apply", "-f", str(path))
+        time.sleep(delay)
+        if round_ % 2 == 0:
+            host.run(["systemctl", "restart", "podman.service"], check=False, timeout=60)
+        else:  # gone for a while: what is under way fails, and so may its clean-up
+            host.run(["systemctl", "stop", "podman.socket", "podman.service"], timeout=60)
+            time.sleep(1.5)
+            host.run(["systemctl", "start", "podman.socket"], timeout=60)
+        _, err = proc.communicate(timeout=240)
+        if proc.returncode == 0:
+            outcomes["applied"] += 1
+        else:
+            outcomes["failed"] += 1
+            assert err.startswith("iyclo: error: "), err
+            assert len(err.strip().splitlines()) <= 2, err  # the line and a hint
+        wait_for(lambda: daemon.call("health")["state"] == "ok", timeout=60,
+                 what="Podman to be back")  # fmt: skip
+        wait_until_matching(host, lambda: daemon.call("list"), 30, f"round {round_}")
+        (record,) = daemon.call("list")
+        assert record["state"] == "running", record
+    print(
+        f"\nPodman restarted or stopped in 5 applies: {outcomes['applied']} went through, "
+        f"{outcomes['failed']} failed with one line, half-made objects left 0"
+    )
+    daemon.stop()
+
+
+def test_systemd_refusing_a_unit_leaves_nothing(fresh_testhost_factory: Any) -> None:
+    """systemd refuses the pod's unit (its name is masked): the apply fails with one line
+    naming the unit and systemd's reason; no record, Podman pod, container or slice is
+    left; once the mask is gone the same apply works."""
+    host = fresh_testhost_factory()
+    daemon = Daemon(host, ("--no-dbus",))
+    daemon.start()
+    host.run(["systemctl", "mask", "iyclo-pod-refused.service"])
+    refused = daemon.cli("apply", "-f", "-", stdin=json.dumps(fast(pod_manifest("refused"))))
+    assert refused.returncode == 6, refused  # SystemdError
+    assert refused.stderr.startswith("iyclo: error: "), refused.stderr
+    # a masked name has a fragment file (/dev/null): systemd 252 and 257 say so
+    assert "iyclo-pod-refused.service" in refused.stderr, refused.stderr
+    assert "fragment file" in refused.stderr, refused.stderr
+    assert daemon.call("list") == []
+    assert problems(host, []) == []
+    host.run(["systemctl", "unmask", "iyclo-pod-refused.service"])
+    assert daemon.call("apply", manifest=fast(pod_manifest("refused")))["generation"] == 1
     daemon.stop()

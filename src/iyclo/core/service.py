@@ -21,9 +21,10 @@ from typing import Any
 import structlog
 
 from iyclo import __version__
+from iyclo.core import timeouts
 from iyclo.core.events import EventBus
 from iyclo.core.handler import Handler
-from iyclo.core.health import Dependencies
+from iyclo.core.health import OK, Dependencies
 from iyclo.core.jobs import JobHandler
 from iyclo.core.kind import Kind
 from iyclo.core.locks import Locks
@@ -34,7 +35,15 @@ from iyclo.core.results import ApplyResult, ReconcileReport
 from iyclo.core.secrets import SecretReader
 from iyclo.core.state import LiveState
 from iyclo.core.steps import Steps
-from iyclo.errors import ConflictError, InvalidError, IycloError, NotFoundError
+from iyclo.errors import (
+    ConflictError,
+    InvalidError,
+    IycloError,
+    NotFoundError,
+    PodmanError,
+    StoreError,
+    SystemdError,
+)
 from iyclo.manifest.convert import dump_manifest, load_manifest_async, structure
 from iyclo.manifest.model import Job, Pod, UserNamespace
 from iyclo.manifest.policy import (
@@ -51,6 +60,9 @@ from iyclo.systemd.manager import SystemdManager
 __all__ = ["ApplyResult", "ReconcileReport", "Service", "default_state_dir"]
 
 log = structlog.get_logger("iyclo.service")
+
+TIDY_ATTEMPTS = 150
+"""Checks (``HEALTH_INTERVAL`` apart: 5 minutes) for a tidy-up reconcile to get through."""
 
 
 class Service:
@@ -78,6 +90,7 @@ class Service:
         self.pods = PodHandler(store, self.steps, self.events, self.locks, LiveState(self.steps))
         self.jobs = JobHandler(store, self.steps, self.events)
         self._handlers: dict[Kind, Handler] = {Kind.POD: self.pods, Kind.JOB: self.jobs}
+        self._tidy: asyncio.Task[None] | None = None
         self.dependencies = Dependencies(
             podman, systemd, recovered=self.reconcile, state_dir=store.state_dir
         )
@@ -89,6 +102,10 @@ class Service:
             await handler.start_watching()
 
     async def close(self) -> None:
+        if self._tidy is not None:
+            self._tidy.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tidy
         for handler in self._handlers.values():
             with contextlib.suppress(IycloError):
                 await handler.close()
@@ -98,10 +115,40 @@ class Service:
     @contextlib.asynccontextmanager
     async def _operation(self, name: str, verb: str) -> AsyncIterator[None]:
         """A change to ``name``: its lock held, and refused while a dependency is down
-        (checked once the lock is ours, so a change that waited sees the health now)."""
+        (checked once the lock is ours, so a change that waited sees the health now).
+
+        A change that a dependency failed in the middle of (Podman restarted, systemd's
+        bus gone) may not have been able to undo what it made either: the undo needs the
+        same Podman. So once the dependencies answer again, a reconcile tidies up
+        (found by ``tests/test_faults_host.py``: a pod of a failed update left beside
+        the running one)."""
         async with self.locks.hold(name):
             self.dependencies.require_ok(verb)
-            yield
+            try:
+                yield
+            except (PodmanError, SystemdError, StoreError) as exc:
+                self._reconcile_soon(f"{verb} {name}: {exc.message}")
+                raise
+
+    def _reconcile_soon(self, why: str) -> None:
+        """One reconcile in the background once every dependency answers; bounded."""
+        if self._tidy is not None and not self._tidy.done():
+            return
+        self._tidy = asyncio.create_task(self._tidy_up(why), name="iyclo-tidy-up")
+
+    async def _tidy_up(self, why: str) -> None:
+        log.warning("a change failed half-way; reconciling once dependencies answer", why=why)
+        for _ in range(TIDY_ATTEMPTS):
+            await asyncio.sleep(timeouts.HEALTH_INTERVAL)
+            if self.dependencies.health.state != OK:
+                continue
+            try:
+                await self.reconcile()
+            except IycloError as exc:
+                log.warning("tidy-up reconcile failed; trying again", error=exc.message)
+                continue
+            return
+        log.error("gave up tidying up after a failed change; run `iyclo reconcile`", why=why)
 
     async def _store(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(fn, *args, **kwargs)
