@@ -26,6 +26,7 @@ from iyclo.client.jsonrpc import JsonRpcClient
 from iyclo.contract.events import (
     EVENT_TYPES,
     Event,
+    HealthChanged,
     JobChanged,
     JobFinished,
     PodChanged,
@@ -83,8 +84,9 @@ def test_signal_signatures_follow_the_fields() -> None:
         "name", "run", "state", "exit_code", "result", "duration_sec", "at"
     )  # fmt: skip
     assert PullProgress.dbus_signature() == "ssssttd"
+    assert HealthChanged.dbus_signature() == "sssussd"
     assert {cls.MEMBER for cls in EVENT_TYPES} == {
-        "PodChanged", "JobChanged", "JobFinished", "PullProgress"
+        "PodChanged", "JobChanged", "JobFinished", "PullProgress", "HealthChanged"
     }  # fmt: skip
     # a signal of another shape is not taken for an event
     assert event_from_signal("JobFinished", "suis", ["x", 1, 0, "success"]) is None

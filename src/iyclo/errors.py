@@ -95,6 +95,17 @@ class UnavailableError(IycloError):
     exit_code = 9
 
 
+class NotReadyError(IycloError):
+    """A pod's new generation did not become ready (its health checks did not pass) in
+    time: the apply failed, and says whether the previous generation was restored."""
+
+    dbus_name = f"{DBUS_ERROR_PREFIX}.NotReady"
+    rpc_code = -32009
+    exit_code = 10
+    kept: bool = False
+    """The new generation stayed (``rollback: false``); otherwise the previous runs."""
+
+
 INTERNAL = "internal error (see the daemon's log)"
 
 
@@ -126,6 +137,7 @@ ALL_ERRORS: tuple[type[IycloError], ...] = (
     AccessDeniedError,
     StoreError,
     UnavailableError,
+    NotReadyError,
 )
 
 

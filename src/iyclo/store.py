@@ -151,6 +151,8 @@ class Generation:
     images: JSONDict
     """Per container, the image it was made from: ``{"image", "id", "digest"}``; empty
     for generations recorded before iyclo recorded them."""
+    rolled_back: str = ""
+    """Why this generation was rolled back (it never became ready); "" if it was not."""
 
 
 @attrs.frozen
@@ -183,11 +185,14 @@ def _generation(entry: Mapping[str, Any]) -> Generation:
         applied_at=datetime.fromisoformat(entry["appliedAt"]),
         pod_generation=entry.get("podGeneration", entry["generation"]),
         images=entry.get("images") or {},
+        rolled_back=entry.get("rolledBack", ""),
     )
 
 
 def _deployment(doc: Mapping[str, Any]) -> Deployment:
-    current = _generation(doc["generations"][-1])
+    # the newest generation that was not rolled back; the newest at all if each one was
+    standing = [entry for entry in doc["generations"] if not entry.get("rolledBack")]
+    current = _generation((standing or doc["generations"])[-1])
     return Deployment(
         name=doc["name"],
         kind=doc["kind"],
@@ -326,7 +331,11 @@ class Store:
                 raise ConflictError(
                     f"cannot apply {kind} '{name}': a {doc['kind']} with that name exists"
                 )
-            last = doc["generations"][-1] if doc is not None else None
+            # the current generation: a rolled-back one after it is tried again, as new
+            last = None
+            if doc is not None:
+                standing = [e for e in doc["generations"] if not e.get("rolledBack")]
+                last = (standing or doc["generations"])[-1]
             if (
                 doc is not None
                 and last is not None
@@ -426,6 +435,23 @@ class Store:
                 kept = [*doc.get("trimmed", []), *kept]
             self._table("deployments").update(
                 {"generations": kept, "trimmed": []}, doc_ids=[doc.doc_id]
+            )
+
+    def mark_rolled_back(self, name: str, generation: int, reason: str) -> None:
+        """Keep ``generation`` in the history, marked as rolled back for ``reason``: the
+        generation before it is current again (``_deployment``), and the history shows
+        what was tried and why it did not stand."""
+        with self._mutex:
+            doc = self._doc(name)
+            entries = [dict(entry) for entry in doc["generations"]]
+            for entry in entries:
+                if entry["generation"] == generation:
+                    entry["rolledBack"] = reason or "not ready"
+                    break
+            else:
+                raise _no_generation(doc, generation)
+            self._table("deployments").update(
+                {"generations": entries, "trimmed": []}, doc_ids=[doc.doc_id]
             )
 
     def remove(self, name: str, *, purge_runs: bool = True) -> None:

@@ -34,6 +34,7 @@ from iyclo.api.dbus_base import (
 from iyclo.contract.events import (
     EVENT_TYPES,
     Event,
+    HealthChanged,
     JobChanged,
     JobFinished,
     PodChanged,
@@ -50,6 +51,7 @@ PodChangedArgs = Annotated[list[Any], DBusSignature(PodChanged.dbus_signature())
 JobChangedArgs = Annotated[list[Any], DBusSignature(JobChanged.dbus_signature())]
 JobFinishedArgs = Annotated[list[Any], DBusSignature(JobFinished.dbus_signature())]
 PullProgressArgs = Annotated[list[Any], DBusSignature(PullProgress.dbus_signature())]
+HealthChangedArgs = Annotated[list[Any], DBusSignature(HealthChanged.dbus_signature())]
 
 Refresh = Callable[[str], Awaitable[None]]
 
@@ -226,6 +228,10 @@ class ManagerInterface(Interface):
     def pull_progress(self, event: PullProgress) -> PullProgressArgs:
         return event.dbus_args()
 
+    @dbus_signal(name="HealthChanged")
+    def health_changed(self, event: HealthChanged) -> HealthChangedArgs:
+        return event.dbus_args()
+
     def signal(self, event: Event) -> None:
         """Emit ``event`` as the signal of its type."""
         if isinstance(event, PodChanged):
@@ -234,6 +240,8 @@ class ManagerInterface(Interface):
             self.job_changed(event)
         elif isinstance(event, JobFinished):
             self.job_finished(event)
+        elif isinstance(event, HealthChanged):
+            self.health_changed(event)
         else:
             self.pull_progress(event)
 

@@ -13,9 +13,9 @@ import rich_click as click
 
 from iyclo.cli.formats import print_generations_table, print_runs_table, print_status_table
 from iyclo.cli.output import console, fail, json_option, out, print_json, terminal_text
-from iyclo.cli.progress import progress_line, pull_progress
+from iyclo.cli.progress import event_line, pull_progress
 from iyclo.cli.transport import connect, daemon
-from iyclo.contract.events import Event, PullProgress
+from iyclo.contract.events import Event, HealthChanged, PullProgress
 from iyclo.errors import InvalidError, NotFoundError
 
 names_argument = click.argument("names", nargs=-1, required=True)
@@ -72,7 +72,7 @@ def _manifest_name(text: str) -> str | None:
 
 
 def _progress(
-    ctx: click.Context, quiet: bool, wanted: Callable[[PullProgress], bool]
+    ctx: click.Context, quiet: bool, wanted: Callable[[PullProgress | HealthChanged], bool]
 ) -> contextlib.AbstractContextManager[None]:
     """Pull progress on stderr while a call runs (``cli.progress``), over a connection of
     its own subscribed before the call; none with --json."""
@@ -102,8 +102,12 @@ def pull(ctx: click.Context, target: str, as_json: bool) -> None:
     params = {"manifest": _read_manifest(target)} if is_file else {"image": target}
     name = _manifest_name(params["manifest"]) if is_file else ""
 
-    def mine(event: PullProgress) -> bool:
-        return event.name == name and (is_file or event.image == target)
+    def mine(event: PullProgress | HealthChanged) -> bool:
+        return (
+            isinstance(event, PullProgress)
+            and event.name == name
+            and (is_file or event.image == target)
+        )
 
     with daemon(ctx) as client, _progress(ctx, as_json, mine), console().status("pulling…"):
         result = client.call("pull", **params)
@@ -284,7 +288,7 @@ def events(ctx: click.Context, as_json: bool) -> None:
             else:
                 when = time.strftime("%H:%M:%S", time.localtime(event.at))
                 what = (
-                    progress_line(event) if isinstance(event, PullProgress)
+                    event_line(event) if isinstance(event, PullProgress | HealthChanged)
                     else f"{event.name} {event.state}"
                 )  # fmt: skip
                 out().print(f"{when} {event.MEMBER} {what}", highlight=False)

@@ -1,4 +1,5 @@
-"""Pull progress in a terminal: the daemon's ``PullProgress`` events, one line each.
+"""Progress in a terminal: the daemon's ``PullProgress`` and ``HealthChanged`` events of
+the pod or job a command is for, one line each.
 
 A command that may pull (``apply``, ``pull``) opens a second connection to the daemon
 and subscribes before it makes its call, so every step of its pull reaches it while the
@@ -18,7 +19,9 @@ from iyclo.cli.output import console, escape
 from iyclo.errors import IycloError
 
 if TYPE_CHECKING:
-    from iyclo.contract.events import Event, PullProgress
+    from iyclo.contract.events import Event, HealthChanged, PullProgress
+
+    Progress = PullProgress | HealthChanged
 
 
 def _size(count: int) -> str:
@@ -43,14 +46,27 @@ def progress_line(event: PullProgress) -> str:
     return f"{event.image} {event.layer} {event.status}{size}"
 
 
+def health_line(event: HealthChanged) -> str:
+    """``NAME/CONTAINER HEALTH [(ACTION)][: OUTPUT]`` for people."""
+    action = f" ({event.action})" if event.action else ""
+    output = f": {event.output}" if event.output else ""
+    return f"{event.name}/{event.container} {event.health}{action}{output}"
+
+
+def event_line(event: Progress) -> str:
+    from iyclo.contract.events import PullProgress
+
+    return progress_line(event) if isinstance(event, PullProgress) else health_line(event)
+
+
 @contextlib.contextmanager
 def pull_progress(
-    subscribe: Callable[[], Iterator[Event]], wanted: Callable[[PullProgress], bool]
+    subscribe: Callable[[], Iterator[Event]], wanted: Callable[[Progress], bool]
 ) -> Iterator[None]:
     """Print the pull steps ``wanted`` picks from the events ``subscribe`` gives (it
     returns once subscribed) while the block runs; a daemon that cannot be reached a
     second time only costs the progress, never the command."""
-    from iyclo.contract.events import PullProgress
+    from iyclo.contract.events import HealthChanged, PullProgress
 
     try:
         events = subscribe()
@@ -63,11 +79,11 @@ def pull_progress(
     def show() -> None:
         with contextlib.suppress(Exception):  # the connection ends with the process
             for event in events:
-                if isinstance(event, PullProgress) and wanted(event):
+                if isinstance(event, PullProgress | HealthChanged) and wanted(event):
                     with lock:
                         if done.is_set():
                             return
-                        console().print(escape(progress_line(event)), highlight=False)
+                        console().print(escape(event_line(event)), highlight=False)
 
     # A daemon thread: it blocks reading the subscription, and ends with the command.
     threading.Thread(target=show, name="pull-progress", daemon=True).start()

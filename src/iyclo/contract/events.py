@@ -155,9 +155,32 @@ class PullProgress(_Record):
     at: float = _at()
 
 
-Event = PodChanged | JobChanged | JobFinished | PullProgress
-EventType = type[PodChanged] | type[JobChanged] | type[JobFinished] | type[PullProgress]
-EVENT_TYPES: tuple[EventType, ...] = (PodChanged, JobChanged, JobFinished, PullProgress)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HealthChanged(_Record):
+    """A checked container's health changed: ``health`` is starting, healthy, unhealthy
+    (Podman's words for its health check), or started (its startup check passed) or
+    failed-start (it did not). ``action`` is what iyclo did about it (restart, kill, stop,
+    or "" for nothing); ``output`` the last check's output, at most 300 characters."""
+
+    MEMBER: ClassVar[str] = "HealthChanged"
+
+    name: str = _arg("s")
+    container: str = _arg("s")
+    health: str = _arg("s")
+    generation: int = _arg("u", default=0)
+    action: str = _arg("s", default="")
+    output: str = _arg("s", default="")
+    at: float = _at()
+
+
+Event = PodChanged | JobChanged | JobFinished | PullProgress | HealthChanged
+EventType = (
+    type[PodChanged] | type[JobChanged] | type[JobFinished] | type[PullProgress]
+    | type[HealthChanged]
+)  # fmt: skip
+EVENT_TYPES: tuple[EventType, ...] = (
+    PodChanged, JobChanged, JobFinished, PullProgress, HealthChanged
+)  # fmt: skip
 _BY_MEMBER: dict[str, EventType] = {cls.MEMBER: cls for cls in EVENT_TYPES}
 
 

@@ -23,6 +23,7 @@ from iyclo.manifest.model import (
     Secret,
     Security,
     SystemdSandbox,
+    every_container,
 )
 from iyclo.manifest.policy import (
     ALWAYS_DROPPED_CAPS,
@@ -229,7 +230,7 @@ def capabilities(sec: Security) -> tuple[list[str], list[str]]:
 
 
 def _container_spec(
-    pod_name: str, container: Container, labels: dict[str, str], main: bool
+    pod_name: str, container: Container, labels: dict[str, str], main: bool, init: bool = False
 ) -> dict[str, Any]:
     name = naming.container_name(pod_name, container.name)
     spec: dict[str, Any] = {
@@ -239,6 +240,11 @@ def _container_spec(
         "labels": {**labels, naming.LABEL_CONTAINER: container.name},
         "stop_timeout": _seconds(container.stop_timeout),
     }
+    if init:
+        # Podman's own init containers (4.0+): `pod start` runs them to completion, one
+        # after another in the order they were made, before the others; one that fails
+        # fails the start, so systemd's start of the unit fails with its output.
+        spec["init_container_type"] = "always"
     if main:
         # The unit's main PID: systemd sees the main container's exit status through it.
         spec["conmon_pid_file"] = naming.pid_file(name)
@@ -491,15 +497,17 @@ def plan_pod(
     unit = naming.unit_name("Pod", manifest.name)
     slice_ = naming.slice_name(manifest.name)
     labels = labels_for(manifest, pod_generation, digest)
+    main = manifest.containers[0].name
     containers = tuple(
         ContainerPlan(
             name=c.name,
             image=c.image,
-            spec=_container_spec(pod_name, c, labels, main=index == 0),
+            spec=_container_spec(pod_name, c, labels, main=c.name == main,
+                                 init=where.startswith("init")),
             pull_policy=c.pull_policy,
         )
-        for index, c in enumerate(manifest.containers)
-    )
+        for where, c in every_container(manifest)
+    )  # fmt: skip
     return PodPlan(
         manifest=manifest,
         name=manifest.name,

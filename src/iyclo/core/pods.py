@@ -23,6 +23,7 @@ from iyclo.core.kind import Kind
 from iyclo.core.locks import Locks
 from iyclo.core.oom import OomKill, oom_fields, record_kill
 from iyclo.core.plan import PodPlan, container_update_resources, plan_pod
+from iyclo.core.probes import Health, HealthGuard, checked, container_health, wait_ready
 from iyclo.core.pulls import images_changed
 from iyclo.core.results import ApplyResult
 from iyclo.core.runs import usec_iso
@@ -32,10 +33,11 @@ from iyclo.core.steps import Steps, pod_of_unit
 from iyclo.core.timeouts import SYSTEMD_JOB
 from iyclo.core.unit_state import is_active, is_running
 from iyclo.core.update import IN_PLACE, in_place_update
-from iyclo.errors import InvalidError, IycloError, public_message
+from iyclo.errors import InvalidError, IycloError, NotReadyError, public_message
 from iyclo.manifest.convert import dump_manifest, manifest_digest, parse_manifest
-from iyclo.manifest.model import Job, Pod
+from iyclo.manifest.model import Container, Job, Pod
 from iyclo.manifest.policy import UNRESTRICTED
+from iyclo.manifest.values import parse_duration
 from iyclo.store import Deployment, Store
 from iyclo.systemd.const import UnitActiveState as Active
 from iyclo.systemd.const import UnitLoadState as Load
@@ -45,6 +47,28 @@ log = structlog.get_logger("iyclo.pods")
 
 KIND = Kind.POD
 AUTO_RESTART = "auto-restart"  # the SubState of a unit waiting out RestartSec=
+
+
+def _checked_names(stored: dict[str, Any]) -> set[str]:
+    """The containers with a health or startup check, read from the stored JSON as it is
+    (a read must not pay for structuring the whole manifest)."""
+    return {
+        str(c.get("name"))
+        for c in stored.get("containers") or []
+        if c.get("healthcheck") or c.get("startupCheck")
+    }
+
+
+def _port_clash(old: PodPlan, new: PodPlan) -> str:
+    """A host port both generations publish ("18080/tcp"), or "": two pods cannot hold it
+    at once, so a start-first update of such a pod replaces instead."""
+
+    def published(plan: PodPlan) -> set[tuple[int, str]]:
+        return {(int(p["host_port"]), str(p["protocol"]))
+                for p in plan.pod_spec.get("portmappings") or []}  # fmt: skip
+
+    both = sorted(published(old) & published(new))
+    return f"{both[0][0]}/{both[0][1]}" if both else ""
 
 
 def state_word(unit: dict[str, Any] | None, desired: str) -> str:
@@ -78,6 +102,10 @@ class PodHandler:
         self.live.on_change = self._observed
         self.live.on_container_died = self._container_died
         self.live.on_oom = self._oom_killed
+        self.guard = HealthGuard(locks, events, self._current_manifest, self._act_on_health,
+                                 self._health_output)  # fmt: skip
+        self.live.on_health = self._on_health
+        self.live.on_container_started = self._on_container_started
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -86,6 +114,7 @@ class PodHandler:
         self.live.start(self.units)
 
     async def close(self) -> None:
+        await self.guard.close()
         await self.live.close()
 
     def units(self) -> dict[str, str]:
@@ -155,6 +184,21 @@ class PodHandler:
         self._publish(name, "applying", generation=record.generation)
         try:
             await self._replace(manifest, record, previous, values)
+        except NotReadyError as exc:
+            if exc.kept:  # rollback off: the new generation stands, not ready
+                await self._store(self.store.set_status, name, desired=KIND.running)
+                await self._refresh(name)
+                self._publish(name, await self._state_word(record), generation=record.generation,
+                              error=exc.message)  # fmt: skip
+                raise
+            if previous is None:
+                await self._failed_first(name, record, exc)
+                raise
+            await self._store(self.store.mark_rolled_back, name, record.generation, exc.message)
+            await self._refresh(name)
+            self._publish(name, await self._state_word(previous), generation=previous.generation,
+                          error=exc.message)  # fmt: skip
+            raise
         except BaseException as exc:
             await self._store(self.store.drop_generation, name, record.generation)
             await self._refresh(name)
@@ -175,6 +219,15 @@ class PodHandler:
         self._publish(name, "running", generation=record.generation)
         log.info("applied", pod=name, generation=record.generation)
         return ApplyResult(name, KIND.api_name, record.generation, True, "running")
+
+    async def _failed_first(self, name: str, record: Deployment, exc: BaseException) -> None:
+        """A first apply that failed: nothing of it stays."""
+        await self._store(self.store.drop_generation, name, record.generation)
+        self._publish(name, "failed", generation=record.generation, error=public_message(exc))
+        with contextlib.suppress(IycloError):
+            await self.steps.stop(naming.slice_name(name))
+        self.events.forget(name)
+        self.guard.forget(name)
 
     async def _update_in_place(
         self, manifest: Pod, digest: str, previous: Deployment, values: SecretValues
@@ -247,26 +300,87 @@ class PodHandler:
         previous: Deployment | None,
         values: SecretValues,
     ) -> None:
-        """The new generation's pod first, then the old unit stops and the new one starts;
-        if that fails, the new pod (and its secrets and new volumes) go and the old unit
-        starts again if it ran."""
+        """The new generation's pod, started and ready, in the old one's place.
+
+        ``replace``: the old unit stops, the new one starts, then readiness is waited for.
+        ``start-first``: the new pod starts beside the old (outside the unit), readiness is
+        waited for, then the old unit stops and the unit starts on the new pod, which
+        adopts it as it runs (the unit's ``podman pod start`` has nothing left to start).
+        If any step fails or the new generation is not ready, the new pod (and its
+        secrets and new volumes) go and the old generation runs again, or, with
+        ``rollback: false``, a new generation that is merely not ready stays."""
         plan = plan_pod(manifest, record.generation, record.digest, policy=self.steps.policy)
         made = await self.steps.create_pod(plan, self._description(plan), values)
         old_plan = self._plan(previous) if previous is not None else None
         old_was_running = False
         if old_plan is not None:
             old_was_running = is_running(await self.steps.unit_state(old_plan.unit))
-            await self.steps.stop(old_plan.unit)
+        beside = old_was_running and manifest.update.strategy == "start-first"
+        if beside and old_plan is not None and (clash := _port_clash(old_plan, plan)):
+            beside = False
+            self._publish(manifest.name, "applying", generation=record.generation,
+                          error=f"start-first: host port {clash} is the running generation's "
+                                "too; replacing it instead")  # fmt: skip
+        old_stopped = False
         try:
+            if beside:
+                await self.steps.podman.start_pod(plan.pod_name)
+                await self._wait_ready(plan)
+            if old_plan is not None:
+                await self.steps.stop(old_plan.unit)
+                old_stopped = True
             await self._start_unit(plan)
+            if not beside:
+                await self._wait_ready(plan)
+        except NotReadyError as exc:
+            if not manifest.update.rollback:
+                if not old_stopped and old_plan is not None:
+                    await self.steps.stop(old_plan.unit)
+                    await self._start_unit(plan)
+                await self.steps.remove_other_generations(manifest.name, keep=plan.pod_name)
+                kept = NotReadyError(f"generation {record.generation} is not ready "
+                                     f"({exc.message}); rollback is off, so it stays")  # fmt: skip
+                kept.kept = True
+                raise kept from None
+            await self._undo(plan, made, old_stopped, old_plan if old_was_running else None)
+            to = f"rolled back to generation {previous.generation}" if previous else "removed"
+            raise NotReadyError(
+                f"generation {record.generation} is not ready ({exc.message}); {to}"
+            ) from None
         except BaseException:
-            await self.steps.discard_pod(plan, made)
-            if old_plan is not None and old_was_running:
-                log.warning("apply failed; restarting previous generation", pod=manifest.name)
-                with contextlib.suppress(IycloError):
-                    await self._start_unit(old_plan)
+            await self._undo(plan, made, old_stopped, old_plan if old_was_running else None)
             raise
         await self.steps.remove_other_generations(manifest.name, keep=plan.pod_name)
+
+    async def _undo(
+        self, plan: PodPlan, made: list[str], unit_is_new: bool, old: PodPlan | None
+    ) -> None:
+        """The new generation gone again: its unit stopped when the unit is the new one's
+        (the old unit was stopped for it; a start-first that failed before the switch left
+        the old unit alone), its pod discarded; ``old``, the plan of a generation that ran,
+        started again if it was stopped."""
+        if unit_is_new:
+            with contextlib.suppress(IycloError):
+                await self.steps.stop(plan.unit)
+        await self.steps.discard_pod(plan, made)
+        if old is not None and unit_is_new:
+            restart = old
+            log.warning("apply failed; restarting previous generation", pod=plan.name)
+            with contextlib.suppress(IycloError):
+                await self._start_unit(restart)
+
+    async def _wait_ready(self, plan: PodPlan) -> None:
+        """Readiness of the new generation, each change of a container's health an event."""
+        if not checked(plan.manifest):
+            return
+
+        def progress(health: Health) -> None:
+            self.guard.publish(plan.name, health.container, health.status or "starting",
+                               plan.generation, output=health.output)  # fmt: skip
+
+        within = parse_duration(plan.manifest.update.ready_timeout)
+        self._publish(plan.name, "starting", generation=plan.generation)
+        await wait_ready(self.steps, plan, within, progress, self.guard)
 
     async def _ensure_running(self, record: Deployment) -> str:
         """Nothing to do unless the pod is missing or was stopped."""
@@ -331,20 +445,32 @@ class PodHandler:
             if c["generation"] == record.pod_generation
         ]
         desired = record.status.get("desired", KIND.running)
+        for row in containers:
+            row["health"] = self.guard.last(name, str(row["name"])) or row.get("health", "")
+        ready = all(row.get("health") == "healthy" for row in containers
+                    if row["name"] in _checked_names(record.manifest))  # fmt: skip
+        state = state_word(unit, desired)
+        if state == "running" and not ready:
+            state = "starting"
+        health_restarts = int(record.status.get("healthRestarts", 0))
         return {
             "name": name,
             "kind": KIND.api_name,
+            "ready": ready and state == "running",
+            "healthRestarts": health_restarts,
             "generation": record.generation,
             "digest": record.digest,
             "images": record.images,
             "appliedAt": record.applied_at.isoformat(),
             "desired": desired,
-            "state": state_word(unit, desired),
+            "state": state,
             "unit": unit_name,
             "podmanPod": naming.podman_pod_name(name, record.pod_generation),
             "activeState": unit.get("ActiveState") or Active.INACTIVE,
             "subState": unit.get("SubState") or "dead",
-            "restarts": int(unit.get("NRestarts") or 0) + int(record.status.get("podRestarts", 0)),
+            "restarts": int(unit.get("NRestarts") or 0)
+            + int(record.status.get("podRestarts", 0))
+            + health_restarts,
             "mainPid": int(unit.get("MainPID") or 0),
             "since": usec_iso(unit.get("ActiveEnterTimestamp", 0)),
             "slice": unit.get("Slice") or "",
@@ -392,6 +518,62 @@ class PodHandler:
                 removed.append(unit.name)
         return removed
 
+    # -- health (``core.probes``) --------------------------------------------------------
+
+    async def _current_manifest(self, name: str, generation: int) -> tuple[Pod, str] | None:
+        record: Deployment | None = await self._store(self.store.find, name)
+        if record is None or record.kind != KIND or record.pod_generation != generation:
+            return None
+        manifest = parse_manifest(record.manifest, UNRESTRICTED)
+        if not isinstance(manifest, Pod):
+            return None
+        return manifest, naming.podman_pod_name(name, record.pod_generation)
+
+    async def _health_output(self, name: str, container: str) -> str:
+        record = await self._store(self.store.get, name)
+        return (await container_health(self.steps, self._plan(record), container)).output
+
+    def _on_health(self, name: str, attributes: dict[str, str], status: str) -> None:
+        container = attributes.get(naming.LABEL_CONTAINER)
+        generation = attributes.get(naming.LABEL_GENERATION, "")
+        if container and generation.isdigit() and status:
+            self.guard.reported(name, container, int(generation), status)
+
+    def _on_container_started(self, name: str, attributes: dict[str, str]) -> None:
+        container = attributes.get(naming.LABEL_CONTAINER)
+        generation = attributes.get(naming.LABEL_GENERATION, "")
+        if container and generation.isdigit() and not self.locks.busy(name):
+            self.guard.container_started(name, container, int(generation),
+                                         self.steps.podman.url)  # fmt: skip
+
+    async def _act_on_health(self, name: str, container: Container, on_failure: str) -> str:
+        """``onFailure`` for a container that turned unhealthy (or failed to start), as
+        ``HealthGuard`` asks; what was done, "" when systemd is busy with the pod already."""
+        async with self.locks.hold(name):
+            record: Deployment | None = await self._store(self.store.find, name)
+            unit = KIND.service(name)
+            if record is None or not is_active(await self.steps.unit_state(unit)):
+                return ""
+            log.warning("unhealthy container", pod=name, container=container.name,
+                        action=on_failure)  # fmt: skip
+            if on_failure == "kill":
+                plan = self._plan(record)
+                await self.steps.podman.kill_container(
+                    naming.container_name(plan.pod_name, container.name)
+                )
+            elif on_failure == "stop":
+                await self._store(self.store.set_status, name, desired="stopped")
+                await self.steps.stop(unit)
+            else:
+                self._publish(name, "restarting", generation=record.generation)
+                await self.steps.check_host(self._plan(record))
+                await self.steps.systemd.restart_unit(unit, timeout=SYSTEMD_JOB, check=False)
+                restarts = int(record.status.get("healthRestarts", 0)) + 1
+                await self._store(self.store.set_status, name, healthRestarts=restarts)
+            await self._refresh(name)
+            self._publish(name, await self._state_word(record), generation=record.generation)
+            return on_failure
+
     # -- what the live cache sees -------------------------------------------------------
 
     async def _observed(self, name: str) -> None:
@@ -417,9 +599,10 @@ class PodHandler:
         if attributes.get(naming.LABEL_GENERATION) != str(record.pod_generation):
             return
         manifest = parse_manifest(record.manifest, UNRESTRICTED)
-        if not isinstance(manifest, Pod) or attributes.get(naming.LABEL_CONTAINER) == (
-            manifest.containers[0].name
-        ):
+        if not isinstance(manifest, Pod):
+            return
+        sidecars = {str(c.name) for c in manifest.containers[1:]}  # not main, not init
+        if attributes.get(naming.LABEL_CONTAINER) not in sidecars:
             return
         policy = manifest.restart.policy
         failed = attributes.get("containerExitCode", "0") != "0"

@@ -26,7 +26,7 @@ from pathlib import Path
 import attrs
 
 from iyclo.errors import StoreError
-from iyclo.manifest.model import Job, Pod, Secret
+from iyclo.manifest.model import Job, Pod, Secret, every_container
 from iyclo.manifest.policy import Policy, read_secret
 
 KEY_FILE = "secret-digest.key"
@@ -93,8 +93,8 @@ SecretSource = tuple[str, str, Secret]
 
 def secret_sources(manifest: Pod | Job) -> list[SecretSource]:
     return [
-        (f"containers[{ci}].secrets[{si}]", str(c.name), s)
-        for ci, c in enumerate(manifest.containers)
+        (f"{prefix}.secrets[{si}]", str(c.name), s)
+        for prefix, c in every_container(manifest)
         for si, s in enumerate(c.secrets)
     ]
 

@@ -45,7 +45,7 @@ from iyclo.errors import (
     SystemdError,
 )
 from iyclo.manifest.convert import dump_manifest, load_manifest_async, structure
-from iyclo.manifest.model import Job, Pod, UserNamespace
+from iyclo.manifest.model import Job, Pod, UserNamespace, every_container
 from iyclo.manifest.policy import (
     DEFAULT_POLICY,
     Policy,
@@ -188,7 +188,10 @@ class Service:
                 )
             # Before anything is recorded or stopped: a pull that fails changes nothing.
             images = await pull_images(
-                self.steps.podman, self.events, manifest.name, manifest.containers
+                self.steps.podman,
+                self.events,
+                manifest.name,
+                [c for _, c in every_container(manifest)],
             )
             if manifest.userns is None and not volume_claims(manifest, self.policy):
                 return await self._handlers[kind].apply(manifest, previous, images)
@@ -235,7 +238,7 @@ class Service:
             return {"name": "", "images": [{"container": "", **ref.to_json()}]}
         manifest = await load_manifest_async(manifest_in, self.policy)
         images = await pull_images(
-            self.steps.podman, self.events, manifest.name, manifest.containers
+            self.steps.podman, self.events, manifest.name, [c for _, c in every_container(manifest)]
         )
         return {
             "name": manifest.name,
@@ -314,6 +317,7 @@ class Service:
                 "images": g.images,
                 "appliedAt": g.applied_at.isoformat(),
                 "current": g.generation == record.generation,
+                **({"rolledBack": g.rolled_back} if g.rolled_back else {}),
             }
             for g in generations
         ]

@@ -39,6 +39,9 @@ UNIT_PROPERTIES = (
 )  # fmt: skip
 RESYNC_INTERVAL = 30.0
 CONTAINER_ACTIONS = frozenset({"start", "died", "stop", "remove", "create", "restart", "init"})
+HEALTH_ACTION = "health_status"
+"""Podman's event for each result of a container's health check (4.3 and 5.4), carrying
+its ``HealthStatus``: handed to ``on_health``, not a reason to re-list containers."""
 
 
 @define
@@ -65,7 +68,20 @@ def container_row(listed: dict[str, Any]) -> dict[str, Any] | None:
         "startedAt": listed.get("StartedAt", 0),
         "exitCode": listed.get("ExitCode", 0),
         "podmanName": (listed.get("Names") or [""])[0],
+        "health": health_word(str(listed.get("Status") or "")),
     }
+
+
+HEALTH_WORDS = ("unhealthy", "healthy", "starting")
+
+
+def health_word(status: str) -> str:
+    """Podman's health status from a list entry's ``Status`` ("healthy" on 4.3, as in
+    "Up 3 seconds (healthy)" elsewhere), "" for a container without a check."""
+    for word in HEALTH_WORDS:  # "unhealthy" first: it holds "healthy"
+        if status == word or f"({word})" in status:
+            return word
+    return ""
 
 
 class LiveState:
@@ -79,6 +95,9 @@ class LiveState:
         self.on_change: Callable[[str], Awaitable[None]] | None = None
         self.on_container_died: Callable[[str, dict[str, str]], Awaitable[None]] | None = None
         self.on_oom: Callable[[str, OomKill], Awaitable[None]] | None = None
+        self.on_health: Callable[[str, dict[str, str], str], None] | None = None
+        """(pod, the container's event attributes, its HealthStatus) for every check."""
+        self.on_container_started: Callable[[str, dict[str, str]], None] | None = None
         self._oom_watch: KmsgOomWatch | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pending: dict[str, asyncio.Task[None]] = {}
@@ -210,12 +229,20 @@ class LiveState:
                 return
 
     def _on_podman_event(self, event: dict[str, Any]) -> None:
-        if event.get("Type") != "container" or event.get("Action") not in CONTAINER_ACTIONS:
+        if event.get("Type") != "container":
             return
         attributes: dict[str, str] = (event.get("Actor") or {}).get("Attributes") or {}
         name = attributes.get(naming.LABEL_POD)
         if not name:
             return
+        if event.get("Action") == HEALTH_ACTION:
+            if self.on_health is not None:
+                self.on_health(name, attributes, str(event.get("HealthStatus") or ""))
+            return
+        if event.get("Action") not in CONTAINER_ACTIONS:
+            return
+        if event.get("Action") == "start" and self.on_container_started is not None:
+            self.on_container_started(name, attributes)
         if event.get("Action") == "died" and self.on_container_died is not None:
             self._spawn(self.on_container_died(name, attributes))
         self._debounce(f"containers:{name}", lambda: self._containers_changed(name))

@@ -145,13 +145,38 @@ class Secret:
     gid: int | None = doc("Group of the target file, as a container GID (default 0).", None)
 
 
+OnFailure = Literal["restart", "kill", "stop", "none"]
+
+
 @frozen
 class Healthcheck:
+    """A probe run by Podman inside the container (the kubelet's liveness probe)."""
+
     command: tuple[str, ...] = doc("Command run inside the container; exit 0 is healthy.")
     interval: Duration = doc("Time between checks.", "30s")
     timeout: Duration = doc("Time a check may take.", "5s")
-    retries: int = doc("Failures before the container is unhealthy.", 3)
-    start_period: Duration = doc("Grace period after start.", "0s")
+    retries: int = doc("Failures in a row before the container is unhealthy.", 3)
+    start_period: Duration = doc("Grace period after start: failures in it do not count.", "0s")
+    on_failure: OnFailure = doc(
+        "What iyclo does when the container turns unhealthy: restart the pod's unit "
+        "(through systemd, under the pod's restart limit, counted as healthRestarts), kill "
+        "the container (the pod's restart policy decides what follows), stop the pod, or "
+        "none (only report it).",
+        "restart",
+    )
+
+
+@frozen
+class StartupCheck:
+    """A probe that must pass once before the healthcheck counts (the kubelet's startup
+    probe): for containers slow to start, without a long start period for their lifetime."""
+
+    command: tuple[str, ...] = doc("Command run inside the container; exit 0 has started.")
+    interval: Duration = doc("Time between tries.", "1s")
+    timeout: Duration = doc("Time one try may take.", "5s")
+    retries: int = doc("Failed tries before the start counts as failed.", 30)
+    on_failure: OnFailure = doc("What iyclo does when the start failed (as for healthcheck).",
+                                "restart")  # fmt: skip
 
 
 @frozen
@@ -182,7 +207,14 @@ class Container:
     )
     resources: Resources = doc("Resource limits applied by Podman.", factory=Resources)
     security: Security = doc("Sandboxing applied by Podman.", factory=Security)
-    healthcheck: Healthcheck | None = doc("Health check.", None)
+    healthcheck: Healthcheck | None = doc(
+        "Health check (liveness). A pod is ready once every container that has one is "
+        "healthy; apply waits for it.",
+        None,
+    )
+    startup_check: StartupCheck | None = doc(
+        "Check that must pass once after each start before the health check counts.", None
+    )
     stop_timeout: Duration = doc("Grace time after SIGTERM before SIGKILL on stop.", "10s")
 
 
@@ -223,6 +255,25 @@ class SystemdSandbox:
 
 
 @frozen
+class UpdateStrategy:
+    """How a new generation replaces a running one, and what happens when it is not ready."""
+
+    strategy: Literal["replace", "start-first"] = doc(
+        "replace: stop the old generation, then start the new; start-first: start the new "
+        "beside the old and stop the old once the new is ready (when no host port of the "
+        "new is the old one's; otherwise it replaces, and says so).",
+        "replace",
+    )
+    ready_timeout: Duration = doc(
+        "How long the new generation has to become ready (every health check passing).",
+        "60s",
+    )
+    rollback: bool = doc(
+        "Restore the previous generation when the new one is not ready in time.", True
+    )
+
+
+@frozen
 class Schedule:
     calendar: Calendar = doc('systemd calendar expression (OnCalendar=), e.g. "*-*-* 03:00".')
     persistent: bool = doc("Run once at boot if a run was missed while down.", False)
@@ -254,6 +305,12 @@ class Pod:
         "Sandboxing of the podman process and limits of the pod's slice.",
         factory=SystemdSandbox,
     )
+    update: UpdateStrategy = doc("How updates roll out.", factory=UpdateStrategy)
+    init_containers: tuple[Container, ...] = doc(
+        "Containers run to completion, in order, before the pod's containers on every "
+        "start (Podman's init containers); a failing one fails the start with its output.",
+        factory=tuple,
+    )
 
 
 @frozen
@@ -276,4 +333,16 @@ class Job:
 
 
 Manifest = Pod | Job
+
+
+def every_container(manifest: Pod | Job) -> list[tuple[str, Container]]:
+    """Each container with its field path, a pod's init containers first (the order
+    Podman makes and runs them in): what every per-container check and step goes over."""
+    init = manifest.init_containers if isinstance(manifest, Pod) else ()
+    return [
+        *((f"initContainers[{i}]", c) for i, c in enumerate(init)),
+        *((f"containers[{i}]", c) for i, c in enumerate(manifest.containers)),
+    ]
+
+
 KINDS: dict[str, type[Pod] | type[Job]] = {"Pod": Pod, "Job": Job}

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from attrs import frozen
 
 from iyclo.errors import InvalidError
-from iyclo.manifest.model import Container, Job, Pod, Secret, UserNamespace
+from iyclo.manifest.model import Container, Job, Pod, Secret, UserNamespace, every_container
 from iyclo.manifest.values import (
     RESERVED_LABEL_KEYS,
     RESERVED_LABEL_PREFIXES,
@@ -296,8 +296,7 @@ def host_paths(manifest: Pod | Job) -> list[HostPath]:
     """Every host path of a manifest with its field, in manifest order: what
     ``host_problems`` checks here and the units' ExecStartPre= checks again."""
     found: list[HostPath] = []
-    for ci, container in enumerate(manifest.containers):
-        prefix = f"containers[{ci}]"
+    for prefix, container in every_container(manifest):
         for vi, volume in enumerate(container.volumes):
             if volume.source.startswith("/"):
                 found.append(HostPath(f"{prefix}.volumes[{vi}].source", volume.source, False))
@@ -381,14 +380,14 @@ def secret_problems(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> lis
     value was handed to Podman at apply, and a start never reads the file again.
     """
     found: list[str] = []
-    for ci, container in enumerate(manifest.containers):
+    for prefix, container in every_container(manifest):
         for si, secret in enumerate(container.secrets):
             if (secret.file is None) == (secret.credential is None):
                 continue  # refused by ``problems`` already
             try:
                 os.close(_secret_fd(secret, policy))
             except ValueError as exc:
-                where = _secret_where(f"containers[{ci}].secrets[{si}]", secret)
+                where = _secret_where(f"{prefix}.secrets[{si}]", secret)
                 found.append(f"{where}: refused: {exc}")
     return found
 
@@ -468,8 +467,8 @@ def volume_claims(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[
     """
     shared: set[str] = set(policy.shared_volumes)
     return [
-        VolumeClaim(f"containers[{ci}].volumes[{vi}].source", v.source, v.source in shared)
-        for ci, c in enumerate(manifest.containers)
+        VolumeClaim(f"{prefix}.volumes[{vi}].source", v.source, v.source in shared)
+        for prefix, c in every_container(manifest)
         for vi, v in enumerate(c.volumes)
         if not v.source.startswith("/")
     ]
@@ -592,14 +591,26 @@ def _label_path(key: str) -> str:
     return f"labels[{show(key)}]"
 
 
+def _init_container_problems(prefix: str, container: Container) -> list[str]:
+    """An init container runs to completion before the others: nothing that serves."""
+    given = {"ports": container.ports, "healthcheck": container.healthcheck,
+             "startupCheck": container.startup_check}  # fmt: skip
+    return [
+        f"{prefix}.{field}: an init container runs to completion, it has no {field}"
+        for field, value in given.items()
+        if value
+    ]
+
+
 def problems(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[str]:
     """Every cross-field problem of a structurally valid manifest, path-qualified."""
     found: list[str] = []
     if not manifest.containers:
         found.append("containers: a pod needs at least one container")
-    names = Counter(c.name for c in manifest.containers)
-    for index, container in enumerate(manifest.containers):
-        prefix = f"containers[{index}]"
+    names = Counter(c.name for _, c in every_container(manifest))
+    for prefix, container in every_container(manifest):
+        if prefix.startswith("init"):
+            found.extend(_init_container_problems(prefix, container))
         if names[container.name] > 1:
             found.append(
                 f"{prefix}.name: {show(container.name)} is used by more than one container"
