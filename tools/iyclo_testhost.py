@@ -605,6 +605,7 @@ class Host:
             return
         record = self._record
         deadline = time.monotonic() + timeout
+        began = _ticks_now()
         _stop_slirp(record.slirp_pid)
         was_running = _is_our_systemd(record)
         if was_running:
@@ -619,13 +620,14 @@ class Host:
             try:
                 _wait_for(
                     lambda: (
-                        not _pid_alive(record.unshare_pid, "unshare") and not _host_pids(record)
+                        not _pid_alive(record.unshare_pid, "unshare")
+                        and not _host_pids(record, began)
                     ),
                     deadline,
                     f"processes of test host {self.name} did not exit",
                 )
             except TestHostError as exc:
-                raise TestHostError(f"{exc}: {_describe(_host_pids(record))}") from None
+                raise TestHostError(f"{exc}: {_describe(_host_pids(record, began))}") from None
             _remove_cgroups(record.cgroups)
         else:
             # It died earlier. A new host of the same name may have booted since: its
@@ -633,7 +635,7 @@ class Host:
             _wait_for(
                 lambda: (
                     not _pid_alive(record.unshare_pid, "unshare")
-                    and not _pids_in_cgroups((), record.pid_ns)
+                    and not _pids_in_cgroups((), record.pid_ns, began)
                 ),
                 deadline,
                 f"processes of test host {self.name} did not exit",
@@ -1104,12 +1106,26 @@ def _cgroup_specs(name: str) -> tuple[str, ...]:
     )
 
 
-def _pids_in_cgroups(specs: Sequence[str], pid_ns: str = "") -> dict[int, list[str]]:
+def _ticks_now() -> float:
+    """Now, in the clock of /proc/<pid>/stat's start times (clock ticks since boot)."""
+    return float(Path("/proc/uptime").read_text().split()[0]) * os.sysconf("SC_CLK_TCK")
+
+
+def _start_ticks(pid: str) -> float:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return float(stat[stat.rindex(")") + 2 :].split()[19])  # field 22, starttime
+
+
+def _pids_in_cgroups(
+    specs: Sequence[str], pid_ns: str = "", born_before: float | None = None
+) -> dict[int, list[str]]:
     """Live processes in (or below) the cgroups `specs`, or in PID namespace `pid_ns`.
 
     Returns host PID -> that process's own cgroup specs. Both tests are needed: containers
     run in PID namespaces nested in the host's, processes entered with nsenter keep the
-    caller's cgroups.
+    caller's cgroups. The kernel hands a dead namespace's inode number to the next one
+    made (measured: a shutdown waited on another test run's new host), so with
+    `born_before` (ticks, `_ticks_now`) a process that started later is not one of ours.
     """
     trees = {}
     for spec in specs:
@@ -1124,7 +1140,11 @@ def _pids_in_cgroups(specs: Sequence[str], pid_ns: str = "") -> dict[int, list[s
             ours = any(
                 ctrl in trees and (path == trees[ctrl] or path.startswith(trees[ctrl] + "/"))
                 for ctrl, path in cgroups
-            ) or (pid_ns != "" and os.readlink(f"/proc/{entry.name}/ns/pid") == pid_ns)
+            ) or (
+                pid_ns != ""
+                and os.readlink(f"/proc/{entry.name}/ns/pid") == pid_ns
+                and (born_before is None or _start_ticks(entry.name) <= born_before)
+            )
             if ours and _pid_alive(int(entry.name)):
                 found[int(entry.name)] = [f"{ctrl}:{path}" for ctrl, path in cgroups]
     return found
@@ -1146,9 +1166,9 @@ def _describe(pids: Mapping[int, list[str]]) -> str:
     return "; ".join(parts) or "none left"
 
 
-def _host_pids(record: _Record) -> dict[int, list[str]]:
+def _host_pids(record: _Record, born_before: float | None = None) -> dict[int, list[str]]:
     """Live processes of a host: host PID -> their cgroup specs."""
-    return _pids_in_cgroups(record.cgroups, record.pid_ns)
+    return _pids_in_cgroups(record.cgroups, record.pid_ns, born_before)
 
 
 def _remove_cgroups(specs: Sequence[str]) -> None:

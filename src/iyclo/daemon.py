@@ -44,6 +44,17 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+START_EXTENSION_USEC = 30_000_000
+"""After each pod or job the start-up reconcile has done, systemd's start timeout is
+pushed this far out again: making 50 pods anew after a reboot takes longer than a
+``TimeoutStartSec=`` sized for a quick start (measured: over 90 s on a loaded 2-core
+test host), and a start that keeps making progress is not a hung one."""
+
+
+def _starting(done: int, total: int) -> None:
+    sd_notify(f"EXTEND_TIMEOUT_USEC={START_EXTENSION_USEC}\nSTATUS=reconciling {done}/{total}")
+
+
 def sd_notify(message: str) -> bool:
     """Tell systemd about our state when it started us with Type=notify."""
     address = os.environ.get("NOTIFY_SOCKET")
@@ -273,7 +284,7 @@ async def run(args: argparse.Namespace) -> int:
                 raise StartupError("; ".join(problems))
             log.info("podman", platform=attrs.asdict(platform),
                      features=attrs.asdict(platform.features))  # fmt: skip
-            report = await service.reconcile()
+            report = await service.reconcile(progress=_starting)
         except StartupError:
             raise  # an unsupported Podman: refuse to run rather than half-work
         except IycloError as exc:

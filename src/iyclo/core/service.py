@@ -356,14 +356,18 @@ class Service:
 
     # -- reconcile ------------------------------------------------------------------------
 
-    async def reconcile(self) -> ReconcileReport:
-        """Make systemd and Podman match the store: adopt, re-create, remove orphans."""
+    async def reconcile(
+        self, progress: Callable[[int, int], None] | None = None
+    ) -> ReconcileReport:
+        """Make systemd and Podman match the store: adopt, re-create, remove orphans.
+        ``progress(done, total)`` hears of each record done (the daemon's start-up tells
+        systemd, so a reboot's re-making of many pods is not taken for a hung start)."""
         self.dependencies.require_ok("reconcile")
         async with self.locks.exclusive():
             outcomes: dict[str, list[str]] = {"adopted": [], "recreated": [], "stopped": []}
             failed: list[tuple[str, str]] = []
             records: list[Deployment] = await self._store(self.store.list)
-            for record in records:
+            for done, record in enumerate(records, 1):
                 try:
                     async with self.locks.name(record.name):
                         outcome = await self._handler(record).reconcile_one(record)
@@ -371,6 +375,9 @@ class Service:
                     failed.append((record.name, exc.message))
                     log.error("reconcile failed", name=record.name, error=exc.message)
                     continue
+                finally:
+                    if progress is not None:
+                        progress(done, len(records))
                 outcomes[outcome].append(record.name)
             removed: list[str] = []
             for kind, handler in self._handlers.items():
