@@ -72,6 +72,17 @@ class SystemdError(IycloError):
     exit_code = 6
 
 
+class PodmanUnreachableError(PodmanError):
+    """Podman did not answer at all (its socket gone, no reply in time): the change it
+    was part of may have been left half-made, since its undo needs Podman too. Same wire
+    name and code as ``PodmanError``."""
+
+
+class SystemdUnreachableError(SystemdError):
+    """The bus to systemd failed under a call (not connected, no reply, connection lost);
+    same wire name and code as ``SystemdError``."""
+
+
 class AccessDeniedError(IycloError):
     dbus_name = f"{DBUS_ERROR_PREFIX}.AccessDenied"
     rpc_code = -32006

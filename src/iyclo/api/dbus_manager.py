@@ -93,6 +93,14 @@ class ManagerInterface(Interface):
         path = object_path(str(result["kind"]), str(result["name"]))
         return (path, int(result["generation"]), bool(result["changed"]), str(result["state"]))
 
+    @dbus_method(name="Rollback")
+    @translated
+    async def rollback(self, name: DBusStr, to: DBusUInt32) -> ApplyReply:
+        result = (await self._service.rollback(name, to)).to_json()
+        await self._refresh(name)
+        path = object_path(str(result["kind"]), name)
+        return (path, int(result["generation"]), bool(result["changed"]), str(result["state"]))
+
     def set_health(self, health: dict[str, Any]) -> None:
         """The daemon's health changed: announce ``State`` and ``Problems``."""
         changed = {}

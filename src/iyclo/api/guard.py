@@ -76,6 +76,10 @@ class Guarded:
         await self._require("pull")
         return await self._service.pull(manifest, image)
 
+    async def rollback(self, name: str, to: int = 0, /) -> JsonResult:
+        await self._require("rollback")
+        return await self._service.rollback(name, to)
+
     async def reconcile(self) -> JsonResult:
         await self._require("reconcile")
         return await self._service.reconcile()

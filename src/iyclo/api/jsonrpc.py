@@ -72,6 +72,9 @@ def handlers(service: ServiceApi) -> dict[str, Handler]:
     async def apply(manifest: str | dict[str, Any]) -> dict[str, Any]:
         return (await service.apply(manifest)).to_json()
 
+    async def rollback(name: str, to: int) -> dict[str, Any]:
+        return (await service.rollback(name, to)).to_json()
+
     async def validate(manifest: str | dict[str, Any]) -> list[str]:
         return await service.validate(manifest)
 
@@ -124,8 +127,9 @@ def handlers(service: ServiceApi) -> dict[str, Handler]:
         return service.version()
 
     return {
-        "apply": apply, "validate": validate, "diff": diff, "remove": remove, "start": start,
-        "stop": stop, "restart": restart, "list": list_, "get": get,
+        "apply": apply, "rollback": rollback, "validate": validate, "diff": diff,
+        "remove": remove, "start": start, "stop": stop, "restart": restart, "list": list_,
+        "get": get,
         "get_manifest": get_manifest, "history": history, "runs": runs, "logs": logs,
         "reconcile": reconcile, "run_job": run_job, "pull": pull, "version": version,
         "health": health,

@@ -60,6 +60,42 @@ def apply(ctx: click.Context, path: str, as_json: bool) -> None:
         )
 
 
+@click.command()
+@click.argument("name")
+@click.option(
+    "--to",
+    "to",
+    type=int,
+    default=0,
+    metavar="N",
+    help="The generation to go back to (default: the one before the current).",
+)
+@json_option
+@click.pass_context
+def rollback(ctx: click.Context, name: str, to: int, as_json: bool) -> None:
+    """Go back to an earlier generation of a pod or job, by hand.
+
+    The stored manifest of that generation is applied again as a new generation (the
+    history keeps what was undone), and waits as apply does. Generations an update rolled
+    back by itself are skipped.
+
+    Example: `iyclo rollback web`, `iyclo rollback web --to 3`
+    """
+    with daemon(ctx) as client:
+        with (
+            _progress(ctx, as_json, lambda e: e.name == name),
+            console().status("rolling back…", spinner="dots"),
+        ):
+            result = client.call("rollback", name=name, to=to)
+        if as_json:
+            print_json(result)
+            return
+        out().print(
+            f"{result['kind'].lower()}/{result['name']} rolled back "
+            f"(generation {result['generation']}, {result['state']})"
+        )
+
+
 def _manifest_name(text: str) -> str | None:
     """The name a manifest's text gives, to pick its pull's progress; None when the text
     is no manifest (the daemon then says what is wrong with it)."""

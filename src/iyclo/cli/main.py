@@ -202,7 +202,8 @@ def system_uninstall(prefix: Path, dry_run: bool) -> None:
 
 
 for command in (
-    commands.apply, commands.pull, commands.diff, commands.ps, commands.inspect, commands.history,
+    commands.apply, commands.rollback, commands.pull, commands.diff, commands.ps,
+    commands.inspect, commands.history,
     commands.rm, commands.start, commands.stop, commands.restart, commands.reconcile,
     commands.events, commands.health, jobs.run, jobs.jobs, jobs.logs, commands.daemon_cmd,
 ):  # fmt: skip

@@ -76,6 +76,20 @@ def _is_hex(text: str) -> bool:
     return len(text) == 2 and all(c in "0123456789abcdefABCDEF" for c in text)
 
 
+def _applied(reply: list[Any]) -> dict[str, Any]:
+    """Apply's and Rollback's reply: name and kind come back in the object path
+    (/io/github/iyclo1/<kind>/<label>)."""
+    path, generation, changed, state = reply
+    collection, _, label = str(path).removeprefix(f"{MANAGER_PATH}/").partition("/")
+    return {
+        "name": bus_label_unescape(label),
+        "kind": collection.capitalize(),
+        "generation": generation,
+        "changed": changed,
+        "state": state,
+    }
+
+
 def _manifest_text(manifest: str | dict[str, Any]) -> str:
     return manifest if isinstance(manifest, str) else json.dumps(manifest)
 
@@ -91,7 +105,7 @@ async def _cancel_the_rest(keep: asyncio.Task[None] | None = None) -> None:
 class DBusClient:
     """Blocking calls to iyclod over D-Bus; one connection for the client's life."""
 
-    SPECIAL: ClassVar[frozenset[str]] = frozenset({"apply", "list", "version"})
+    SPECIAL: ClassVar[frozenset[str]] = frozenset({"apply", "rollback", "list", "version"})
     """Methods the registry's generic rule cannot say (see the module doc)."""
 
     def __init__(
@@ -117,6 +131,7 @@ class DBusClient:
         # What the registry's generic rule (one member, one decoded reply) cannot say.
         self._special: dict[str, Callable[[dict[str, Any]], Coroutine[Any, Any, Any]]] = {
             "apply": self._apply,
+            "rollback": self._rollback,
             "list": self._list,
             "version": self._version,
         }
@@ -312,18 +327,11 @@ class DBusClient:
         return list(value) if out.dbus.startswith("a") else value
 
     async def _apply(self, arguments: dict[str, Any]) -> dict[str, Any]:
-        """Name and kind come back in the object path (/io/github/iyclo1/<kind>/<label>)."""
-        path, generation, changed, state = await self._manager(
-            "Apply", "s", _manifest_text(arguments["manifest"])
-        )
-        collection, _, label = str(path).removeprefix(f"{MANAGER_PATH}/").partition("/")
-        return {
-            "name": bus_label_unescape(label),
-            "kind": collection.capitalize(),
-            "generation": generation,
-            "changed": changed,
-            "state": state,
-        }
+        reply = await self._manager("Apply", "s", _manifest_text(arguments["manifest"]))
+        return _applied(reply)
+
+    async def _rollback(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        return _applied(await self._manager("Rollback", "su", arguments["name"], arguments["to"]))
 
     async def _list(self, arguments: dict[str, Any]) -> list[dict[str, Any]]:
         """``List`` names them, ``Get`` gives each one's full status; one removed in

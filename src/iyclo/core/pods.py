@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -33,7 +33,7 @@ from iyclo.core.steps import Steps, pod_of_unit
 from iyclo.core.timeouts import SYSTEMD_JOB
 from iyclo.core.unit_state import is_active, is_running
 from iyclo.core.update import IN_PLACE, in_place_update
-from iyclo.errors import InvalidError, IycloError, NotReadyError, public_message
+from iyclo.errors import InvalidError, IycloError, NotReadyError, SystemdError, public_message
 from iyclo.manifest.convert import dump_manifest, manifest_digest, parse_manifest
 from iyclo.manifest.model import Container, Job, Pod
 from iyclo.manifest.policy import UNRESTRICTED
@@ -103,7 +103,7 @@ class PodHandler:
         self.live.on_container_died = self._container_died
         self.live.on_oom = self._oom_killed
         self.guard = HealthGuard(locks, events, self._current_manifest, self._act_on_health,
-                                 self._health_output)  # fmt: skip
+                                 self._health_of)  # fmt: skip
         self.live.on_health = self._on_health
         self.live.on_container_started = self._on_container_started
 
@@ -329,7 +329,7 @@ class PodHandler:
             if old_plan is not None:
                 await self.steps.stop(old_plan.unit)
                 old_stopped = True
-            await self._start_unit(plan)
+            await self._with_init_output(plan, self._start_unit(plan))
             if not beside:
                 await self._wait_ready(plan)
         except NotReadyError as exc:
@@ -351,6 +351,28 @@ class PodHandler:
             await self._undo(plan, made, old_stopped, old_plan if old_was_running else None)
             raise
         await self.steps.remove_other_generations(manifest.name, keep=plan.pod_name)
+
+    async def _with_init_output(self, plan: PodPlan, start: Awaitable[None]) -> None:
+        """A start that failed because an init container did says so with that container's
+        own last lines: Podman's error names only its ID and exit code."""
+        try:
+            await start
+        except SystemdError:
+            for container in plan.manifest.init_containers:
+                name = naming.container_name(plan.pod_name, container.name)
+                try:
+                    state = (await self.steps.podman.inspect_container(name)).get("State") or {}
+                    if not state.get("ExitCode"):
+                        continue
+                    lines = (await self.steps.podman.container_output(name)).splitlines()
+                except IycloError:
+                    continue
+                output = " | ".join(line.strip() for line in lines[-5:] if line.strip())
+                raise SystemdError(
+                    f"init container {container.name} exited with code {state['ExitCode']}: "
+                    f"{output or '(no output)'}"
+                ) from None
+            raise
 
     async def _undo(
         self, plan: PodPlan, made: list[str], unit_is_new: bool, old: PodPlan | None
@@ -375,6 +397,7 @@ class PodHandler:
             return
 
         def progress(health: Health) -> None:
+            self.guard.note(plan.name, health.container, health.status)
             self.guard.publish(plan.name, health.container, health.status or "starting",
                                plan.generation, output=health.output)  # fmt: skip
 
@@ -529,15 +552,15 @@ class PodHandler:
             return None
         return manifest, naming.podman_pod_name(name, record.pod_generation)
 
-    async def _health_output(self, name: str, container: str) -> str:
+    async def _health_of(self, name: str, container: str) -> Health:
         record = await self._store(self.store.get, name)
-        return (await container_health(self.steps, self._plan(record), container)).output
+        return await container_health(self.steps, self._plan(record), container)
 
     def _on_health(self, name: str, attributes: dict[str, str], status: str) -> None:
         container = attributes.get(naming.LABEL_CONTAINER)
         generation = attributes.get(naming.LABEL_GENERATION, "")
-        if container and generation.isdigit() and status:
-            self.guard.reported(name, container, int(generation), status)
+        if container and generation.isdigit():
+            self.guard.reported(name, container, int(generation))
 
     def _on_container_started(self, name: str, attributes: dict[str, str]) -> None:
         container = attributes.get(naming.LABEL_CONTAINER)

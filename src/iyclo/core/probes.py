@@ -179,8 +179,8 @@ async def wait_ready(
 
 Act = Callable[[str, Container, str], Awaitable[str]]
 """(pod, container, onFailure) → what was done: the pod handler's action."""
-Output = Callable[[str, str], Awaitable[str]]
-"""(pod, container) → the last health check's output."""
+Inspect = Callable[[str, str], Awaitable[Health]]
+"""(pod, container) → its health as Podman holds it now."""
 
 
 class HealthGuard:
@@ -188,12 +188,13 @@ class HealthGuard:
     says; skips a pod while an operation holds it (an apply decides by itself then)."""
 
     def __init__(self, locks: Locks, events: EventBus, manifest_of: ManifestOf, act: Act,
-                 output: Output) -> None:  # fmt: skip
+                 inspect: Inspect) -> None:  # fmt: skip
         self._locks = locks
         self._events = events
         self._manifest_of = manifest_of
         self._act = act
-        self._output = output
+        self._inspect = inspect
+        self._checking: set[tuple[str, str]] = set()
         self._last: dict[tuple[str, str], str] = {}
         self._started: set[tuple[str, str]] = set()
         """(pod, container) whose startup check passed since the container last started."""
@@ -201,6 +202,11 @@ class HealthGuard:
 
     def started(self, pod: str, container: str) -> None:
         self._started.add((pod, container))
+
+    def note(self, pod: str, container: str, status: str) -> None:
+        """What a wait for readiness read: the guard's view starts from it."""
+        if status in ("starting", "healthy", "unhealthy"):
+            self._last[(pod, container)] = status
 
     def last(self, pod: str, container: str) -> str:
         return self._last.get((pod, container), "")
@@ -217,13 +223,16 @@ class HealthGuard:
         self._last.pop((pod, container), None)
         self._spawn(self._startup(pod, container, generation, podman_url))
 
-    def reported(self, pod: str, container: str, generation: int, status: str) -> None:
-        """Podman's ``health_status`` event for one container of a pod's generation."""
+    def reported(self, pod: str, container: str, generation: int) -> None:
+        """Podman's ``health_status`` event for one container of a pod's generation: a
+        check ran. Its status is read back from Podman rather than taken from the event
+        (on 4.3 the event's ``HealthStatus`` lags a check behind, measured: "starting"
+        twice, then "unhealthy", for retries 2); one read at a time per container."""
         key = (pod, container)
-        before, self._last[key] = self._last.get(key), status
-        if before == status:
+        if key in self._checking:
             return
-        self._spawn(self._changed(pod, container, generation, status))
+        self._checking.add(key)
+        self._spawn(self._changed(pod, container, generation))
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -263,23 +272,29 @@ class HealthGuard:
         action = await self._do(pod, spec, spec.startup_check.on_failure)
         self.publish(pod, container, "failed-start", generation, action=action, output=failed)
 
-    async def _changed(self, pod: str, container: str, generation: int, status: str) -> None:
-        found = await self._manifest_of(pod, generation)
-        if found is None:
+    async def _changed(self, pod: str, container: str, generation: int) -> None:
+        key = (pod, container)
+        try:
+            found = await self._manifest_of(pod, generation)
+            if found is None:
+                return
+            spec = next((c for c in found[0].containers if c.name == container), None)
+            if spec is None or spec.healthcheck is None:
+                return
+            try:
+                health = await self._inspect(pod, container)
+            except IycloError:
+                return  # gone meanwhile: its removal is someone else's event
+        finally:
+            self._checking.discard(key)
+        status = health.status
+        before, self._last[key] = self._last.get(key), status
+        if before == status or not status:
             return
-        manifest, _ = found
-        spec = next((c for c in manifest.containers if c.name == container), None)
-        if spec is None or spec.healthcheck is None:
-            return
-        action, output = "", ""
-        waiting_to_start = spec.startup_check is not None and (pod, container) not in (
-            self._started
-        )
-        if status == "unhealthy":
-            with contextlib.suppress(IycloError):
-                output = await self._output(pod, container)
-            if not waiting_to_start and not self._locks.busy(pod):
-                action = await self._do(pod, spec, spec.healthcheck.on_failure)
+        action, output = "", health.output if status == "unhealthy" else ""
+        waiting_to_start = spec.startup_check is not None and key not in self._started
+        if status == "unhealthy" and not waiting_to_start and not self._locks.busy(pod):
+            action = await self._do(pod, spec, spec.healthcheck.on_failure)
         self.publish(pod, container, status, generation, action=action, output=output)
 
     async def _do(self, pod: str, spec: Container, on_failure: str) -> str:

@@ -40,9 +40,9 @@ from iyclo.errors import (
     InvalidError,
     IycloError,
     NotFoundError,
-    PodmanError,
+    PodmanUnreachableError,
     StoreError,
-    SystemdError,
+    SystemdUnreachableError,
 )
 from iyclo.manifest.convert import dump_manifest, load_manifest_async, structure
 from iyclo.manifest.model import Job, Pod, UserNamespace, every_container
@@ -126,7 +126,7 @@ class Service:
             self.dependencies.require_ok(verb)
             try:
                 yield
-            except (PodmanError, SystemdError, StoreError) as exc:
+            except (PodmanUnreachableError, SystemdUnreachableError, StoreError) as exc:
                 self._reconcile_soon(f"{verb} {name}: {exc.message}")
                 raise
 
@@ -198,6 +198,24 @@ class Service:
             async with self.claims:
                 await self._refuse_claimed(manifest, previous)
                 return await self._handlers[kind].apply(manifest, previous, images)
+
+    async def rollback(self, name: str, to: int = 0) -> ApplyResult:
+        """Go back by hand: generation ``to`` (0: the one before the current, skipping
+        those rolled back) applied again as a new generation, as ``kubectl rollout undo``
+        does, so the history keeps what was undone."""
+        generations = await self._store(self.store.history, name)
+        record = await self._record(name)
+        if to == 0:
+            earlier = [g.generation for g in generations
+                       if g.generation < record.generation and not g.rolled_back]  # fmt: skip
+            if not earlier:
+                raise NotFoundError(
+                    f"{record.kind} '{name}' has no generation before {record.generation} "
+                    "to go back to"
+                )
+            to = earlier[-1]
+        stored: dict[str, Any] = await self._store(self.store.manifest, name, to)
+        return await self.apply(stored)
 
     async def _refuse_claimed(self, manifest: Pod | Job, previous: Deployment | None) -> None:
         """Refuse what is another's: a user-namespace range another pod's or job's overlaps

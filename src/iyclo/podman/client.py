@@ -21,7 +21,7 @@ import podman.api
 import podman.errors
 import requests.exceptions
 
-from iyclo.errors import NotFoundError, PodmanError
+from iyclo.errors import NotFoundError, PodmanError, PodmanUnreachableError
 from iyclo.podman.platform import Platform
 from iyclo.podman.pull import ImageRef, PullPolicy, PullStep, pull_step
 
@@ -97,14 +97,16 @@ class PodmanClient:
         except podman.errors.NotFound as exc:
             raise NotFoundError(f"{what}: {_one_line(exc)}") from None
         except (requests.exceptions.ConnectionError, FileNotFoundError, ConnectionError) as exc:
-            raise PodmanError(
+            raise PodmanUnreachableError(
                 f"{what}: cannot reach Podman at {self.url} ({_one_line(exc)})"
             ) from None
         except requests.exceptions.Timeout:
-            raise PodmanError(f"{what}: Podman at {self.url} did not answer in time") from None
+            raise PodmanUnreachableError(
+                f"{what}: Podman at {self.url} did not answer in time"
+            ) from None
         except (podman.errors.APIError, podman.errors.PodmanError) as exc:
             if cause := _unreachable_cause(exc):
-                raise PodmanError(
+                raise PodmanUnreachableError(
                     f"{what}: cannot reach Podman at {self.url} ({_one_line(cause)})"
                 ) from None
             raise PodmanError(f"{what}: {_one_line(exc)}") from None
@@ -402,6 +404,17 @@ class PodmanClient:
             return found
 
         return await self._call("list secrets", list_)
+
+    async def container_output(self, name: str, lines: int = 5) -> str:
+        """A container's last ``lines`` of output (stdout and stderr), as `podman logs`."""
+
+        def logs() -> str:
+            chunks = self._client.containers.get(name).logs(stdout=True, stderr=True,
+                                                            tail=lines)  # fmt: skip
+            data = chunks if isinstance(chunks, bytes) else b"".join(chunks)
+            return data.decode(errors="replace")
+
+        return await self._call(f'logs of container "{name}"', logs)
 
     async def kill_container(self, name: str, signal: str = "SIGKILL") -> None:
         await self._call(f'kill container "{name}"',

@@ -44,7 +44,7 @@ from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusFastError
 
-from iyclo.errors import IycloError, NotFoundError, SystemdError
+from iyclo.errors import IycloError, NotFoundError, SystemdError, SystemdUnreachableError
 
 from .const import (
     BUS_NAME,
@@ -345,7 +345,7 @@ class SystemdManager:
     ) -> list[Any]:
         """Send one method call and return the reply body, translating every failure."""
         if self._closed or not self._bus.connected:  # not `connected`: _reconnect calls too
-            raise SystemdError(f"systemd could not {action}: not connected to systemd")
+            raise SystemdUnreachableError(f"systemd could not {action}: not connected to systemd")
         message = Message(
             destination=destination,
             path=path,
@@ -358,13 +358,17 @@ class SystemdManager:
             async with asyncio.timeout(self._call_timeout):
                 reply = await self._bus.call(message)
         except TimeoutError:
-            raise SystemdError(
+            raise SystemdUnreachableError(
                 f"systemd could not {action}: no reply within {self._call_timeout:g}s"
             ) from None
         except (DBusFastError, OSError, EOFError) as err:
-            raise SystemdError(f"systemd could not {action}: D-Bus failure: {err}") from None
+            raise SystemdUnreachableError(
+                f"systemd could not {action}: D-Bus failure: {err}"
+            ) from None
         if reply is None:
-            raise SystemdError(f"systemd could not {action}: the D-Bus connection closed")
+            raise SystemdUnreachableError(
+                f"systemd could not {action}: the D-Bus connection closed"
+            )
         if reply.message_type is MessageType.ERROR:
             raise _error_from_reply(reply, action)
         if reply.signature != reply_signature:
