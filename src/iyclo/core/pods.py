@@ -103,7 +103,7 @@ class PodHandler:
         self.live.on_container_died = self._container_died
         self.live.on_oom = self._oom_killed
         self.guard = HealthGuard(locks, events, self._current_manifest, self._act_on_health,
-                                 self._health_of)  # fmt: skip
+                                 lambda pod, c: container_health(self.steps, pod, c))  # fmt: skip
         self.live.on_health = self._on_health
         self.live.on_container_started = self._on_container_started
 
@@ -551,10 +551,6 @@ class PodHandler:
         if not isinstance(manifest, Pod):
             return None
         return manifest, naming.podman_pod_name(name, record.pod_generation)
-
-    async def _health_of(self, name: str, container: str) -> Health:
-        record = await self._store(self.store.get, name)
-        return await container_health(self.steps, self._plan(record), container)
 
     def _on_health(self, name: str, attributes: dict[str, str], status: str) -> None:
         container = attributes.get(naming.LABEL_CONTAINER)

@@ -73,8 +73,8 @@ class Health:
     """The last check's output, or its exit code when it printed nothing."""
 
 
-async def container_health(steps: Steps, plan: PodPlan, container: str) -> Health:
-    attrs = await steps.podman.inspect_container(naming.container_name(plan.pod_name, container))
+async def container_health(steps: Steps, podman_pod: str, container: str) -> Health:
+    attrs = await steps.podman.inspect_container(naming.container_name(podman_pod, container))
     state = attrs.get("State") or {}
     health = state.get("Health") or state.get("Healthcheck") or {}
     log_ = health.get("Log") or []
@@ -158,7 +158,7 @@ async def wait_ready(
         for container in containers:
             if container.healthcheck is None:
                 continue
-            health = await container_health(steps, plan, container.name)
+            health = await container_health(steps, plan.pod_name, container.name)
             if seen.get(health.container) != health.status:
                 seen[health.container] = health.status
                 progress(health)
@@ -180,7 +180,7 @@ async def wait_ready(
 Act = Callable[[str, Container, str], Awaitable[str]]
 """(pod, container, onFailure) → what was done: the pod handler's action."""
 Inspect = Callable[[str, str], Awaitable[Health]]
-"""(pod, container) → its health as Podman holds it now."""
+"""(Podman pod, container) → its health as Podman holds it now."""
 
 
 class HealthGuard:
@@ -282,7 +282,7 @@ class HealthGuard:
             if spec is None or spec.healthcheck is None:
                 return
             try:
-                health = await self._inspect(pod, container)
+                health = await self._inspect(found[1], container)
             except IycloError:
                 return  # gone meanwhile: its removal is someone else's event
         finally:
