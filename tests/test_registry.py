@@ -97,7 +97,8 @@ def test_the_bus_lets_everyone_call_and_the_daemon_decides() -> None:
     assert all(isinstance(m.access, Access) for m in METHODS)
     changes = {m.name for m in METHODS if m.access in (Access.DEPLOY, Access.MANAGE)}
     assert changes == {
-        "apply", "remove", "start", "stop", "restart", "reconcile", "run_job", "pull"
+        "apply", "remove", "start", "stop", "restart", "reconcile", "run_job", "pull",
+        "rollback",
     }  # fmt: skip
 
 
