@@ -10,8 +10,9 @@ UTS, IPC and cgroup namespaces, a small shell script prepares the mounts, and
 Podman API socket).
 
 What is private to a host, and why:
-- `/run`, `/tmp`, `/var/tmp` are fresh tmpfs each boot. `/tmp` must be mounted *before*
-  systemd starts: `systemd-tmpfiles --boot` would otherwise empty the machine's real `/tmp`.
+- `/run`, `/tmp`, `/var/tmp` and `/dev/shm` (Podman's lock table) are fresh tmpfs each boot.
+  `/tmp` must be mounted *before* systemd starts: `systemd-tmpfiles --boot` would otherwise
+  empty the machine's real `/tmp`.
 - `/etc/systemd/system`, `/etc/dbus-1/system.d` and `/etc/containers` are tmpfs filled from
   files staged under `root/boot/` on every boot, so the machine's real `/etc` is never edited.
   (`/etc/containers/containers.conf` does not exist on Debian, so a file bind mount over it
@@ -275,6 +276,9 @@ else
     mount --rbind /dev "$R/dev"
     mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
 fi
+# Podman keeps its lock table (2048 locks) in /dev/shm: shared, a few hosts' pods exhaust it
+# ("allocating lock for new pod: exceeded num_locks") and one host's leftovers block another's.
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/dev/shm"
 mount --bind "$root/boot/console.log" "$R/dev/console"
 n=0
 while IFS=$tab read -r src dst; do
