@@ -37,6 +37,7 @@ def _registry_members() -> dict[str, tuple[list[tuple[str, str]], list[tuple[str
         if m.member
     }
     members["Purge"] = ([("name", "s")], [])
+    members["ApplyWithin"] = ([("manifest_json", "s"), ("wait_timeout", "d")], members["Apply"][1])
     return members
 
 
@@ -48,7 +49,7 @@ def test_the_dbus_interface_is_the_registry() -> None:
         for m in interface.methods
     }  # fmt: skip
     assert exported == _registry_members()
-    assert set(DBUS_ONLY) == {"Purge"}
+    assert set(DBUS_ONLY) == {"Purge", "ApplyWithin"}
     assert "Version" in {p.name for p in interface.properties}  # the member of `version`
     assert [m.name for m in METHODS if not m.member] == ["version"]
 
@@ -108,7 +109,7 @@ def test_the_bus_lets_everyone_call_and_the_daemon_decides() -> None:
         ("logs", {"name": "x"}, {"name": "x", "run": 0, "lines": None}),
         ("logs", ["x", 2, 5], {"name": "x", "run": 2, "lines": 5}),
         ("remove", {"name": "x", "purge_history": True}, {"name": "x", "purge_history": True}),
-        ("apply", {"manifest": {"kind": "Pod"}}, {"manifest": {"kind": "Pod"}}),
+        ("apply", {"manifest": {"kind": "Pod"}}, {"manifest": {"kind": "Pod"}, "wait_timeout": None}),
     ],
 )
 def test_bind_fills_defaults(method: str, params: Any, bound: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, ClassVar
 
 from dbus_fast import PropertyAccess
-from dbus_fast.annotations import DBusSignature, DBusStr, DBusUInt32
+from dbus_fast.annotations import DBusDouble, DBusSignature, DBusStr, DBusUInt32
 from dbus_fast.service import dbus_method, dbus_property, dbus_signal
 
 from iyclo.api.dbus_base import (
@@ -31,6 +31,7 @@ from iyclo.api.dbus_base import (
     object_path,
     translated,
 )
+from iyclo.api.protocol import JsonResult
 from iyclo.contract.events import (
     EVENT_TYPES,
     Event,
@@ -40,7 +41,7 @@ from iyclo.contract.events import (
     PodChanged,
     PullProgress,
 )
-from iyclo.contract.methods import METHODS
+from iyclo.contract.methods import BY_NAME, METHODS
 
 ApplyReply = Annotated[tuple[str, int, bool, str], DBusSignature("oubs")]
 PodRow = tuple[str, str, str, int, int, int, str]
@@ -66,6 +67,7 @@ class ManagerInterface(Interface):
     OUT_ARGS: ClassVar[dict[str, tuple[str, ...]]] = {
         **{m.member: tuple(o.name for o in m.out) for m in METHODS if m.member},
         **{cls.MEMBER: cls.dbus_arg_names() for cls in EVENT_TYPES},
+        "ApplyWithin": tuple(o.name for o in BY_NAME["apply"].out),
     }
 
     def __init__(self, service: ServiceApi, refresh: Refresh = _nothing) -> None:
@@ -88,7 +90,15 @@ class ManagerInterface(Interface):
     @dbus_method(name="Apply")
     @translated
     async def apply(self, manifest_json: DBusStr) -> ApplyReply:
-        result = (await self._service.apply(manifest_json)).to_json()
+        return await self._applied(await self._service.apply(manifest_json))
+
+    @dbus_method(name="ApplyWithin")
+    @translated
+    async def apply_within(self, manifest_json: DBusStr, wait_timeout: DBusDouble) -> ApplyReply:
+        return await self._applied(await self._service.apply(manifest_json, wait_timeout))
+
+    async def _applied(self, applied: JsonResult) -> ApplyReply:
+        result = applied.to_json()
         await self._refresh(str(result["name"]))
         path = object_path(str(result["kind"]), str(result["name"]))
         return (path, int(result["generation"]), bool(result["changed"]), str(result["state"]))
@@ -96,10 +106,7 @@ class ManagerInterface(Interface):
     @dbus_method(name="Rollback")
     @translated
     async def rollback(self, name: DBusStr, to: DBusUInt32) -> ApplyReply:
-        result = (await self._service.rollback(name, to)).to_json()
-        await self._refresh(name)
-        path = object_path(str(result["kind"]), name)
-        return (path, int(result["generation"]), bool(result["changed"]), str(result["state"]))
+        return await self._applied(await self._service.rollback(name, to))
 
     def set_health(self, health: dict[str, Any]) -> None:
         """The daemon's health changed: announce ``State`` and ``Problems``."""

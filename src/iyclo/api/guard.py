@@ -48,9 +48,11 @@ class Guarded:
 
     # -- changes --------------------------------------------------------------------------
 
-    async def apply(self, manifest: str | dict[str, Any], /) -> JsonResult:
+    async def apply(
+        self, manifest: str | dict[str, Any], /, wait_timeout: float | None = None
+    ) -> JsonResult:
         await self._require("apply")
-        return await self._service.apply(manifest)
+        return await self._service.apply(manifest, wait_timeout)
 
     async def remove(self, name: str, /, purge_history: bool = False) -> None:
         await self._require("remove")

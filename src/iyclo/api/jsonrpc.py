@@ -69,8 +69,8 @@ def handlers(service: ServiceApi) -> dict[str, Handler]:
     """JSON-RPC method name → coroutine, one per method of ``iyclo.contract.methods``;
     parameters arrive by name, already checked against the registry (``bind``)."""
 
-    async def apply(manifest: str | dict[str, Any]) -> dict[str, Any]:
-        return (await service.apply(manifest)).to_json()
+    async def apply(manifest: str | dict[str, Any], wait_timeout: float | None) -> dict[str, Any]:
+        return (await service.apply(manifest, wait_timeout)).to_json()
 
     async def rollback(name: str, to: int) -> dict[str, Any]:
         return (await service.rollback(name, to)).to_json()

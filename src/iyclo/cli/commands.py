@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import rich_click as click
 
@@ -15,10 +16,22 @@ from iyclo.cli.formats import print_generations_table, print_runs_table, print_s
 from iyclo.cli.output import console, fail, json_option, out, print_json, terminal_text
 from iyclo.cli.progress import event_line, pull_progress
 from iyclo.cli.transport import connect, daemon
-from iyclo.contract.events import Event, HealthChanged, PullProgress
+from iyclo.contract.events import Event, HealthChanged, PodChanged, PullProgress
 from iyclo.errors import InvalidError, NotFoundError
 
+Progress = PullProgress | HealthChanged | PodChanged
+
 names_argument = click.argument("names", nargs=-1, required=True)
+
+
+def _seconds(option: str, text: str) -> float:
+    """A duration as the manifest spells one ("90s", "2m"), in seconds."""
+    from iyclo.manifest.values import duration_seconds
+
+    try:
+        return duration_seconds(text)
+    except (ValueError, InvalidError) as exc:
+        fail(InvalidError(f"{option}: {exc}"))
 
 
 def _read_manifest(path: str) -> str:
@@ -32,24 +45,34 @@ def _read_manifest(path: str) -> str:
 
 @click.command()
 @click.option("-f", "--file", "path", required=True, help="Manifest file, or - for stdin.")
+@click.option(
+    "--wait-timeout",
+    "wait_timeout",
+    metavar="DURATION",
+    help='How long to wait for the pod to be ready, e.g. "90s" (default: the manifest\'s '
+    "update.readyTimeout).",
+)
 @json_option
 @click.pass_context
-def apply(ctx: click.Context, path: str, as_json: bool) -> None:
-    """Create or update a pod or job from a manifest; waits until it runs.
+def apply(ctx: click.Context, path: str, wait_timeout: str | None, as_json: bool) -> None:
+    """Create or update a pod or job from a manifest; waits until it runs and is ready.
 
     An unchanged manifest is a no-op; a changed one replaces the pod with a new
-    generation, and if that fails the previous one keeps running.
+    generation, and if that fails or is not ready in time the previous one keeps running.
 
-    Example: `iyclo apply -f examples/web.json`
+    Example: `iyclo apply -f examples/web.json --wait-timeout 2m`
     """
     text = _read_manifest(path)
     name = _manifest_name(text)
+    params: dict[str, Any] = {"manifest": text}
+    if wait_timeout is not None:
+        params["wait_timeout"] = _seconds("--wait-timeout", wait_timeout)
     with daemon(ctx) as client:
         with (
             _progress(ctx, as_json, lambda e: e.name == name),
             console().status("applying…", spinner="dots"),
         ):
-            result = client.call("apply", manifest=text)
+            result = client.call("apply", **params)
         if as_json:
             print_json(result)
             return
@@ -108,7 +131,7 @@ def _manifest_name(text: str) -> str | None:
 
 
 def _progress(
-    ctx: click.Context, quiet: bool, wanted: Callable[[PullProgress | HealthChanged], bool]
+    ctx: click.Context, quiet: bool, wanted: Callable[[Progress], bool]
 ) -> contextlib.AbstractContextManager[None]:
     """Pull progress on stderr while a call runs (``cli.progress``), over a connection of
     its own subscribed before the call; none with --json."""
@@ -138,7 +161,7 @@ def pull(ctx: click.Context, target: str, as_json: bool) -> None:
     params = {"manifest": _read_manifest(target)} if is_file else {"image": target}
     name = _manifest_name(params["manifest"]) if is_file else ""
 
-    def mine(event: PullProgress | HealthChanged) -> bool:
+    def mine(event: Progress) -> bool:
         return (
             isinstance(event, PullProgress)
             and event.name == name

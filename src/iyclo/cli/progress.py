@@ -1,5 +1,6 @@
 """Progress in a terminal: the daemon's ``PullProgress`` and ``HealthChanged`` events of
-the pod or job a command is for, one line each.
+the pod or job a command is for, and its ``PodChanged`` "waiting" (for a ``dependsOn``),
+one line each.
 
 A command that may pull (``apply``, ``pull``) opens a second connection to the daemon
 and subscribes before it makes its call, so every step of its pull reaches it while the
@@ -13,15 +14,15 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
 from iyclo.cli.output import console, escape
 from iyclo.errors import IycloError
 
 if TYPE_CHECKING:
-    from iyclo.contract.events import Event, HealthChanged, PullProgress
+    from iyclo.contract.events import Event, HealthChanged, PodChanged, PullProgress
 
-    Progress = PullProgress | HealthChanged
+    Progress = PullProgress | HealthChanged | PodChanged
 
 
 def _size(count: int) -> str:
@@ -54,9 +55,22 @@ def health_line(event: HealthChanged) -> str:
 
 
 def event_line(event: Progress) -> str:
-    from iyclo.contract.events import PullProgress
+    from iyclo.contract.events import HealthChanged, PullProgress
 
-    return progress_line(event) if isinstance(event, PullProgress) else health_line(event)
+    if isinstance(event, PullProgress):
+        return progress_line(event)
+    if isinstance(event, HealthChanged):
+        return health_line(event)
+    return f"{event.name} {event.state}: {event.error}"
+
+
+def is_progress(event: Event) -> TypeGuard[Progress]:
+    """Whether ``event`` is one a command shows while it waits."""
+    from iyclo.contract.events import HealthChanged, PodChanged, PullProgress
+
+    if isinstance(event, PodChanged):
+        return event.state == "waiting"
+    return isinstance(event, PullProgress | HealthChanged)
 
 
 @contextlib.contextmanager
@@ -66,8 +80,6 @@ def pull_progress(
     """Print the pull steps ``wanted`` picks from the events ``subscribe`` gives (it
     returns once subscribed) while the block runs; a daemon that cannot be reached a
     second time only costs the progress, never the command."""
-    from iyclo.contract.events import HealthChanged, PullProgress
-
     try:
         events = subscribe()
     except IycloError:
@@ -79,7 +91,7 @@ def pull_progress(
     def show() -> None:
         with contextlib.suppress(Exception):  # the connection ends with the process
             for event in events:
-                if isinstance(event, PullProgress | HealthChanged) and wanted(event):
+                if is_progress(event) and wanted(event):
                     with lock:
                         if done.is_set():
                             return

@@ -327,8 +327,11 @@ class DBusClient:
         return list(value) if out.dbus.startswith("a") else value
 
     async def _apply(self, arguments: dict[str, Any]) -> dict[str, Any]:
-        reply = await self._manager("Apply", "s", _manifest_text(arguments["manifest"]))
-        return _applied(reply)
+        manifest = _manifest_text(arguments["manifest"])
+        if arguments["wait_timeout"] is None:
+            return _applied(await self._manager("Apply", "s", manifest))
+        within = float(arguments["wait_timeout"])
+        return _applied(await self._manager("ApplyWithin", "sd", manifest, within))
 
     async def _rollback(self, arguments: dict[str, Any]) -> dict[str, Any]:
         return _applied(await self._manager("Rollback", "su", arguments["name"], arguments["to"]))

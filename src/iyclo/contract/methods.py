@@ -122,7 +122,12 @@ def _json(name: str) -> tuple[Out]:
 _STATE = (Out("state", "s"),)
 
 METHODS: tuple[Method, ...] = (
-    Method("apply", (_manifest(),), "Apply",
+    Method("apply",
+           (_manifest(),
+            Param("wait_timeout", (int, float, type(None)), "", None,
+                  "seconds to wait for readiness (default: the manifest's "
+                  "update.readyTimeout; D-Bus: the ApplyWithin member)")),
+           "Apply",
            (Out("path", "o"), Out("generation", "u"), Out("changed", "b"), Out("state", "s")),
            DEPLOY, "Create or update a pod or job; waits until it runs or is scheduled."),
     Method("rollback", (_name(), Param("to", (int,), "u", 0, "0: the generation before")),
@@ -172,7 +177,10 @@ METHODS: tuple[Method, ...] = (
 )  # fmt: skip
 
 BY_NAME: dict[str, Method] = {m.name: m for m in METHODS}
-DBUS_ONLY: dict[str, str] = {"Purge": "remove with purge_history"}
+DBUS_ONLY: dict[str, str] = {
+    "Purge": "remove with purge_history",
+    "ApplyWithin": "apply with wait_timeout",
+}
 """Manager members that are another spelling of a method above."""
 
 
@@ -214,6 +222,7 @@ def bind(name: str, params: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]
 
 
 _JSON_NAMES: dict[type, str] = {
-    str: "a string", dict: "an object", int: "an integer", bool: "true or false",
+    str: "a string", dict: "an object", int: "an integer", float: "a number",
+    bool: "true or false",
     type(None): "null", list: "an array",
 }  # fmt: skip

@@ -24,11 +24,17 @@ class Handler(Protocol):
     async def close(self) -> None: ...
 
     async def apply(
-        self, manifest: Pod | Job, previous: Deployment | None, images: dict[str, Any]
+        self,
+        manifest: Pod | Job,
+        previous: Deployment | None,
+        images: dict[str, Any],
+        *,
+        wait_timeout: float | None = None,
     ) -> ApplyResult:
         """Create or update from ``images`` (pulled already, ``core.pulls``); all-or-nothing
         (what a failed apply made is removed and the previous generation keeps, or goes
-        back to, its state)."""
+        back to, its state). ``wait_timeout``: seconds a pod's readiness is waited for
+        instead of its manifest's ``update.readyTimeout``."""
 
     async def remove(self, record: Deployment, *, purge_history: bool) -> None: ...
 

@@ -193,9 +193,15 @@ class JobHandler:
     # -- operations (the caller holds the name's lock) ----------------------------------
 
     async def apply(
-        self, manifest: Pod | Job, previous: Deployment | None, images: dict[str, Any]
+        self,
+        manifest: Pod | Job,
+        previous: Deployment | None,
+        images: dict[str, Any],
+        *,
+        wait_timeout: float | None = None,
     ) -> ApplyResult:
-        """Create or update a job; all-or-nothing, and never under a running run.
+        """Create or update a job; all-or-nothing, and never under a running run. A job
+        has no readiness to wait for (``wait_timeout`` is a pod's): it is scheduled.
 
         An update replaces the pod and both units with a new generation. It is refused
         while a run is going (the unit that runs it cannot be replaced without killing

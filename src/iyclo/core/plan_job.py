@@ -53,6 +53,7 @@ from iyclo.core.plan import (
     _pod_spec,
     hostcheck_command,
     labels_for,
+    ordering_properties,
     owned_volumes,
     pod_stop_timeout,
     podman_binary,
@@ -212,6 +213,7 @@ def job_service_properties(
         ("Environment", podman_environment(service)),
     ]
     props.extend(sandbox_properties(manifest.systemd, resources=False))
+    props.extend(ordering_properties(manifest))
     return props
 
 

@@ -22,6 +22,7 @@ from iyclo.core.journal import journal_lines, unit_entries
 from iyclo.core.kind import Kind
 from iyclo.core.locks import Locks
 from iyclo.core.oom import OomKill, oom_fields, record_kill
+from iyclo.core.ordering import wait_for
 from iyclo.core.plan import PodPlan, container_update_resources, plan_pod
 from iyclo.core.probes import Health, HealthGuard, checked, container_health, wait_ready
 from iyclo.core.pulls import images_changed
@@ -33,11 +34,18 @@ from iyclo.core.steps import Steps, pod_of_unit
 from iyclo.core.timeouts import SYSTEMD_JOB
 from iyclo.core.unit_state import is_active, is_running
 from iyclo.core.update import IN_PLACE, in_place_update
-from iyclo.errors import InvalidError, IycloError, NotReadyError, SystemdError, public_message
+from iyclo.errors import (
+    InvalidError,
+    IycloError,
+    NotFoundError,
+    NotReadyError,
+    SystemdError,
+    public_message,
+)
 from iyclo.manifest.convert import dump_manifest, manifest_digest, parse_manifest
-from iyclo.manifest.model import Container, Job, Pod
+from iyclo.manifest.model import Container, Dependency, Job, Pod
 from iyclo.manifest.policy import UNRESTRICTED
-from iyclo.manifest.values import parse_duration
+from iyclo.manifest.values import duration_seconds
 from iyclo.store import Deployment, Store
 from iyclo.systemd.const import UnitActiveState as Active
 from iyclo.systemd.const import UnitLoadState as Load
@@ -161,10 +169,69 @@ class PodHandler:
             plan.unit, plan.unit_properties, clean_up=lambda: self.steps.stop(plan.unit)
         )
 
+    async def _wait_for_dependencies(self, manifest: Pod) -> None:
+        """Each ``dependsOn`` condition, before this pod starts (``core.ordering``)."""
+        if not manifest.depends_on:
+            return
+
+        def waiting(why: str) -> None:
+            log.info("waiting for a dependency", pod=manifest.name, why=why)
+            self._publish(manifest.name, "waiting", error=why)
+
+        await wait_for(manifest.depends_on, self._unmet, waiting)
+
+    async def _unmet(self, dependency: Dependency) -> str | None:
+        """Why ``dependency`` does not hold now (None: it does), from systemd and Podman
+        themselves, not the live cache: a reboot's reconcile asks before the cache runs."""
+        record: Deployment | None = await self._store(self.store.find, dependency.pod)
+        if record is None or record.kind != KIND:
+            return "it is not applied"
+        plan = self._plan(record)
+        if dependency.condition == "completed":
+            return await self._not_completed(plan)
+        unit = await self.steps.unit_state(plan.unit)
+        active = (unit or {}).get("ActiveState") or "not loaded"
+        if active != Active.ACTIVE:
+            return f"its unit is {active}"
+        if dependency.condition == "started":
+            return None
+        for container in checked(plan.manifest):
+            if container.healthcheck is None:
+                continue
+            try:
+                health = await container_health(self.steps, plan.pod_name, container.name)
+            except NotFoundError:
+                return f"container {container.name} was not made"
+            if health.status != "healthy":
+                output = f" ({health.output})" if health.output else ""
+                return f"container {container.name} is {health.status or 'not running'}{output}"
+        return None
+
+    async def _not_completed(self, plan: PodPlan) -> str | None:
+        """Every container of the current generation exited, each with 0."""
+        for container in plan.manifest.containers:
+            try:
+                attrs = await self.steps.podman.inspect_container(
+                    naming.container_name(plan.pod_name, container.name)
+                )
+            except NotFoundError:
+                return f"container {container.name} was not made"
+            state = attrs.get("State") or {}
+            if state.get("Running") or state.get("Status") != "exited":
+                return f"container {container.name} is {state.get('Status') or 'not made'}"
+            if state.get("ExitCode"):
+                return f"container {container.name} exited with {state.get('ExitCode')}"
+        return None
+
     # -- operations (the caller holds the name's lock) --------------------------------
 
     async def apply(
-        self, manifest: Pod | Job, previous: Deployment | None, images: dict[str, Any]
+        self,
+        manifest: Pod | Job,
+        previous: Deployment | None,
+        images: dict[str, Any],
+        *,
+        wait_timeout: float | None = None,
     ) -> ApplyResult:
         assert isinstance(manifest, Pod)
         name = manifest.name
@@ -178,12 +245,13 @@ class PodHandler:
             updated = await self._update_in_place(manifest, digest, previous, values)
             if updated is not None:
                 return updated
+        await self._wait_for_dependencies(manifest)  # before anything is recorded or made
         record: Deployment = await self._store(
             self.store.apply, name, KIND.value, dump_manifest(manifest), digest, images=images
         )
         self._publish(name, "applying", generation=record.generation)
         try:
-            await self._replace(manifest, record, previous, values)
+            await self._replace(manifest, record, previous, values, wait_timeout)
         except NotReadyError as exc:
             if exc.kept:  # rollback off: the new generation stands, not ready
                 await self._store(self.store.set_status, name, desired=KIND.running)
@@ -299,6 +367,7 @@ class PodHandler:
         record: Deployment,
         previous: Deployment | None,
         values: SecretValues,
+        wait_timeout: float | None,
     ) -> None:
         """The new generation's pod, started and ready, in the old one's place.
 
@@ -325,13 +394,13 @@ class PodHandler:
         try:
             if beside:
                 await self.steps.podman.start_pod(plan.pod_name)
-                await self._wait_ready(plan)
+                await self._wait_ready(plan, wait_timeout)
             if old_plan is not None:
                 await self.steps.stop(old_plan.unit)
                 old_stopped = True
             await self._with_init_output(plan, self._start_unit(plan))
             if not beside:
-                await self._wait_ready(plan)
+                await self._wait_ready(plan, wait_timeout)
         except NotReadyError as exc:
             if not manifest.update.rollback:
                 if not old_stopped and old_plan is not None:
@@ -391,7 +460,7 @@ class PodHandler:
             with contextlib.suppress(IycloError):
                 await self._start_unit(restart)
 
-    async def _wait_ready(self, plan: PodPlan) -> None:
+    async def _wait_ready(self, plan: PodPlan, wait_timeout: float | None) -> None:
         """Readiness of the new generation, each change of a container's health an event."""
         if not checked(plan.manifest):
             return
@@ -401,7 +470,7 @@ class PodHandler:
             self.guard.publish(plan.name, health.container, health.status or "starting",
                                plan.generation, output=health.output)  # fmt: skip
 
-        within = parse_duration(plan.manifest.update.ready_timeout)
+        within = wait_timeout or duration_seconds(plan.manifest.update.ready_timeout)
         self._publish(plan.name, "starting", generation=plan.generation)
         await wait_ready(self.steps, plan, within, progress, self.guard)
 
@@ -411,6 +480,7 @@ class PodHandler:
         if is_running(await self.steps.unit_state(plan.unit)):
             return "running"
         await self.steps.check_host(plan)
+        await self._wait_for_dependencies(plan.manifest)
         await self.steps.ensure_pod(plan, self._description(plan))
         await self._start_unit(plan)
         await self._store(self.store.set_status, record.name, desired=KIND.running)
@@ -526,6 +596,7 @@ class PodHandler:
             self._publish(record.name, "stopped", generation=record.generation)
             return "stopped"
         await self.steps.check_host(plan)
+        await self._wait_for_dependencies(plan.manifest)  # the reconcile made them first
         await self.steps.ensure_pod(plan, self._description(plan))
         await self._start_unit(plan)
         await self.steps.remove_other_generations(record.name, keep=plan.pod_name)

@@ -43,7 +43,7 @@ from iyclo.core.plan import PodPlan, podman_binary
 from iyclo.core.steps import Steps
 from iyclo.errors import IycloError, NotReadyError
 from iyclo.manifest.model import Container, Pod, StartupCheck
-from iyclo.manifest.values import parse_duration
+from iyclo.manifest.values import duration_seconds
 
 log = structlog.get_logger("iyclo.probes")
 
@@ -98,12 +98,12 @@ async def run_startup_check(
             return f"not started in time ({last})"
         code, output = await _exec(
             podman_url, podman_name, check.command,
-            min(parse_duration(check.timeout), remaining),
+            min(duration_seconds(check.timeout), remaining),
         )  # fmt: skip
         if code == 0:
             return None
         last = output or f"exit code {code}"
-        await asyncio.sleep(min(parse_duration(check.interval), max(0.0, remaining)))
+        await asyncio.sleep(min(duration_seconds(check.interval), max(0.0, remaining)))
     return last
 
 
@@ -261,8 +261,8 @@ class HealthGuard:
         name = naming.container_name(podman_pod, container)
         deadline = (
             time.monotonic()
-            + parse_duration(spec.startup_check.interval) * (spec.startup_check.retries + 1)
-            + parse_duration(spec.startup_check.timeout) * spec.startup_check.retries
+            + duration_seconds(spec.startup_check.interval) * (spec.startup_check.retries + 1)
+            + duration_seconds(spec.startup_check.timeout) * spec.startup_check.retries
         )
         failed = await run_startup_check(url, name, spec.startup_check, deadline)
         if failed is None:

@@ -28,6 +28,7 @@ from iyclo.core.health import OK, Dependencies
 from iyclo.core.jobs import JobHandler
 from iyclo.core.kind import Kind
 from iyclo.core.locks import Locks
+from iyclo.core.ordering import needs_of, refuse_graph, refuse_if_needed, start_order
 from iyclo.core.pods import PodHandler
 from iyclo.core.pulls import pull_image, pull_images
 from iyclo.core.redact import redact_manifest
@@ -161,6 +162,12 @@ class Service:
         record: Deployment | None = await self._store(self.store.find, name)
         return record
 
+    async def _graph(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """name → (kind, stored manifest) of every record: what ``dependsOn`` is checked
+        against (``core.ordering``)."""
+        records: list[Deployment] = await self._store(self.store.list)
+        return {r.name: (r.kind, r.manifest) for r in records}
+
     def _handler(self, record: Deployment) -> Handler:
         return self._handlers[Kind.of(record.kind)]
 
@@ -175,7 +182,13 @@ class Service:
             return exc.details
         return []
 
-    async def apply(self, manifest_in: str | dict[str, Any]) -> ApplyResult:
+    async def apply(
+        self, manifest_in: str | dict[str, Any], wait_timeout: float | None = None
+    ) -> ApplyResult:
+        """``wait_timeout``: seconds a pod's readiness is waited for (``iyclo apply
+        --wait-timeout``), instead of its manifest's ``update.readyTimeout``."""
+        if wait_timeout is not None and not 0 < wait_timeout <= 86400:
+            raise InvalidError(f"wait_timeout: {wait_timeout:g} is not in (0, 86400] seconds")
         manifest = await load_manifest_async(manifest_in, self.policy)
         kind = Kind.of_manifest(manifest)
         async with self._operation(manifest.name, "apply"):
@@ -186,6 +199,8 @@ class Service:
                     "exists",
                     hint=f"remove it first with `iyclo rm {manifest.name}`",
                 )
+            if manifest.depends_on:
+                refuse_graph(manifest, await self._graph())
             # Before anything is recorded or stopped: a pull that fails changes nothing.
             images = await pull_images(
                 self.steps.podman,
@@ -194,10 +209,14 @@ class Service:
                 [c for _, c in every_container(manifest)],
             )
             if manifest.userns is None and not volume_claims(manifest, self.policy):
-                return await self._handlers[kind].apply(manifest, previous, images)
+                return await self._handlers[kind].apply(
+                    manifest, previous, images, wait_timeout=wait_timeout
+                )
             async with self.claims:
                 await self._refuse_claimed(manifest, previous)
-                return await self._handlers[kind].apply(manifest, previous, images)
+                return await self._handlers[kind].apply(
+                    manifest, previous, images, wait_timeout=wait_timeout
+                )
 
     async def rollback(self, name: str, to: int = 0) -> ApplyResult:
         """Go back by hand: generation ``to`` (0: the one before the current, skipping
@@ -267,6 +286,8 @@ class Service:
         """Remove a pod or job; a job's run history stays unless `purge_history`."""
         async with self._operation(name, "remove"):
             record = await self._record(name)
+            if Kind.of(record.kind) is Kind.POD:
+                refuse_if_needed(name, await self._graph())
             await self._handler(record).remove(record, purge_history=purge_history)
 
     async def start(self, name: str) -> str:
@@ -385,6 +406,10 @@ class Service:
             outcomes: dict[str, list[str]] = {"adopted": [], "recreated": [], "stopped": []}
             failed: list[tuple[str, str]] = []
             records: list[Deployment] = await self._store(self.store.list)
+            # What a pod depends on first: its start waits for it (``core.ordering``).
+            by_name = {r.name: r for r in records}
+            order = start_order(by_name, {r.name: needs_of(r.manifest) for r in records})
+            records = [by_name[name] for name in order]
             for done, record in enumerate(records, 1):
                 try:
                     async with self.locks.name(record.name):

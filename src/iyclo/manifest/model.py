@@ -286,6 +286,20 @@ class Schedule:
 
 
 @frozen
+class Dependency:
+    """A pod whose start waits for another pod, as Compose's ``depends_on: condition`` does;
+    systemd orders the units too (``After=``), so its own restarts keep the order."""
+
+    pod: Name = doc("The pod waited for (it must be applied first).")
+    condition: Literal["started", "ready", "completed"] = doc(
+        "started: its unit is active; ready: every health check of it passes; completed: "
+        "its containers ran to completion, each with exit code 0.",
+        "ready",
+    )
+    timeout: Duration = doc("How long a start waits for the condition before it fails.", "60s")
+
+
+@frozen
 class Pod:
     """A long-running set of containers sharing one network namespace."""
 
@@ -311,6 +325,9 @@ class Pod:
         "start (Podman's init containers); a failing one fails the start with its output.",
         factory=tuple,
     )
+    depends_on: tuple[Dependency, ...] = doc(
+        "Pods this pod's starts wait for (apply, start, and after a reboot).", factory=tuple
+    )
 
 
 @frozen
@@ -330,6 +347,11 @@ class Job:
         "Private user namespace of the job's pod; the host's if unset (Podman's default).", None
     )
     systemd: SystemdSandbox = doc("Sandboxing of the podman process.", factory=SystemdSandbox)
+    depends_on: tuple[Dependency, ...] = doc(
+        "Pods each run needs started: systemd orders the run after them and fails it "
+        "while one is not running (condition started only).",
+        factory=tuple,
+    )
 
 
 Manifest = Pod | Job

@@ -668,4 +668,23 @@ def problems(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[str]:
         found.append(f"systemd.tasksMax: {sd.tasks_max} must be greater than 0")
     if isinstance(manifest, Pod) and manifest.restart.limit < 0:
         found.append(f"restart.limit: {manifest.restart.limit} must not be negative")
+    found.extend(_dependency_problems(manifest))
     return found
+
+
+def _dependency_problems(manifest: Pod | Job) -> Iterator[str]:
+    """What one manifest can say wrong about its ``dependsOn``; names that are not there
+    and cycles through other pods are the apply's to find (``core.ordering``)."""
+    seen: set[str] = set()
+    for i, dependency in enumerate(manifest.depends_on):
+        where = f"dependsOn[{i}]"
+        if dependency.pod == manifest.name:
+            yield f"{where}.pod: {show(dependency.pod)} cannot depend on itself"
+        elif dependency.pod in seen:
+            yield f"{where}.pod: {show(dependency.pod)} is listed more than once"
+        seen.add(dependency.pod)
+        if isinstance(manifest, Job) and dependency.condition != "started":
+            yield (
+                f"{where}.condition: a job's run can only need a pod started (systemd orders "
+                f"the run after the pod's unit); {show(dependency.condition)} is for pods"
+            )

@@ -160,6 +160,12 @@ def parse_duration(text: str) -> int:
     return int(total)
 
 
+def duration_seconds(text: str) -> float:
+    """A time span in seconds, for the daemon's own waits (``parse_duration`` gives
+    systemd's microseconds: taken for seconds, a "60s" wait would last two years)."""
+    return parse_duration(text) / 1_000_000
+
+
 def parse_cpu_quota(text: str) -> float:
     """The quota as a fraction of one CPU (``"150%"`` → 1.5)."""
     if not CPU_QUOTA_RE.match(text) or float(text[:-1]) <= 0:
