@@ -119,17 +119,15 @@ async def test_a_wait_ends_at_the_dependencys_timeout_in_seconds() -> None:
     )
 
 
-def test_systemd_orders_the_units_too() -> None:
-    web = parsed(pod("web", "db"))
-    assert isinstance(web, Pod)
-    props = dict(plan_pod(web, 1, "d").unit_properties)
-    assert props["After"] == ["iyclo-pod-db.service"]
-    assert "Requisite" not in props
+def test_a_jobs_run_checks_that_the_pods_it_needs_run() -> None:
+    """A check in the run, not After=/Requisite=: those would keep the pod's unit loaded
+    after its stop (``plan_job.dependency_checks``)."""
     backup = parsed(job("backup", "db"))
     assert isinstance(backup, Job)
     service = dict(plan_job(backup, 1, "d").service_properties)
-    assert service["After"] == ["iyclo-pod-db.service"]
-    assert service["Requisite"] == ["iyclo-pod-db.service"]
-    alone = parsed(pod("alone"))
-    assert isinstance(alone, Pod)
-    assert "After" not in dict(plan_pod(alone, 1, "d").unit_properties)
+    assert not {"After", "Requisite", "Requires"} & set(service)
+    (check,) = [argv for _, argv, _ in service["ExecStartPre"] if "dependsOn" in argv]
+    assert check[-2:] == ["iyclo-pod-db.service", "db"]
+    web = parsed(pod("web", "db"))
+    assert isinstance(web, Pod)
+    assert not {"After", "Requisite", "Requires"} & set(dict(plan_pod(web, 1, "d").unit_properties))

@@ -109,7 +109,11 @@ def test_the_bus_lets_everyone_call_and_the_daemon_decides() -> None:
         ("logs", {"name": "x"}, {"name": "x", "run": 0, "lines": None}),
         ("logs", ["x", 2, 5], {"name": "x", "run": 2, "lines": 5}),
         ("remove", {"name": "x", "purge_history": True}, {"name": "x", "purge_history": True}),
-        ("apply", {"manifest": {"kind": "Pod"}}, {"manifest": {"kind": "Pod"}, "wait_timeout": None}),
+        (
+            "apply",
+            {"manifest": {"kind": "Pod"}},
+            {"manifest": {"kind": "Pod"}, "wait_timeout": None},
+        ),
     ],
 )
 def test_bind_fills_defaults(method: str, params: Any, bound: dict[str, Any]) -> None:

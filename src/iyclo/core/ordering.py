@@ -7,8 +7,10 @@ stored manifests as they are (plain JSON), not parsed again: a reconcile after a
 orders every record by it.
 
 A start waits for its dependencies in the daemon (``wait_for``), bounded by each
-dependency's ``timeout``: systemd's ``After=`` orders only jobs queued together, and the
-daemon starts pods one after another, so ``After=`` alone would order nothing.
+dependency's ``timeout``. Not systemd's ``After=``: it orders only jobs queued together
+(the daemon starts pods one after another), knows nothing of health checks on Podman
+4.3, and a unit another unit names stays loaded after its stop, so a stopped pod's
+transient unit could not be made again (``plan_job.dependency_checks``).
 """
 
 from __future__ import annotations

@@ -478,20 +478,7 @@ def pod_unit_properties(
         ("Environment", podman_environment(unit)),
     ]
     props.extend(sandbox_properties(manifest.systemd, resources=False))
-    props.extend(ordering_properties(manifest))
     return props
-
-
-def ordering_properties(manifest: Pod | Job) -> list[tuple[str, Any]]:
-    """systemd's side of ``dependsOn``: ``After=`` the pods' units, so a start systemd
-    queues together with theirs (a restart, a boot) comes after them. A job's run also
-    needs them running (``Requisite=``): systemd fails the run, and says why, instead of
-    starting a pod its operator stopped. A pod's wait for ``ready`` is the daemon's
-    (``core.ordering``): systemd knows nothing of health checks on Podman 4.3."""
-    units = [naming.unit_name("Pod", d.pod) for d in manifest.depends_on]
-    if not units:
-        return []
-    return [("After", units), *([("Requisite", units)] if isinstance(manifest, Job) else [])]
 
 
 def plan_pod(

@@ -190,9 +190,11 @@ class PodHandler:
         if dependency.condition == "completed":
             return await self._not_completed(plan)
         unit = await self.steps.unit_state(plan.unit)
-        active = (unit or {}).get("ActiveState") or "not loaded"
-        if active != Active.ACTIVE:
-            return f"its unit is {active}"
+        if unit is None:  # a stopped transient unit is gone
+            stopped = record.status.get("desired") == "stopped"
+            return "it is stopped" if stopped else "it is not running"
+        if unit.get("ActiveState") != Active.ACTIVE:
+            return f"its unit is {unit.get('ActiveState')}"
         if dependency.condition == "started":
             return None
         for container in checked(plan.manifest):

@@ -287,8 +287,8 @@ class Schedule:
 
 @frozen
 class Dependency:
-    """A pod whose start waits for another pod, as Compose's ``depends_on: condition`` does;
-    systemd orders the units too (``After=``), so its own restarts keep the order."""
+    """A pod whose start waits for another pod, as Compose's ``depends_on: condition`` does
+    (the daemon waits: see ``core.ordering``)."""
 
     pod: Name = doc("The pod waited for (it must be applied first).")
     condition: Literal["started", "ready", "completed"] = doc(
@@ -348,8 +348,8 @@ class Job:
     )
     systemd: SystemdSandbox = doc("Sandboxing of the podman process.", factory=SystemdSandbox)
     depends_on: tuple[Dependency, ...] = doc(
-        "Pods each run needs started: systemd orders the run after them and fails it "
-        "while one is not running (condition started only).",
+        "Pods each run needs running: a run fails, saying which, while one is not "
+        "(condition started only: systemd starts a run without iyclod).",
         factory=tuple,
     )
 
