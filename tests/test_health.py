@@ -208,3 +208,14 @@ def test_a_write_that_finds_no_space_leaves_the_old_file(small_disk: Path) -> No
         assert (small_disk / "state" / "state.json").read_bytes() == before
         assert [g.generation for g in store.history("web")] == [1]
         assert not list((small_disk / "state").glob(".state.json.*.tmp"))
+
+
+def test_ps_counts_ready_containers_as_kubectl_does() -> None:
+    from iyclo.cli.formats import readiness
+
+    pod = {"kind": "Pod", "containers": [
+        {"name": "web", "health": "healthy"}, {"name": "db", "health": "starting"},
+        {"name": "sidecar", "health": ""}]}  # fmt: skip
+    assert readiness(pod) == "1/2"
+    assert readiness({"kind": "Pod", "containers": [{"name": "a", "health": ""}]}) == "-"
+    assert readiness({"kind": "Job", "containers": []}) == "-"

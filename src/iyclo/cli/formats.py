@@ -81,8 +81,21 @@ def containers_summary(status: dict[str, Any]) -> str:
     return f"{running}/{len(containers)}"
 
 
+def readiness(status: dict[str, Any]) -> str:
+    """A pod's checked containers that are healthy, of those checked, as kubectl counts
+    ready containers: "-" for a job or a pod without checks."""
+    if status.get("kind") != "Pod":
+        return "-"
+    checked = [c for c in status.get("containers") or [] if c.get("health")]
+    if not checked:
+        return "-"
+    return f"{sum(c['health'] == 'healthy' for c in checked)}/{len(checked)}"
+
+
 def print_status_table(rows: list[dict[str, Any]]) -> None:
-    table = make_table("NAME", "KIND", "STATE", "GEN", "CONTAINERS", "RESTARTS", "UP", "UNIT")
+    table = make_table(
+        "NAME", "KIND", "STATE", "READY", "GEN", "CONTAINERS", "RESTARTS", "UP", "UNIT"
+    )
     for row in rows:
         state = row.get("state", "")
         style = {"running": "green", "failed": "red", "missing": "red"}.get(state, "yellow")
@@ -90,6 +103,7 @@ def print_status_table(rows: list[dict[str, Any]]) -> None:
             row.get("name", ""),
             row.get("kind", ""),
             f"[{style}]{state}[/]",
+            readiness(row),
             str(row.get("generation", "")),
             containers_summary(row),
             str(row.get("restarts", 0)),
