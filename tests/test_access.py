@@ -30,7 +30,7 @@ from iyclo.api.guard import Guarded, fixed
 from iyclo.api.jsonrpc import JsonRpcServer
 from iyclo.contract.methods import Access
 from iyclo.core.access import Caller, Gate
-from iyclo.core.redact import REDACTED, redact_manifest
+from iyclo.core.redact import REDACTED, redact_manifest, redact_record
 from iyclo.errors import AccessDeniedError, InvalidError
 from tests.fakes.dbus_session import PrivateBus
 from tests.fakes.fixtures import Core
@@ -160,6 +160,22 @@ def test_redaction_keeps_the_keys_and_leaves_the_stored_document_alone() -> None
     assert shown["containers"][1]["env"] == {"TZ": REDACTED, "DB_PASSWORD": REDACTED}
     assert stored["containers"][1]["env"]["DB_PASSWORD"] == SECRET
     assert redact_manifest({"containers": [{"name": "a"}]}) == {"containers": [{"name": "a"}]}
+
+
+def test_init_containers_env_and_check_output_are_redacted_too() -> None:
+    stored = {"initContainers": [{"name": "migrate", "env": {"DB_PASSWORD": SECRET}}],
+              "containers": [{"name": "a"}]}  # fmt: skip
+    assert redact_manifest(stored)["initContainers"][0]["env"] == {"DB_PASSWORD": REDACTED}
+    status = {"digest": "abc", "containers": [
+        {"name": "a", "health": "unhealthy", "healthOutput": f"login failed for {SECRET}"},
+        {"name": "b", "health": ""}]}  # fmt: skip
+    shown = redact_record(status)
+    assert shown["digest"] == REDACTED
+    assert shown["containers"] == [
+        {"name": "a", "health": "unhealthy", "healthOutput": REDACTED},
+        {"name": "b", "health": ""},
+    ]
+    assert status["containers"][0]["healthOutput"] == f"login failed for {SECRET}"
 
 
 class Answers:

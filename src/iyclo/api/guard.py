@@ -14,7 +14,7 @@ from iyclo.api.protocol import JsonResult, ServiceApi
 from iyclo.contract.methods import BY_NAME
 from iyclo.core.access import Caller, Gate
 from iyclo.core.events import EventBus
-from iyclo.core.redact import redact_digest, redact_manifest
+from iyclo.core.redact import redact_manifest, redact_record
 
 Who = Callable[[], Awaitable[Caller]]
 """The caller of the call in progress: the JSON socket's peer, or the D-Bus sender."""
@@ -99,7 +99,7 @@ class Guarded:
 
     async def status(self, name: str, /) -> dict[str, Any]:
         status = await self._service.status(name)
-        return status if await self._reveals() else redact_digest(status)
+        return status if await self._reveals() else redact_record(status)
 
     async def manifest(self, name: str, generation: int = 0, /) -> dict[str, Any]:
         document = await self._service.manifest(name, generation)
@@ -107,7 +107,7 @@ class Guarded:
 
     async def history(self, name: str, /) -> list[dict[str, Any]]:
         generations = await self._service.history(name)
-        return generations if await self._reveals() else list(map(redact_digest, generations))
+        return generations if await self._reveals() else list(map(redact_record, generations))
 
     async def runs(self, name: str, /) -> list[dict[str, Any]]:
         return await self._service.runs(name)
@@ -127,4 +127,4 @@ class Guarded:
 
     async def list_all(self) -> list[dict[str, Any]]:
         statuses = await self._service.list_all()
-        return statuses if await self._reveals() else list(map(redact_digest, statuses))
+        return statuses if await self._reveals() else list(map(redact_record, statuses))

@@ -468,7 +468,7 @@ class PodHandler:
             return
 
         def progress(health: Health) -> None:
-            self.guard.note(plan.name, health.container, health.status)
+            self.guard.note(plan.name, health.container, health.status, health.output)
             self.guard.publish(plan.name, health.container, health.status or "starting",
                                plan.generation, output=health.output)  # fmt: skip
 
@@ -542,6 +542,8 @@ class PodHandler:
         desired = record.status.get("desired", KIND.running)
         for row in containers:
             row["health"] = self.guard.last(name, str(row["name"])) or row.get("health", "")
+            if row["name"] in _checked_names(record.manifest):
+                row["healthOutput"] = self.guard.last_output(name, str(row["name"]))
         ready = all(row.get("health") == "healthy" for row in containers
                     if row["name"] in _checked_names(record.manifest))  # fmt: skip
         state = state_word(unit, desired)

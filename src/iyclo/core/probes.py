@@ -196,6 +196,8 @@ class HealthGuard:
         self._inspect = inspect
         self._checking: set[tuple[str, str]] = set()
         self._last: dict[tuple[str, str], str] = {}
+        self._output: dict[tuple[str, str], str] = {}
+        """The last check's output per container, for ``inspect``."""
         self._started: set[tuple[str, str]] = set()
         """(pod, container) whose startup check passed since the container last started."""
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -203,17 +205,22 @@ class HealthGuard:
     def started(self, pod: str, container: str) -> None:
         self._started.add((pod, container))
 
-    def note(self, pod: str, container: str, status: str) -> None:
+    def note(self, pod: str, container: str, status: str, output: str = "") -> None:
         """What a wait for readiness read: the guard's view starts from it."""
         if status in ("starting", "healthy", "unhealthy"):
             self._last[(pod, container)] = status
+            self._output[(pod, container)] = output
 
     def last(self, pod: str, container: str) -> str:
         return self._last.get((pod, container), "")
 
+    def last_output(self, pod: str, container: str) -> str:
+        return self._output.get((pod, container), "")
+
     def forget(self, pod: str) -> None:
         for key in [k for k in self._last if k[0] == pod]:
             del self._last[key]
+            self._output.pop(key, None)
         self._started = {k for k in self._started if k[0] != pod}
 
     def container_started(self, pod: str, container: str, generation: int,
@@ -289,6 +296,7 @@ class HealthGuard:
             self._checking.discard(key)
         status = health.status
         before, self._last[key] = self._last.get(key), status
+        self._output[key] = health.output
         if before == status or not status:
             return
         action, output = "", health.output if status == "unhealthy" else ""
