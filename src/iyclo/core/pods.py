@@ -468,7 +468,7 @@ class PodHandler:
             return
 
         def progress(health: Health) -> None:
-            self.guard.note(plan.name, health.container, health.status, health.output)
+            self.guard.note(plan.name, plan.generation, health)
             self.guard.publish(plan.name, health.container, health.status or "starting",
                                plan.generation, output=health.output)  # fmt: skip
 
@@ -540,12 +540,14 @@ class PodHandler:
             if c["generation"] == record.pod_generation
         ]
         desired = record.status.get("desired", KIND.running)
+        checked_names = _checked_names(record.manifest)
         for row in containers:
-            row["health"] = self.guard.last(name, str(row["name"])) or row.get("health", "")
-            if row["name"] in _checked_names(record.manifest):
-                row["healthOutput"] = self.guard.last_output(name, str(row["name"]))
+            seen = self.guard.last(name, str(row["name"]), record.pod_generation)
+            row["health"] = seen.status if seen and seen.status else row.get("health", "")
+            if row["name"] in checked_names:
+                row["healthOutput"] = seen.output if seen is not None else ""
         ready = all(row.get("health") == "healthy" for row in containers
-                    if row["name"] in _checked_names(record.manifest))  # fmt: skip
+                    if row["name"] in checked_names)  # fmt: skip
         state = state_word(unit, desired)
         if state == "running" and not ready:
             state = "starting"

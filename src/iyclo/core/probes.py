@@ -195,9 +195,10 @@ class HealthGuard:
         self._act = act
         self._inspect = inspect
         self._checking: set[tuple[str, str]] = set()
-        self._last: dict[tuple[str, str], str] = {}
-        self._output: dict[tuple[str, str], str] = {}
-        """The last check's output per container, for ``inspect``."""
+        self._seen: dict[tuple[str, str], tuple[int, Health]] = {}
+        """(pod, container) → the generation and the health last read of it. The
+        generation matters: a start-first update's new container has the old one's name,
+        and what it reported must not stand for the old one after a rollback."""
         self._started: set[tuple[str, str]] = set()
         """(pod, container) whose startup check passed since the container last started."""
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -205,29 +206,26 @@ class HealthGuard:
     def started(self, pod: str, container: str) -> None:
         self._started.add((pod, container))
 
-    def note(self, pod: str, container: str, status: str, output: str = "") -> None:
+    def note(self, pod: str, generation: int, health: Health) -> None:
         """What a wait for readiness read: the guard's view starts from it."""
-        if status in ("starting", "healthy", "unhealthy"):
-            self._last[(pod, container)] = status
-            self._output[(pod, container)] = output
+        if health.status in ("starting", "healthy", "unhealthy"):
+            self._seen[(pod, health.container)] = (generation, health)
 
-    def last(self, pod: str, container: str) -> str:
-        return self._last.get((pod, container), "")
-
-    def last_output(self, pod: str, container: str) -> str:
-        return self._output.get((pod, container), "")
+    def last(self, pod: str, container: str, generation: int) -> Health | None:
+        """The health last read of ``generation``'s container, if any was."""
+        seen = self._seen.get((pod, container))
+        return seen[1] if seen is not None and seen[0] == generation else None
 
     def forget(self, pod: str) -> None:
-        for key in [k for k in self._last if k[0] == pod]:
-            del self._last[key]
-            self._output.pop(key, None)
+        for key in [k for k in self._seen if k[0] == pod]:
+            del self._seen[key]
         self._started = {k for k in self._started if k[0] != pod}
 
     def container_started(self, pod: str, container: str, generation: int,
                           podman_url: str) -> None:  # fmt: skip
         """A checked container (re)started outside an operation: run its startup check."""
         self._started.discard((pod, container))
-        self._last.pop((pod, container), None)
+        self._seen.pop((pod, container), None)
         self._spawn(self._startup(pod, container, generation, podman_url))
 
     def reported(self, pod: str, container: str, generation: int) -> None:
@@ -295,8 +293,9 @@ class HealthGuard:
         finally:
             self._checking.discard(key)
         status = health.status
-        before, self._last[key] = self._last.get(key), status
-        self._output[key] = health.output
+        last = self.last(pod, container, generation)
+        before = last.status if last is not None else None
+        self._seen[key] = (generation, health)
         if before == status or not status:
             return
         action, output = "", health.output if status == "unhealthy" else ""
