@@ -835,16 +835,19 @@ async def test_pod_objects_follow_the_pods(watching: Core, observer: Observer) -
         "Unit": "iyclo-pod-web-1.service",
         "Restarts": 0,
         "Containers": [(c["name"], "running", c["id"]) for c in status["containers"]],
+        "Ready": True,
+        "Health": [],
+        "HealthRestarts": 0,
     }
 
-    # A crash systemd restarts: State and Restarts change, nothing else is announced.
+    # A crash systemd restarts: State, Restarts and Ready change, nothing else is announced.
     mark = len(observer.signals)
     watching.systemd.set_unit_state(
         "iyclo-pod-web-1.service", "activating", "auto-restart", n_restarts=1
     )
     await observer.wait_for(lambda m: m.member == "PropertiesChanged" and m.path == path, mark)
     assert observer.properties_changed(path, POD_INTERFACE, mark) == [
-        {"State": "restarting", "Restarts": 1}
+        {"State": "restarting", "Restarts": 1, "Ready": False}
     ]
     watching.systemd.set_unit_state("iyclo-pod-web-1.service", "active", "running")
     await observer.wait_for(

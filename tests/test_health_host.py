@@ -185,6 +185,10 @@ def test_a_container_that_turns_unhealthy_is_restarted_and_counted(daemon: Daemo
                              "/io/github/iyclo1/pod/sick", "io.github.iyclo1.Pod",
                              "Restarts"]).stdout  # fmt: skip
         assert int(restarts.split()[1]) >= 1
+        health = host.run(["busctl", "get-property", "io.github.iyclo1",
+                           "/io/github/iyclo1/pod/sick", "io.github.iyclo1.Pod",
+                           "HealthRestarts", "Health", "Ready"]).stdout  # fmt: skip
+        assert health.split() == ["u", "1", "a(ss)", "1", '"web"', '"healthy"', "b", "true"], health
         print(f"\nunhealthy container: restarted by iyclo, healthRestarts "
               f"{status['healthRestarts']}, restarts {status['restarts']}")  # fmt: skip
     finally:

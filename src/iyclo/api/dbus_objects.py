@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any, ClassVar
 
 from dbus_fast import PropertyAccess
-from dbus_fast.annotations import DBusInt32, DBusSignature, DBusStr, DBusUInt32
+from dbus_fast.annotations import DBusBool, DBusInt32, DBusSignature, DBusStr, DBusUInt32
 from dbus_fast.service import dbus_method, dbus_property
 
 from iyclo.api.dbus_base import (
@@ -26,6 +26,7 @@ from iyclo.api.dbus_base import (
 from iyclo.contract.events import UNKNOWN
 
 ContainerRows = Annotated[list[tuple[str, str, str]], DBusSignature("a(sss)")]
+HealthRows = Annotated[list[tuple[str, str]], DBusSignature("a(ss)")]
 
 
 def pod_properties(status: dict[str, Any]) -> dict[str, Any]:
@@ -41,6 +42,13 @@ def pod_properties(status: dict[str, Any]) -> dict[str, Any]:
             (str(c.get("name", "")), str(c.get("state", "")), str(c.get("id", "")))
             for c in status.get("containers") or []
         ],
+        "Ready": bool(status.get("ready", False)),
+        "Health": [
+            (str(c.get("name", "")), str(c.get("health", "")))
+            for c in status.get("containers") or []
+            if c.get("health")
+        ],
+        "HealthRestarts": int(status.get("healthRestarts", 0)),
     }
 
 
@@ -156,6 +164,21 @@ class PodInterface(_Deployment):
     @dbus_property(access=PropertyAccess.READ, name="Containers")
     def containers(self) -> ContainerRows:
         value: list[tuple[str, str, str]] = self._values["Containers"]
+        return value
+
+    @dbus_property(access=PropertyAccess.READ, name="Ready")
+    def ready(self) -> DBusBool:
+        value: bool = self._values["Ready"]
+        return value
+
+    @dbus_property(access=PropertyAccess.READ, name="Health")
+    def health(self) -> HealthRows:
+        value: list[tuple[str, str]] = self._values["Health"]
+        return value
+
+    @dbus_property(access=PropertyAccess.READ, name="HealthRestarts")
+    def health_restarts(self) -> DBusUInt32:
+        value: int = self._values["HealthRestarts"]
         return value
 
 
