@@ -11,12 +11,11 @@ manifest with a tag pushed anew (``pullPolicy: always``) is a new generation.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from iyclo.contract.events import PullProgress
 from iyclo.core.events import EventBus
-from iyclo.manifest.model import Container
+from iyclo.manifest.model import Job, Pod, every_container
 from iyclo.podman.client import PodmanClient
 from iyclo.podman.pull import ImageRef, PullPolicy, PullStep
 
@@ -55,16 +54,17 @@ async def pull_image(
 
 
 async def pull_images(
-    podman: PodmanClient, events: EventBus, name: str, containers: Sequence[Container]
+    podman: PodmanClient, events: EventBus, manifest: Pod | Job
 ) -> dict[str, dict[str, Any]]:
-    """Every container's image, in manifest order: container name → ``ImageRef`` JSON.
-    A reference asked for twice with the same policy is pulled once."""
+    """Every container's image (init containers too), in the order Podman makes them:
+    container name → ``ImageRef`` JSON. A reference asked for twice with the same policy
+    is pulled once."""
     done: dict[tuple[str, PullPolicy], ImageRef] = {}
     images: dict[str, dict[str, Any]] = {}
-    for container in containers:
+    for _, container in every_container(manifest):
         key = (container.image, container.pull_policy)
         if key not in done:
-            done[key] = await pull_image(podman, events, name, *key)
+            done[key] = await pull_image(podman, events, manifest.name, *key)
         images[str(container.name)] = done[key].to_json()
     return images
 

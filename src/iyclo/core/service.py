@@ -46,7 +46,7 @@ from iyclo.errors import (
     SystemdUnreachableError,
 )
 from iyclo.manifest.convert import dump_manifest, load_manifest_async, structure
-from iyclo.manifest.model import Job, Pod, UserNamespace, every_container
+from iyclo.manifest.model import Job, Pod, UserNamespace
 from iyclo.manifest.policy import (
     DEFAULT_POLICY,
     Policy,
@@ -202,12 +202,7 @@ class Service:
             if manifest.depends_on:
                 refuse_graph(manifest, await self._graph())
             # Before anything is recorded or stopped: a pull that fails changes nothing.
-            images = await pull_images(
-                self.steps.podman,
-                self.events,
-                manifest.name,
-                [c for _, c in every_container(manifest)],
-            )
+            images = await pull_images(self.steps.podman, self.events, manifest)
             if manifest.userns is None and not volume_claims(manifest, self.policy):
                 return await self._handlers[kind].apply(
                     manifest, previous, images, wait_timeout=wait_timeout
@@ -274,9 +269,7 @@ class Service:
             ref = await pull_image(self.steps.podman, self.events, "", image, "always")
             return {"name": "", "images": [{"container": "", **ref.to_json()}]}
         manifest = await load_manifest_async(manifest_in, self.policy)
-        images = await pull_images(
-            self.steps.podman, self.events, manifest.name, [c for _, c in every_container(manifest)]
-        )
+        images = await pull_images(self.steps.podman, self.events, manifest)
         return {
             "name": manifest.name,
             "images": [{"container": name, **ref} for name, ref in images.items()],
