@@ -30,13 +30,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import structlog
 from attrs import frozen
 
 from iyclo.contract.events import HealthChanged
 from iyclo.core import naming
+from iyclo.core.background import Background
 from iyclo.core.events import EventBus
 from iyclo.core.locks import Locks
 from iyclo.core.plan import PodPlan, podman_binary
@@ -201,7 +201,7 @@ class HealthGuard:
         and what it reported must not stand for the old one after a rollback."""
         self._started: set[tuple[str, str]] = set()
         """(pod, container) whose startup check passed since the container last started."""
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._background = Background()
 
     def started(self, pod: str, container: str) -> None:
         self._started.add((pod, container))
@@ -226,7 +226,7 @@ class HealthGuard:
         """A checked container (re)started outside an operation: run its startup check."""
         self._started.discard((pod, container))
         self._seen.pop((pod, container), None)
-        self._spawn(self._startup(pod, container, generation, podman_url))
+        self._background.spawn(self._startup(pod, container, generation, podman_url))
 
     def reported(self, pod: str, container: str, generation: int) -> None:
         """Podman's ``health_status`` event for one container of a pod's generation: a
@@ -237,17 +237,10 @@ class HealthGuard:
         if key in self._checking:
             return
         self._checking.add(key)
-        self._spawn(self._changed(pod, container, generation))
+        self._background.spawn(self._changed(pod, container, generation))
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def _spawn(self, work: Awaitable[Any]) -> None:
-        task: asyncio.Task[Any] = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        await self._background.close()
 
     def publish(self, pod: str, container: str, health: str, generation: int, *,
                  action: str = "", output: str = "") -> None:  # fmt: skip

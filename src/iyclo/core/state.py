@@ -24,6 +24,7 @@ import structlog
 from attrs import define, field
 
 from iyclo.core import naming
+from iyclo.core.background import Background
 from iyclo.core.oom import KmsgOomWatch, OomKill
 from iyclo.core.steps import Steps
 from iyclo.errors import IycloError
@@ -99,7 +100,7 @@ class LiveState:
         """(pod, the container's event attributes, its HealthStatus) for every check."""
         self.on_container_started: Callable[[str, dict[str, str]], None] | None = None
         self._oom_watch: KmsgOomWatch | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._background = Background()
         self._pending: dict[str, asyncio.Task[None]] = {}
         self._remove_unit_cb: Callable[[], None] | None = None
         self._stop_events = threading.Event()
@@ -170,7 +171,7 @@ class LiveState:
             lambda kill: loop.call_soon_threadsafe(self._on_oom_kill, kill)
         )
         self._oom_watch.start()
-        self._spawn(self._periodic_resync(units_of))
+        self._background.spawn(self._periodic_resync(units_of))
 
     async def close(self) -> None:
         self._stop_events.set()
@@ -178,14 +179,7 @@ class LiveState:
             await asyncio.to_thread(self._oom_watch.close)
         if self._remove_unit_cb is not None:
             self._remove_unit_cb()
-        for task in [*self._tasks, *self._pending.values()]:
-            task.cancel()
-        await asyncio.gather(*self._tasks, *self._pending.values(), return_exceptions=True)
-
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        await self._background.close(*self._pending.values())
 
     def _on_unit_change(self, change: UnitChange) -> None:
         parsed = naming.parse_unit_name(change.unit)
@@ -244,7 +238,7 @@ class LiveState:
         if event.get("Action") == "start" and self.on_container_started is not None:
             self.on_container_started(name, attributes)
         if event.get("Action") == "died" and self.on_container_died is not None:
-            self._spawn(self.on_container_died(name, attributes))
+            self._background.spawn(self.on_container_died(name, attributes))
         self._debounce(f"containers:{name}", lambda: self._containers_changed(name))
 
     def _on_oom_kill(self, kill: OomKill) -> None:
@@ -257,7 +251,7 @@ class LiveState:
             None,
         )  # fmt: skip
         if name is not None and self.on_oom is not None:
-            self._spawn(self.on_oom(name, kill))
+            self._background.spawn(self.on_oom(name, kill))
 
     async def _containers_changed(self, name: str) -> None:
         try:
