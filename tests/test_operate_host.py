@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import select
 import shutil
 import signal
@@ -103,7 +102,8 @@ def test_exec_with_a_terminal(daemon: Daemon, pod: str, via: str) -> None:
 def test_exec_errors_are_one_line(daemon: Daemon, pod: str, via: str) -> None:
     missing = daemon.cli("exec", "nosuchpod", "--", "true", via=via)
     assert missing.returncode == 3, missing
-    assert missing.stderr.count("\n") == 1 and "nosuchpod" in missing.stderr, missing
+    assert missing.stderr.count("\n") == 1, missing
+    assert "nosuchpod" in missing.stderr, missing
     container = daemon.cli("exec", pod, "nosuch", "--", "true", via=via)
     assert container.returncode == 3, container
     assert f"exec: pod '{pod}' has no container 'nosuch' (it has: main, side)" in container.stderr
@@ -230,16 +230,19 @@ def test_stats_on_a_running_pod(daemon: Daemon, pod: str, via: str) -> None:
     assert got.returncode == 0, got
     sample = json.loads(got.stdout)
     (row,) = sample["pods"]
-    assert row["name"] == pod and row["slice"] == f"iyclo_{pod}.slice"
+    assert (row["name"], row["slice"]) == (pod, f"iyclo_{pod}.slice")
     # systemd's account of the slice: memory and tasks on every host here; CPU where the
     # host keeps it (cgroups v1: none for a slice, shown as null, never 0)
-    assert isinstance(row["memoryBytes"], int) and row["memoryBytes"] > 0, row
-    assert isinstance(row["tasks"], int) and row["tasks"] >= 4, row  # 2 conmons, 2 sleeps
+    assert isinstance(row["memoryBytes"], int), row
+    assert row["memoryBytes"] > 0, row
+    assert isinstance(row["tasks"], int), row
+    assert row["tasks"] >= 4, row  # 2 conmons, 2 sleeps
     assert row["cpuNsec"] is None or row["cpuNsec"] > 0, row
     assert [c["name"] for c in row["containers"]] == ["main", "side"]
     for container in row["containers"]:
         assert container["state"] == "running"
-        assert container["memoryBytes"] > 0 and container["pids"] >= 1, container
+        assert container["memoryBytes"] > 0, container
+        assert container["pids"] >= 1, container
         assert container["cpuNsec"] is not None, container
     table = daemon.cli("stats", via=via)
     assert table.returncode == 0, table
@@ -247,7 +250,8 @@ def test_stats_on_a_running_pod(daemon: Daemon, pod: str, via: str) -> None:
     watched = daemon.cli("stats", pod, "--watch", "--interval", "0.5", "--count", "2",
                          "--json", via=via)  # fmt: skip
     samples = [json.loads(line) for line in watched.stdout.splitlines()]
-    assert len(samples) == 2 and samples[1]["sampledNs"] > samples[0]["sampledNs"], watched
+    assert len(samples) == 2, watched
+    assert samples[1]["sampledNs"] > samples[0]["sampledNs"], watched
     print(f"\n[{via}] stats {pod}: slice cpu {row['cpuNsec']} ns, memory {row['memoryBytes']} "
           f"B, tasks {row['tasks']}; containers "
           + ", ".join(f"{c['name']} cpu {c['cpuNsec']} ns mem {c['memoryBytes']} B "
