@@ -55,6 +55,8 @@ def note_sender(message: Message) -> bool:
     carrying file descriptors where none are taken: they are closed (dbus-fast hands
     descriptors to a method and leaves them open, so any caller could otherwise fill
     the daemon's table) and such a call is refused before anything dispatches it."""
+    if message.message_type not in (MessageType.METHOD_CALL, MessageType.SIGNAL):
+        return False  # a reply to a call of ours: its caller takes what it carries
     addressed = _fd_call(message)
     if (message.unix_fds or addressed) and not (addressed and _fds_fit(message)):
         close_all(message.unix_fds)
@@ -164,6 +166,9 @@ class BusCallers:
                 reply = await self._bus.call(request)
         except TimeoutError:
             raise AccessDeniedError(f"access denied: the bus did not say who {sender} is") from None
+        if reply is not None:
+            # dbus 1.16 adds ProcessFD (a pidfd) for a connection passing descriptors
+            close_all(reply.unix_fds)
         if reply is None or reply.message_type is MessageType.ERROR:
             why = reply.error_name if reply is not None else "no reply"
             raise AccessDeniedError(f"access denied: the bus cannot say who {sender} is ({why})")
