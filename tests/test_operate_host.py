@@ -7,13 +7,16 @@ Every wait is bounded; the figures each test measured are printed (``-s`` shows 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Iterator
 
@@ -64,6 +67,7 @@ def test_exec_with_a_terminal(daemon: Daemon, pod: str, via: str) -> None:
     """``-it`` on a pty of the test's: the command's stdin is a terminal, what is typed
     reaches it, and its exit code comes back."""
     master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
     env = {**daemon._cli_env(via), "TERM": "xterm"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "iyclo.cli", "exec", "-it", pod, "--", "sh"],
@@ -95,7 +99,9 @@ def test_exec_with_a_terminal(daemon: Daemon, pod: str, via: str) -> None:
     assert code == 5, text
     assert "/dev/pts/" in text, text
     assert "typed-42" in text, text
-    print(f"\n[{via}] exec -it: exit 5, terminal {text.split('/dev/pts/')[1].split()[0]}")
+    assert "33 111" in text, text  # the session has the size of the caller's terminal
+    terminal = "/dev/pts/" + text.split("/dev/pts/")[1].split()[0]
+    print(f"\n[{via}] exec -it: exit 5, the command's terminal {terminal}, 33x111 like ours")
 
 
 @pytest.mark.parametrize("via", FRONTS)
@@ -112,6 +118,7 @@ def test_exec_errors_are_one_line(daemon: Daemon, pod: str, via: str) -> None:
 
 _EXEC_AS = """
 import sys
+import termios
 from iyclo.client.dbus import DBusClient
 from iyclo.errors import IycloError
 client = DBusClient(bus_address=sys.argv[1], timeout=10)
