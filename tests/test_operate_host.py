@@ -18,13 +18,14 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.daemon_fixtures import Daemon, fast, pod_manifest, remove, wait_for
 from tests.nobody import NobodyPython
 from tests.test_fronts_host import _as, _socat
+from tests.test_jobs_host import YEARLY, job
 
 pytestmark = [pytest.mark.host, pytest.mark.timeout(300)]
 
@@ -190,11 +191,15 @@ def _followers(daemon: Daemon) -> list[str]:
     return _pgrep(daemon, "journalctl --no-pager --follow")
 
 
-@pytest.mark.parametrize("via", FRONTS)
-def test_logs_follow_sees_new_lines_and_leaves_nothing(daemon: Daemon, pod: str, via: str) -> None:
+def _follow(
+    daemon: Daemon, name: str, via: str, first: str, write: Callable[[str], None]
+) -> tuple[float, float, int]:
+    """`iyclo logs -f NAME` until it shows ``first``, then a line ``write`` makes after it
+    started; Ctrl-C; the daemon's journalctl must be gone (reaped, no zombie). The lag
+    of the new line, the time journalctl took to go, and the lines read."""
     before = _followers(daemon)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "iyclo.cli", "logs", "-f", pod, "--json"],
+        [sys.executable, "-m", "iyclo.cli", "logs", "-f", name, "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=daemon._cli_env(via),
     )  # fmt: skip
     assert proc.stdout is not None
@@ -209,10 +214,11 @@ def test_logs_follow_sees_new_lines_and_leaves_nothing(daemon: Daemon, pod: str,
     try:
         wait_for(lambda: len(_followers(daemon)) > len(before), timeout=30,
                  what="the daemon's journalctl --follow")  # fmt: skip
-        wait_for(lambda: read_until("ops-started"), timeout=30, what="the pod's first line")
+        if first:
+            wait_for(lambda: read_until(first), timeout=30, what=f"{name}'s earlier line")
         text = f"written-after-start-{time.time_ns()}"
         written = time.monotonic()
-        _journal_line(daemon, pod, text)
+        write(text)
         wait_for(lambda: read_until(text), timeout=30, what="the new line to follow")
         lag = time.monotonic() - written
         proc.send_signal(signal.SIGINT)
@@ -227,8 +233,40 @@ def test_logs_follow_sees_new_lines_and_leaves_nothing(daemon: Daemon, pod: str,
         if proc.poll() is None:
             proc.kill()
         proc.communicate(timeout=10)
+    return lag, reaped, len(seen)
+
+
+@pytest.mark.parametrize("via", FRONTS)
+def test_logs_follow_sees_new_lines_and_leaves_nothing(daemon: Daemon, pod: str, via: str) -> None:
+    lag, reaped, lines = _follow(
+        daemon, pod, via, "ops-started", lambda text: _journal_line(daemon, pod, text)
+    )
     print(f"\n[{via}] logs -f: new line shown {lag:.2f}s after it was written; "
-          f"journalctl gone {reaped:.2f}s after Ctrl-C ({len(seen)} lines read)")  # fmt: skip
+          f"journalctl gone {reaped:.2f}s after Ctrl-C ({lines} lines read)")  # fmt: skip
+
+
+def test_logs_follow_a_job(daemon: Daemon) -> None:
+    """A job's unit journal, followed: every run's output, a run started after the
+    follower included. (Followed from a line of an earlier run, as the pod's is from its
+    first line: journalctl shows what is written from the moment it has read the tail.)"""
+    name = "ops-job"
+    daemon.call("apply", manifest=job(name, YEARLY, "echo first-run-line"))
+    try:
+        daemon.call("run_job", name=name)
+        wait_for(lambda: daemon.call("runs", name=name)[-1].get("state") == "succeeded",
+                 timeout=30, what="the first run")  # fmt: skip
+
+        def run(text: str) -> None:
+            daemon.call("apply", manifest=job(name, YEARLY, f"echo {text}"))
+            daemon.call("run_job", name=name)
+
+        lag, reaped, lines = _follow(daemon, name, "socket", "first-run-line", run)
+    finally:
+        remove(daemon, name, purge_history=True)
+    print(
+        f"\n[socket] logs -f job: the new run's line shown {lag:.2f}s after the run was "
+        f"asked for; journalctl gone {reaped:.2f}s after Ctrl-C ({lines} lines read)"
+    )
 
 
 @pytest.mark.parametrize("via", FRONTS)

@@ -2,7 +2,7 @@
 
 Kept lean on purpose: it imports neither podman nor the daemon's modules, so
 `iyclo ps` starts fast. Commands that need the daemon import their client lazily.
-Imports go one way: this module → the command modules (``commands``, ``jobs``) →
+Imports go one way: this module → the command modules (``commands``, ``jobs``, ``operate``) →
 ``formats``, ``output``, ``transport``.
 """
 
