@@ -257,10 +257,18 @@ def dbus_calls(draw: st.DrawFn) -> tuple[str, str, list[Any]]:
     member, signature = draw(st.sampled_from([*MEMBERS, ("NoSuchMember", ""), ("Apply", "u")]))
     if draw(st.integers(0, 6)) == 0:  # a signature the member does not take
         signature = draw(st.sampled_from(["", "s", "u", "ss", "su", "as", "i", "uu"]))
-    if signature == "as":
-        return member, signature, [draw(st.lists(dbus_strings, max_size=3))]
-    arguments = {"s": dbus_strings, "u": dbus_uints, "i": st.integers(-(2**31), 2**31 - 1)}
-    return member, signature, [draw(arguments[code]) for code in signature]
+    # "h": a bare index, no descriptor with it (the client does not pass any): iyclod must
+    # refuse it rather than take the number for one of its own descriptors
+    arguments = {"s": dbus_strings, "u": dbus_uints, "i": st.integers(-(2**31), 2**31 - 1),
+                 "b": st.booleans(), "h": st.integers(0, 3)}  # fmt: skip
+    body: list[Any] = []
+    codes = iter(signature)
+    for code in codes:
+        if code == "a":  # only arrays of one simple type here: "as"
+            body.append(draw(st.lists(arguments[next(codes)], max_size=3)))
+        else:
+            body.append(draw(arguments[code]))
+    return member, signature, body
 
 
 async def test_hostile_dbus_calls(core: Core, report: Callable[[str], Figures]) -> None:

@@ -30,7 +30,7 @@ class _Nothing:
 def _registry_members() -> dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]]:
     members = {
         m.member: (
-            [(p.dbus_arg, p.dbus) for p in m.params if p.dbus],
+            [(p.dbus_arg, p.dbus) for p in m.params if p.dbus] + [(fd, "h") for fd in m.fds],
             [(o.name, o.dbus) for o in m.out],
         )
         for m in METHODS
@@ -72,8 +72,12 @@ def test_the_json_socket_serves_the_registry() -> None:
     table = handlers(_Nothing())  # type: ignore[arg-type]
     assert set(table) == set(BY_NAME)
     for name, handler in table.items():
-        parameters = list(inspect.signature(handler).parameters)
+        signature = inspect.signature(handler).parameters.values()
+        parameters = [p.name for p in signature if p.kind is not p.KEYWORD_ONLY]
         assert parameters == [p.name for p in BY_NAME[name].params], name
+        # A method taking the caller's descriptors gets them through the socket's handover.
+        keyword_only = [p.name for p in signature if p.kind is p.KEYWORD_ONLY]
+        assert keyword_only == (["handover"] if BY_NAME[name].fds else []), name
 
 
 def test_the_dbus_client_speaks_the_registry() -> None:
@@ -101,6 +105,11 @@ def test_the_bus_lets_everyone_call_and_the_daemon_decides() -> None:
         "apply", "remove", "start", "stop", "restart", "reconcile", "run_job", "pull",
         "rollback",
     }  # fmt: skip
+    # Running a command in a container is a verb of its own: more than managing it.
+    assert {m.name for m in METHODS if m.access is Access.EXEC} == {"exec"}
+    assert {m.name for m in METHODS if m.fds} == {"exec", "follow_logs"}
+    assert BY_NAME["follow_logs"].access is Access.READ_LOGS
+    assert BY_NAME["stats"].access is Access.READ
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,7 @@ class _Exporter:
         self.callers = BusCallers(bus)
         self.guarded = Guarded(service, gate, self.callers.current)
         """The service as each caller may use it: what every exported method calls."""
-        self.manager = ManagerInterface(self.guarded, self.refresh)
+        self.manager = ManagerInterface(self.guarded, self.refresh, self.callers.gone)
         self.objects: dict[str, Deployment] = {}  # by name: a name is one pod or one job
         self._dirty: dict[str, None] = {}  # an ordered set of names to re-read
         self._wake = asyncio.Event()
@@ -326,11 +326,11 @@ async def export_service(
     connect: Callable[[], MessageBus]
     if bus_address is not None:
         label = bus_address
-        connect = lambda: MessageBus(bus_address=bus_address)  # noqa: E731
+        connect = lambda: MessageBus(bus_address=bus_address, negotiate_unix_fd=True)  # noqa: E731
     elif bus in ("system", "session"):
         label = bus
         kind = BusType.SYSTEM if bus == "system" else BusType.SESSION
-        connect = lambda: MessageBus(bus_type=kind)  # noqa: E731
+        connect = lambda: MessageBus(bus_type=kind, negotiate_unix_fd=True)  # noqa: E731
     else:
         raise InvalidError(f'bus: "{bus}" is not "system" or "session"')
     front = _Front(service, connect, label, gate)

@@ -15,11 +15,20 @@ class, the JSON socket's handlers and the D-Bus client to that table.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, ClassVar
 
 from dbus_fast import PropertyAccess
-from dbus_fast.annotations import DBusDouble, DBusSignature, DBusStr, DBusUInt32
+from dbus_fast.annotations import (
+    DBusBool,
+    DBusDouble,
+    DBusInt32,
+    DBusSignature,
+    DBusStr,
+    DBusUInt32,
+    DBusUnixFd,
+)
 from dbus_fast.service import dbus_method, dbus_property, dbus_signal
 
 from iyclo.api.dbus_base import (
@@ -42,6 +51,8 @@ from iyclo.contract.events import (
     PullProgress,
 )
 from iyclo.contract.methods import BY_NAME, METHODS
+from iyclo.core.handover import close_all
+from iyclo.errors import InvalidError
 
 ApplyReply = Annotated[tuple[str, int, bool, str], DBusSignature("oubs")]
 PodRow = tuple[str, str, str, int, int, int, str]
@@ -57,8 +68,42 @@ HealthChangedArgs = Annotated[list[Any], DBusSignature(HealthChanged.dbus_signat
 Refresh = Callable[[str], Awaitable[None]]
 
 
+Gone = Callable[[], Awaitable[None]]
+
+
 async def _nothing(name: str) -> None:
     return None
+
+
+async def _never() -> None:
+    await asyncio.get_running_loop().create_future()
+
+
+class _BusHandover:
+    """``core.handover.Handover`` on D-Bus: the descriptors came with the call (each
+    ``h`` argument); what the service did not take is closed when the call ends."""
+
+    def __init__(self, fds: list[int | None], gone: Gone) -> None:
+        self._fds = fds
+        self._gone = gone
+
+    def __enter__(self) -> _BusHandover:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        close_all([fd for fd in self._fds if fd is not None])
+        self._fds = []
+
+    async def receive(self, count: int) -> list[int]:
+        given, self._fds = self._fds, []
+        fds = [fd for fd in given if fd is not None]
+        if len(fds) != count:
+            close_all(fds)
+            raise InvalidError(f"expected {count} file descriptors, the call carried {len(fds)}")
+        return fds
+
+    async def gone(self) -> None:
+        await self._gone()
 
 
 class ManagerInterface(Interface):
@@ -70,10 +115,14 @@ class ManagerInterface(Interface):
         "ApplyWithin": tuple(o.name for o in BY_NAME["apply"].out),
     }
 
-    def __init__(self, service: ServiceApi, refresh: Refresh = _nothing) -> None:
+    def __init__(
+        self, service: ServiceApi, refresh: Refresh = _nothing, gone: Gone = _never
+    ) -> None:
         super().__init__(MANAGER_INTERFACE)
         self._service = service
         self._refresh = refresh
+        self._gone = gone
+        """Returns once the sender of the call in progress has left the bus."""
         self._counts = {"PodCount": 0, "JobCount": 0}
         self._health: dict[str, Any] = {"state": "ok", "problems": []}
 
@@ -205,6 +254,27 @@ class ManagerInterface(Interface):
     @translated
     async def pull(self, manifest_json: DBusStr, image: DBusStr) -> DBusStr:
         return as_json(await self._service.pull(manifest_json, image))
+
+    @dbus_method(name="Exec")
+    @translated
+    async def exec_(  # noqa: PLR0917 (one parameter per D-Bus argument)
+                    self, name: DBusStr, container: DBusStr, command: StrList, tty: DBusBool,
+                    interactive: DBusBool, stdin: DBusUnixFd, stdout: DBusUnixFd,
+                    stderr: DBusUnixFd) -> DBusInt32:  # fmt: skip
+        with _BusHandover([stdin, stdout, stderr], self._gone) as handover:
+            return await self._service.exec(name, container, list(command), tty, interactive,
+                                            handover=handover)  # fmt: skip
+
+    @dbus_method(name="FollowLogs")
+    @translated
+    async def follow_logs(self, name: DBusStr, lines: DBusUInt32, out: DBusUnixFd) -> NoReply:
+        with _BusHandover([out], self._gone) as handover:
+            await self._service.follow_logs(name, lines, handover=handover)
+
+    @dbus_method(name="Stats")
+    @translated
+    async def stats(self, names: StrList) -> DBusStr:
+        return as_json(await self._service.stats(list(names)))
 
     @dbus_property(access=PropertyAccess.READ, name="Version")
     def version(self) -> DBusStr:

@@ -14,6 +14,7 @@ from iyclo.api.protocol import JsonResult, ServiceApi
 from iyclo.contract.methods import BY_NAME
 from iyclo.core.access import Caller, Gate
 from iyclo.core.events import EventBus
+from iyclo.core.handover import Handover
 from iyclo.core.redact import redact_manifest, redact_record
 
 Who = Callable[[], Awaitable[Caller]]
@@ -115,6 +116,22 @@ class Guarded:
     async def logs(self, name: str, run: int = 0, lines: int | None = None, /) -> dict[str, Any]:
         await self._require("logs")
         return await self._service.logs(name, run, lines)
+
+    async def exec(
+        self, name: str, container: str, command: list[str], tty: bool, interactive: bool,
+        /, *, handover: Handover,
+    ) -> int:  # fmt: skip
+        await self._require("exec")
+        return await self._service.exec(name, container, command, tty, interactive,
+                                        handover=handover)  # fmt: skip
+
+    async def follow_logs(self, name: str, lines: int = 10, /, *, handover: Handover) -> None:
+        await self._require("follow_logs")
+        await self._service.follow_logs(name, lines, handover=handover)
+
+    async def stats(self, names: list[str], /) -> dict[str, Any]:
+        """Figures of what runs, nothing of a manifest: open to every reader."""
+        return await self._service.stats(names)
 
     def version(self) -> str:
         return self._service.version()

@@ -10,6 +10,7 @@ dropped; neither stalls others.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import dataclasses
@@ -28,8 +29,9 @@ from iyclo.api.incident import incident
 from iyclo.api.peer import peer_caller
 from iyclo.api.protocol import ServiceApi
 from iyclo.contract.events import Event
-from iyclo.contract.methods import ParamsError, bind
+from iyclo.contract.methods import BY_NAME, ParamsError, bind
 from iyclo.core.access import Gate
+from iyclo.core.handover import Handover, close_all
 from iyclo.errors import ConflictError, InvalidError, IycloError
 
 log = structlog.get_logger("iyclo.jsonrpc")
@@ -44,6 +46,9 @@ MAX_LINE = 1024 * 1024
 MAX_SUBSCRIPTIONS = 4
 """Event streams one connection may hold: each costs a task and a queue in the daemon."""
 IDLE_TIMEOUT = 300.0
+FDS_TIMEOUT = 10.0
+"""Seconds a client has to send the descriptors the daemon asked for."""
+_INT_SIZE = array.array("i").itemsize
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -123,6 +128,16 @@ def handlers(service: ServiceApi) -> dict[str, Handler]:
     async def pull(manifest: str | dict[str, Any], image: str) -> dict[str, Any]:
         return await service.pull(manifest, image)
 
+    async def exec_(name: str, container: str, command: list[str], tty: bool,
+                    interactive: bool, *, handover: Handover) -> int:  # fmt: skip
+        return await service.exec(name, container, command, tty, interactive, handover=handover)
+
+    async def follow_logs(name: str, lines: int, *, handover: Handover) -> None:
+        await service.follow_logs(name, lines, handover=handover)
+
+    async def stats(names: list[str]) -> dict[str, Any]:
+        return await service.stats(names)
+
     async def version() -> str:
         return service.version()
 
@@ -132,7 +147,7 @@ def handlers(service: ServiceApi) -> dict[str, Handler]:
         "get": get,
         "get_manifest": get_manifest, "history": history, "runs": runs, "logs": logs,
         "reconcile": reconcile, "run_job": run_job, "pull": pull, "version": version,
-        "health": health,
+        "health": health, "exec": exec_, "follow_logs": follow_logs, "stats": stats,
     }  # fmt: skip
 
 
@@ -143,7 +158,79 @@ class _Connection:
 
     methods: dict[str, Handler]
     send: Callable[[dict[str, Any] | list[dict[str, Any]]], Awaitable[None]]
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
     streams: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
+
+
+class _SocketHandover:
+    """``core.handover.Handover`` on the JSON socket: the descriptors come after the
+    daemon's ``fds`` notification, by ``SCM_RIGHTS`` on one byte; the caller is gone
+    when its connection is. While the call runs, whatever else the client sends is
+    read and dropped (the connection is the call's until it answers)."""
+
+    def __init__(self, method: str, rid: Any, conn: _Connection) -> None:
+        self._method = method
+        self._rid = rid
+        self._conn = conn
+        self._eof = False
+
+    async def receive(self, count: int) -> list[int]:
+        transport = self._conn.writer.transport
+        # Paused first: a read by the stream would drop the descriptors the byte carries.
+        transport.pause_reading()  # type: ignore[attr-defined]
+        try:
+            await self._conn.send({"jsonrpc": "2.0", "method": "fds",
+                                   "params": {"id": self._rid, "count": count}})  # fmt: skip
+            async with asyncio.timeout(FDS_TIMEOUT):
+                data, fds = await _recv_fds(self._conn.writer, count)
+        except TimeoutError:
+            raise InvalidError(
+                f"{self._method}: the client sent no file descriptors within {FDS_TIMEOUT:g}s"
+            ) from None
+        finally:
+            transport.resume_reading()  # type: ignore[attr-defined]
+        if not data:
+            self._eof = True
+        if len(fds) != count:
+            close_all(fds)
+            raise InvalidError(
+                f"{self._method}: expected {count} file descriptors, the client sent {len(fds)}"
+            )
+        return fds
+
+    async def gone(self) -> None:
+        if self._eof:
+            return
+        while await self._conn.reader.read(65536):
+            pass
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _recv_fds(writer: asyncio.StreamWriter, count: int) -> tuple[bytes, list[int]]:
+    """One byte and the descriptors it carries, read from the stream's socket while the
+    stream is paused (through a duplicate of it: asyncio does not lend its own)."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno())) as sock:
+        sock.setblocking(False)
+        ready: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(sock.fileno(), _settle, ready)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(sock.fileno())
+        space = socket.CMSG_SPACE(max(count, 1) * _INT_SIZE)
+        data, ancillary, _flags, _addr = sock.recvmsg(1, space, socket.MSG_CMSG_CLOEXEC)
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(payload) - len(payload) % _INT_SIZE
+            fds.extend(array.array("i", payload[:usable]))
+    return data, fds
 
 
 class JsonRpcServer:
@@ -230,7 +317,9 @@ class JsonRpcServer:
                 writer.write(json.dumps(message, default=str).encode() + b"\n")
                 await writer.drain()
 
-        conn = _Connection(handlers(Guarded(self.service, self.gate, fixed(caller))), send)
+        conn = _Connection(
+            handlers(Guarded(self.service, self.gate, fixed(caller))), send, reader, writer
+        )
         streams = conn.streams
         try:
             while True:
@@ -359,6 +448,8 @@ class JsonRpcServer:
             arguments = bind(method, params)
         except ParamsError as exc:
             return {"jsonrpc": "2.0", "id": rid, "error": _error(INVALID_PARAMS, str(exc))}
+        if BY_NAME[method].fds:
+            arguments["handover"] = _SocketHandover(method, rid, conn)
         try:
             result = await handler(**arguments)
         except IycloError as exc:

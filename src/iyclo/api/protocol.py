@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from iyclo.core.events import EventBus
+from iyclo.core.handover import Handover
 
 
 class JsonResult(Protocol):
@@ -46,6 +47,19 @@ class ServiceApi(Protocol):
     async def pull(
         self, manifest: str | dict[str, Any] = "", image: str = "", /
     ) -> dict[str, Any]: ...
+    async def exec(
+        self,
+        name: str,
+        container: str,
+        command: list[str],
+        tty: bool,
+        interactive: bool,
+        /,
+        *,
+        handover: Handover,
+    ) -> int: ...
+    async def follow_logs(self, name: str, lines: int = 10, /, *, handover: Handover) -> None: ...
+    async def stats(self, names: list[str], /) -> dict[str, Any]: ...
     def version(self) -> str: ...
     def health(self) -> dict[str, Any]: ...
     def on_health_change(

@@ -2,7 +2,7 @@
 
 Kept lean on purpose: it imports neither podman nor the daemon's modules, so
 `iyclo ps` starts fast. Commands that need the daemon import their client lazily.
-Imports go one way: this module → the command modules (``commands``, ``jobs``) →
+Imports go one way: this module → the command modules (``commands``, ``jobs``, ``operate``) →
 ``formats``, ``output``, ``transport``.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import rich_click as click
 
 from iyclo import __version__
-from iyclo.cli import commands, jobs
+from iyclo.cli import commands, jobs, operate
 from iyclo.cli.output import die, json_option, print_json, set_debug
 from iyclo.errors import InvalidError
 
@@ -206,6 +206,7 @@ for command in (
     commands.inspect, commands.history,
     commands.rm, commands.start, commands.stop, commands.restart, commands.reconcile,
     commands.events, commands.health, jobs.run, jobs.jobs, jobs.logs, commands.daemon_cmd,
+    operate.exec_, operate.stats,
 ):  # fmt: skip
     cli.add_command(command)
 cli.add_command(commands.ps, name="list")

@@ -4,7 +4,7 @@ D-Bus otherwise. Both speak the same method names and raise the same typed error
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 class Transport(Protocol):
     def call(self, method: str, **params: Any) -> Any: ...
+
+    def call_passing(self, method: str, fds: Sequence[int], **params: Any) -> Any: ...
 
     def events(self) -> Iterator[Event]: ...
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any, ClassVar
 
 from dbus_fast import BusType, Message, MessageType
@@ -139,10 +139,10 @@ class DBusClient:
 
     async def _connect(self, bus: str, bus_address: str | None) -> MessageBus:
         if bus_address is not None:
-            message_bus = MessageBus(bus_address=bus_address)
+            message_bus = MessageBus(bus_address=bus_address, negotiate_unix_fd=True)
         else:
             kind = BusType.SYSTEM if bus == "system" else BusType.SESSION
-            message_bus = MessageBus(bus_type=kind)
+            message_bus = MessageBus(bus_type=kind, negotiate_unix_fd=True)
         try:
             async with asyncio.timeout(self.timeout):
                 return await message_bus.connect()
@@ -161,6 +161,26 @@ class DBusClient:
         except ParamsError as exc:
             raise InvalidError(str(exc)) from None
         return self._run(self._invoke(BY_NAME[method], arguments))
+
+    def call_passing(self, method: str, fds: Sequence[int], **params: Any) -> Any:
+        """Call ``method``, one that takes the caller's file descriptors (``exec``,
+        ``follow_logs``): ``fds`` go with the call as its ``h`` arguments; no timeout,
+        as the call lasts as long as the command or the following does."""
+        try:
+            arguments = bind(method, params)
+        except ParamsError as exc:
+            raise InvalidError(str(exc)) from None
+        found = BY_NAME[method]
+        if len(fds) != len(found.fds):
+            raise InvalidError(f"{method}: takes {len(found.fds)} file descriptors, "
+                               f"{len(fds)} given")  # fmt: skip
+        body = [_encode(method, p, arguments[p.name]) for p in found.params if p.dbus]
+        message = Message(
+            destination=BUS_NAME, path=MANAGER_PATH, interface=MANAGER_INTERFACE,
+            member=found.member, signature=found.dbus_in,
+            body=[*body, *range(len(fds))], unix_fds=list(fds),
+        )  # fmt: skip
+        return _decoded(found, self._run(self._send(message, bounded=False)))
 
     def events(self) -> Iterator[Event]:
         """Subscribe now, then yield each event signal (``iyclo.contract.events``).
@@ -213,13 +233,13 @@ class DBusClient:
             raise IycloError("the D-Bus client is closed")
         return self._loop.run_until_complete(coroutine)
 
-    async def _send(self, message: Message) -> list[Any]:
-        """Send one call and wait for its reply under the client's timeout."""
+    async def _send(self, message: Message, *, bounded: bool = True) -> list[Any]:
+        """Send one call and wait for its reply under the client's timeout (``bounded``)."""
         member = message.member
         if not self._bus.connected:  # sending on a dead connection only fails later, unseen
             raise IycloError(f"lost the connection to {self.label}")
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.timeout if bounded else None):
                 reply = await self._bus.call(message)
         except TimeoutError:
             raise IycloError(
@@ -317,14 +337,7 @@ class DBusClient:
         if method.name == "remove" and arguments["purge_history"]:
             member = "Purge"  # the D-Bus spelling of remove(purge_history=True)
         body = [_encode(method.name, p, arguments[p.name]) for p in method.params if p.dbus]
-        reply = await self._manager(member, method.dbus_in, *body)
-        if not method.out:
-            return None
-        (value,) = reply
-        out = method.out[0]
-        if out.name.endswith("_json"):
-            return json.loads(value)
-        return list(value) if out.dbus.startswith("a") else value
+        return _decoded(method, await self._manager(member, method.dbus_in, *body))
 
     async def _apply(self, arguments: dict[str, Any]) -> dict[str, Any]:
         manifest = _manifest_text(arguments["manifest"])
@@ -364,6 +377,17 @@ class DBusClient:
             )
         )
         return str(variant.value)
+
+
+def _decoded(method: Method, reply: list[Any]) -> Any:
+    """A reply by the method's one out-argument (JSON text decoded), or None."""
+    if not method.out:
+        return None
+    (value,) = reply
+    out = method.out[0]
+    if out.name.endswith("_json"):
+        return json.loads(value)
+    return list(value) if out.dbus.startswith("a") else value
 
 
 def _encode(method: str, param: Param, value: Any) -> Any:

@@ -6,7 +6,7 @@ import contextlib
 import itertools
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +60,28 @@ class JsonRpcClient:
             raise InvalidError(str(exc)) from None
         return self._request(method, arguments)
 
-    def _request(self, method: str, params: dict[str, Any]) -> Any:
+    def call_passing(self, method: str, fds: Sequence[int], **params: Any) -> Any:
+        """Call ``method``, one that takes the caller's file descriptors (``exec``,
+        ``follow_logs``): ``fds`` are sent when the daemon asks for them (its ``fds``
+        notification), by ``SCM_RIGHTS``; no timeout, as the call lasts as long as the
+        command or the following does. The caller keeps its own copies."""
+        try:
+            arguments = bind(method, params)
+        except ParamsError as exc:
+            raise InvalidError(str(exc)) from None
+        self._sock.settimeout(None)
+        return self._request(method, arguments, fds=fds)
+
+    def _request(self, method: str, params: dict[str, Any], fds: Sequence[int] = ()) -> Any:
         rid = next(self._ids)
         request = {"jsonrpc": "2.0", "id": rid, "method": method, "params": params}
         self._file.write(json.dumps(request).encode() + b"\n")
         self._file.flush()
         while True:
             reply = self._read()
+            if reply.get("method") == "fds" and (reply.get("params") or {}).get("id") == rid:
+                socket.send_fds(self._sock, [b"\0"], list(fds))
+                continue
             if reply.get("id") == rid:
                 break
         if "error" in reply:

@@ -40,13 +40,18 @@ class Access(enum.Enum):
     and pull images."""
     READ_LOGS = "read-logs"
     """Read the journal of pods and job runs: output is as sensitive as the journal."""
+    EXEC = "exec"
+    """Run a command inside a running container: as much as the container's own user
+    may do, which is more than managing it."""
 
     @property
     def action_id(self) -> str:
         return f"io.github.iyclo1.{self.value}"
 
 
-READ, DEPLOY, MANAGE, READ_LOGS = Access.READ, Access.DEPLOY, Access.MANAGE, Access.READ_LOGS
+READ, DEPLOY, MANAGE, READ_LOGS, EXEC = (
+    Access.READ, Access.DEPLOY, Access.MANAGE, Access.READ_LOGS, Access.EXEC,
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,10 +97,17 @@ class Method:
     access: Access
     """Who may call it: the daemon checks this on both fronts (``iyclo.core.access``)."""
     doc: str
+    fds: tuple[str, ...] = ()
+    """The caller's own file descriptors the method takes (exec's stdio, a pipe for
+    logs that follow), by name. D-Bus: ``h`` in-arguments after the parameters. JSON
+    socket: not parameters; once the daemon has checked the call it sends the
+    notification ``{"method": "fds", "params": {"id": <the request's id>, "count": N}}``
+    and the client answers with one byte carrying the N descriptors (``SCM_RIGHTS``),
+    in this order, sending nothing else until the reply."""
 
     @property
     def dbus_in(self) -> str:
-        return "".join(p.dbus for p in self.params)
+        return "".join(p.dbus for p in self.params) + "h" * len(self.fds)
 
     @property
     def dbus_out(self) -> str:
@@ -171,6 +183,26 @@ METHODS: tuple[Method, ...] = (
             Param("image", (str,), "s", "", "one image reference, pulled always")),
            "Pull", _json("pull"), MANAGE,
            "Pull images ahead of an apply; progress as PullProgress events."),
+    Method("exec",
+           (_name(), Param("container", (str,), "s", "", "a container of the pod; \"\": "
+                           "its first"),
+            Param("command", (list,), "as", doc="the command and its arguments"),
+            Param("tty", (bool,), "b", False, "give the command a terminal (podman -t)"),
+            Param("interactive", (bool,), "b", False, "keep its stdin open (podman -i)")),
+           "Exec", (Out("exit_code", "i"),), EXEC,
+           "Run a command in a running container of a pod with the caller's stdin, stdout "
+           "and stderr; its exit code. Ended (and killed) when the caller goes away.",
+           fds=("stdin", "stdout", "stderr")),
+    Method("follow_logs",
+           (_name(), Param("lines", (int,), "u", 10, "the last N lines first, then new ones")),
+           "FollowLogs", (), READ_LOGS,
+           "A pod's or job's journal as it grows, one JSON object a line ({at, "
+           "identifier, message}) into the caller's pipe, until the caller goes away.",
+           fds=("out",)),
+    Method("stats", (Param("names", (list,), "as", [], "pods (none: every pod)"),),
+           "Stats", _json("stats"), READ,
+           "CPU, memory and tasks per pod (systemd's accounting of its slice) and per "
+           "container (Podman's); null where the host cannot say."),
     Method("version", (), "", (Out("version", "s"),), READ, "The daemon's version."),
     Method("health", (), "Health", _json("health"), READ,
            "Whether Podman and systemd are there: ok, or degraded with the reasons."),

@@ -20,8 +20,12 @@ KNOCK_ON = ("a dependency of container", "container state improper")
 CONTAINER_PREFIX_RE = re.compile(r"^starting container [0-9a-f]{12,64}: ")
 
 
+def journalctl_binary() -> str | None:
+    return shutil.which("journalctl")
+
+
 async def _journalctl(*args: str) -> str:
-    tool = shutil.which("journalctl")
+    tool = journalctl_binary()
     if tool is None:
         return ""
     proc = await asyncio.create_subprocess_exec(

@@ -41,6 +41,7 @@ from iyclo.manifest.values import (
     parse_size,
     parse_ulimit,
 )
+from iyclo.podman.execute import podman_binary
 
 USEC = 1_000_000
 CPU_PERIOD_USEC = 100_000
@@ -91,10 +92,6 @@ class PodPlan:
     unit_properties: tuple[tuple[str, Any], ...]
     slice_properties: tuple[tuple[str, Any], ...]
     secrets: tuple[SecretPlan, ...] = ()
-
-
-def podman_binary() -> str:
-    return shutil.which("podman") or "/usr/bin/podman"
 
 
 HOSTCHECK_MODULE = "iyclo.manifest.hostcheck"

@@ -55,7 +55,6 @@ from iyclo.core.plan import (
     labels_for,
     owned_volumes,
     pod_stop_timeout,
-    podman_binary,
     podman_environment,
     sandbox_properties,
     secret_plans,
@@ -64,6 +63,7 @@ from iyclo.core.plan import (
 from iyclo.manifest.model import Job
 from iyclo.manifest.policy import DEFAULT_POLICY, Policy
 from iyclo.manifest.values import parse_duration
+from iyclo.podman.execute import podman_binary
 from iyclo.systemd.properties import USEC_INFINITY
 
 TIMER_STAMP_DIR = "/var/lib/systemd/timers"

@@ -39,11 +39,12 @@ from iyclo.core import naming
 from iyclo.core.background import Background
 from iyclo.core.events import EventBus
 from iyclo.core.locks import Locks
-from iyclo.core.plan import PodPlan, podman_binary
+from iyclo.core.plan import PodPlan
 from iyclo.core.steps import Steps
 from iyclo.errors import IycloError, NotReadyError
 from iyclo.manifest.model import Container, Pod, StartupCheck
 from iyclo.manifest.values import duration_seconds
+from iyclo.podman.execute import start_exec
 
 log = structlog.get_logger("iyclo.probes")
 
@@ -110,10 +111,9 @@ async def run_startup_check(
 async def _exec(
     url: str, container: str, command: tuple[str, ...], limit: float
 ) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        podman_binary(), "--remote", "--url", url, "exec", container, *command,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+    proc = await start_exec(
+        url, container, command, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     try:
         async with asyncio.timeout(limit):

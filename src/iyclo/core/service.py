@@ -21,9 +21,10 @@ from typing import Any
 import structlog
 
 from iyclo import __version__
-from iyclo.core import timeouts
+from iyclo.core import follow, podexec, stats, timeouts
 from iyclo.core.events import EventBus
 from iyclo.core.handler import Handler
+from iyclo.core.handover import Handover
 from iyclo.core.health import OK, Dependencies
 from iyclo.core.jobs import JobHandler
 from iyclo.core.kind import Kind
@@ -332,6 +333,45 @@ class Service:
         if record is None:  # a removed job whose run history was kept
             return await self.jobs.run_logs(name, run, lines)
         return await self._handler(record).logs(record, run, lines)
+
+    # -- operating what runs --------------------------------------------------------------
+
+    async def exec(self, name: str, container: str, command: list[str], tty: bool,
+                   interactive: bool, *, handover: Handover) -> int:  # fmt: skip
+        """Run ``command`` in a running container of pod ``name`` on the caller's stdio
+        (``core.podexec``); its exit code. No lock: it changes nothing iyclo records."""
+        record = await self._record(name)
+        return await podexec.exec_in_pod(
+            self.steps.podman, record, container, command, tty=tty, interactive=interactive,
+            handover=handover,
+        )  # fmt: skip
+
+    async def follow_logs(self, name: str, lines: int = 10, *, handover: Handover) -> None:
+        """A pod's or job's journal as it grows, into the caller's pipe (``core.follow``),
+        until the caller goes away."""
+        record = await self._record(name)
+        await follow.follow([Kind.of(record.kind).service(name)], lines, handover)
+
+    async def stats(self, names: list[str]) -> dict[str, Any]:
+        """CPU, memory and tasks of pods ``names`` (none: every pod) and their containers
+        (``core.stats``)."""
+        if not all(isinstance(n, str) for n in names):
+            raise InvalidError("stats: names must be strings")
+        sampled = stats.sampled_now()
+        if names:
+            records = [await self._record(n) for n in dict.fromkeys(names)]
+        else:
+            records = await self._store(self.store.list)
+        pods = []
+        for record in records:
+            if Kind.of(record.kind) is not Kind.POD:
+                if names:
+                    raise InvalidError(f"stats: {record.kind.lower()} '{record.name}' is not "
+                                       "a pod; stats are per pod")  # fmt: skip
+                continue
+            status = await self.pods.status(record)
+            pods.append(await stats.pod_stats(self.steps, record, status))
+        return {"sampledNs": sampled, "pods": pods}
 
     async def manifest(self, name: str, generation: int = 0) -> dict[str, Any]:
         if generation == 0:

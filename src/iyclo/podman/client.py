@@ -420,6 +420,24 @@ class PodmanClient:
         await self._call(f'kill container "{name}"',
                          lambda: self._client.containers.get(name).kill(signal))  # fmt: skip
 
+    async def container_stats(self, names: list[str]) -> list[dict[str, Any]]:
+        """Podman's one-shot stats of running containers (``CPUNano``, ``MemUsage``,
+        ``MemLimit``, ``PIDs``, …), one object each, as ``podman stats --no-stream``."""
+        if not names:
+            return []
+
+        def stats() -> list[dict[str, Any]]:
+            response = self._client.api.get(
+                "/containers/stats", params={"containers": names, "stream": False}
+            )
+            response.raise_for_status()
+            body = response.json() or {}
+            if body.get("Error"):
+                raise podman.errors.APIError(str(body["Error"]))
+            return list(body.get("Stats") or [])
+
+        return await self._call("container stats", stats)
+
     async def inspect_container(self, name: str) -> dict[str, Any]:
         def inspect() -> dict[str, Any]:
             container = self._client.containers.get(name)

@@ -19,6 +19,7 @@ IFACE_MANAGER: Final = "org.freedesktop.systemd1.Manager"
 IFACE_UNIT: Final = "org.freedesktop.systemd1.Unit"
 IFACE_SERVICE: Final = "org.freedesktop.systemd1.Service"
 IFACE_TIMER: Final = "org.freedesktop.systemd1.Timer"
+IFACE_SLICE: Final = "org.freedesktop.systemd1.Slice"
 IFACE_PROPERTIES: Final = "org.freedesktop.DBus.Properties"
 # Every per-unit-type interface (Service, Timer, Scope, ...) shares this prefix.
 IFACE_PREFIX: Final = "org.freedesktop.systemd1."

@@ -1,0 +1,115 @@
+"""``iyclo logs -f``: a pod's or job's journal as it grows, into the caller's pipe.
+
+The daemon runs ``journalctl --follow -o json -u UNIT`` and writes each entry, as
+``iyclo logs`` shows them (``journal.journal_lines``: Podman's event records left out),
+one JSON object a line into the pipe the caller passed. ``-u`` selects by what journald
+and systemd set, never by what a client may send (``_SYSTEMD_UNIT=``, and ``UNIT=``
+only from PID 1; systemd.journal-fields(7)), so a line any user logs with the unit's
+name in ``UNIT=`` does not show.
+
+It ends when the caller goes away, whichever way is seen first: the pipe's read end
+closed (the kernel reports the write end as broken), the caller's connection gone, or
+the caller not reading while more than ``MAX_BUFFERED`` bytes wait. ``journalctl`` is
+killed and reaped then, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import Sequence
+
+import structlog
+
+from iyclo.core.handover import Handover, close_all
+from iyclo.core.journal import journal_lines, journalctl_binary
+from iyclo.errors import InvalidError, IycloError
+
+log = structlog.get_logger("iyclo.follow")
+
+FIELDS = "MESSAGE,_PID,SYSLOG_IDENTIFIER,_SYSTEMD_UNIT,UNIT,PODMAN_EVENT"
+MAX_BUFFERED = 1024 * 1024
+MAX_ENTRY = 1024 * 1024
+"""journalctl's longest line taken; a longer one is skipped."""
+
+
+class _PipeEnd(asyncio.BaseProtocol):
+    """The write end of the caller's pipe: done once its reader is gone."""
+
+    def __init__(self) -> None:
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+def follow_argv(tool: str, units: Sequence[str], lines: int) -> list[str]:
+    argv = [tool, "--no-pager", "--follow", "-o", "json", f"--output-fields={FIELDS}",
+            "-n", str(max(lines, 0))]  # fmt: skip
+    for unit in units:
+        argv += ["-u", unit]
+    return argv
+
+
+async def follow(units: Sequence[str], lines: int, handover: Handover) -> None:
+    """Follow the journal of ``units`` into the caller's pipe until the caller goes."""
+    tool = journalctl_binary()
+    if tool is None:
+        raise IycloError("follow_logs: journalctl is not installed on this host")
+    (fd,) = await handover.receive(1)
+    loop = asyncio.get_running_loop()
+    try:
+        pipe = os.fdopen(fd, "wb", buffering=0)  # an open descriptor: nothing blocks
+    except OSError as exc:
+        close_all([fd])
+        why = exc.strerror or exc
+        raise InvalidError(f"follow_logs: cannot use the descriptor given: {why}") from None
+    try:
+        transport, end = await loop.connect_write_pipe(_PipeEnd, pipe)
+    except ValueError:
+        pipe.close()
+        raise InvalidError("follow_logs: the descriptor given is not a pipe or socket") from None
+    proc = await asyncio.create_subprocess_exec(
+        *follow_argv(tool, units, lines), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, limit=MAX_ENTRY,
+    )  # fmt: skip
+    log.info("following the journal", units=list(units), pid=proc.pid)
+    assert proc.stdout is not None
+    waits = [
+        asyncio.ensure_future(_pump(proc.stdout, transport)),
+        end.closed,
+        asyncio.ensure_future(handover.gone()),
+    ]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        transport.close()
+        log.info("stopped following the journal", units=list(units), pid=proc.pid)
+
+
+async def _pump(source: asyncio.StreamReader, sink: asyncio.WriteTransport) -> None:
+    """journalctl's entries to the caller, until journalctl ends or the caller lags."""
+    while True:
+        try:
+            raw = await source.readline()
+        except ValueError:  # a line over MAX_ENTRY: the rest of it is dropped
+            continue
+        if not raw:
+            return
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            continue
+        for line in journal_lines([entry]):
+            sink.write(json.dumps(line).encode() + b"\n")
+        if sink.get_write_buffer_size() > MAX_BUFFERED:
+            log.warning("a follower does not read its logs; dropping it")
+            return
