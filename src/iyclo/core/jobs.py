@@ -55,7 +55,7 @@ from iyclo.errors import (
     public_message,
 )
 from iyclo.manifest.convert import dump_manifest, manifest_digest, parse_manifest
-from iyclo.manifest.model import Job, Pod
+from iyclo.manifest.model import Job, Manifest
 from iyclo.manifest.policy import UNRESTRICTED
 from iyclo.store import Deployment, Store
 from iyclo.systemd.const import IFACE_TIMER
@@ -194,7 +194,7 @@ class JobHandler:
 
     async def apply(
         self,
-        manifest: Pod | Job,
+        manifest: Manifest,
         previous: Deployment | None,
         images: dict[str, Any],
         *,

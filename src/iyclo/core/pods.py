@@ -43,7 +43,7 @@ from iyclo.errors import (
     public_message,
 )
 from iyclo.manifest.convert import dump_manifest, manifest_digest, parse_manifest
-from iyclo.manifest.model import Container, Dependency, Job, Pod
+from iyclo.manifest.model import Container, Dependency, Manifest, Pod
 from iyclo.manifest.policy import UNRESTRICTED
 from iyclo.manifest.values import duration_seconds
 from iyclo.store import Deployment, Store
@@ -229,7 +229,7 @@ class PodHandler:
 
     async def apply(
         self,
-        manifest: Pod | Job,
+        manifest: Manifest,
         previous: Deployment | None,
         images: dict[str, Any],
         *,

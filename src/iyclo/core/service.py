@@ -28,6 +28,7 @@ from iyclo.core.health import OK, Dependencies
 from iyclo.core.jobs import JobHandler
 from iyclo.core.kind import Kind
 from iyclo.core.locks import Locks
+from iyclo.core.networks import NetworkHandler, attachment_problems
 from iyclo.core.ordering import needs_of, refuse_graph, refuse_if_needed, start_order
 from iyclo.core.pods import PodHandler
 from iyclo.core.pulls import pull_image, pull_images
@@ -46,7 +47,7 @@ from iyclo.errors import (
     SystemdUnreachableError,
 )
 from iyclo.manifest.convert import dump_manifest, load_manifest_async, structure
-from iyclo.manifest.model import Job, Pod, UserNamespace, every_container
+from iyclo.manifest.model import Job, Manifest, Network, Pod, UserNamespace, every_container
 from iyclo.manifest.policy import (
     DEFAULT_POLICY,
     Policy,
@@ -90,7 +91,12 @@ class Service:
         self.steps = Steps(systemd, podman, policy, SecretReader(policy, store.state_dir))
         self.pods = PodHandler(store, self.steps, self.events, self.locks, LiveState(self.steps))
         self.jobs = JobHandler(store, self.steps, self.events)
-        self._handlers: dict[Kind, Handler] = {Kind.POD: self.pods, Kind.JOB: self.jobs}
+        self.networks = NetworkHandler(store, self.steps)
+        self._handlers: dict[Kind, Handler] = {
+            Kind.POD: self.pods,
+            Kind.JOB: self.jobs,
+            Kind.NETWORK: self.networks,
+        }
         self._tidy: asyncio.Task[None] | None = None
         self.dependencies = Dependencies(
             podman, systemd, recovered=self.reconcile, state_dir=store.state_dir
@@ -177,10 +183,17 @@ class Service:
         """Every problem of a manifest; ``trusted`` (the caller may deploy): its host paths
         and secret sources looked at on this host too."""
         try:
-            await load_manifest_async(manifest, self.policy, on_host=trusted)
+            parsed = await load_manifest_async(manifest, self.policy, on_host=trusted)
         except InvalidError as exc:
             return exc.details
-        return []
+        return await self._attachment_problems(parsed)
+
+    async def _attachment_problems(self, manifest: Manifest) -> list[str]:
+        """The networks a pod joins, against the networks applied (``core.networks``)."""
+        if not isinstance(manifest, Pod) or not manifest.networks:
+            return []
+        records: list[Deployment] = await self._store(self.store.list)
+        return attachment_problems(manifest, {r.name: r for r in records})
 
     async def apply(
         self, manifest_in: str | dict[str, Any], wait_timeout: float | None = None
@@ -199,7 +212,7 @@ class Service:
                     "exists",
                     hint=f"remove it first with `iyclo rm {manifest.name}`",
                 )
-            if manifest.depends_on:
+            if not isinstance(manifest, Network) and manifest.depends_on:
                 refuse_graph(manifest, await self._graph())
             # Before anything is recorded or stopped: a pull that fails changes nothing.
             images = await pull_images(
@@ -208,11 +221,18 @@ class Service:
                 manifest.name,
                 [c for _, c in every_container(manifest)],
             )
-            if manifest.userns is None and not volume_claims(manifest, self.policy):
+            if isinstance(manifest, Network) or (
+                manifest.userns is None
+                and not volume_claims(manifest, self.policy)
+                and not (isinstance(manifest, Pod) and manifest.networks)
+            ):
                 return await self._handlers[kind].apply(
                     manifest, previous, images, wait_timeout=wait_timeout
                 )
             async with self.claims:
+                found = await self._attachment_problems(manifest)
+                if found:
+                    raise InvalidError(found[0], found)
                 await self._refuse_claimed(manifest, previous)
                 return await self._handlers[kind].apply(
                     manifest, previous, images, wait_timeout=wait_timeout
@@ -288,6 +308,10 @@ class Service:
             record = await self._record(name)
             if Kind.of(record.kind) is Kind.POD:
                 refuse_if_needed(name, await self._graph())
+            if Kind.of(record.kind) is Kind.NETWORK:
+                async with self.claims:  # no pod takes it up while it goes
+                    await self.networks.remove(record, purge_history=purge_history)
+                return
             await self._handler(record).remove(record, purge_history=purge_history)
 
     async def start(self, name: str) -> str:
@@ -409,7 +433,9 @@ class Service:
             # What a pod depends on first: its start waits for it (``core.ordering``).
             by_name = {r.name: r for r in records}
             order = start_order(by_name, {r.name: needs_of(r.manifest) for r in records})
-            records = [by_name[name] for name in order]
+            # Networks before everything: a pod's Podman pod cannot be made without them.
+            records = sorted((by_name[name] for name in order),
+                             key=lambda r: Kind.of(r.kind) is not Kind.NETWORK)  # fmt: skip
             for done, record in enumerate(records, 1):
                 try:
                     async with self.locks.name(record.name):
@@ -424,11 +450,16 @@ class Service:
                 outcomes[outcome].append(record.name)
             removed: list[str] = []
             for kind, handler in self._handlers.items():
-                known = {r.name for r in records if Kind.of(r.kind) is kind}
-                removed.extend(await handler.remove_orphans(known))
+                if kind is not Kind.NETWORK:
+                    known = {r.name for r in records if Kind.of(r.kind) is kind}
+                    removed.extend(await handler.remove_orphans(known))
             removed.extend(
                 await self.steps.remove_orphans({r.name for r in records}, self.locks.busy)
             )
+            # Last: Podman refuses to remove a network an orphan pod is still on.
+            removed.extend(await self.networks.remove_orphans(
+                {r.name for r in records if Kind.of(r.kind) is Kind.NETWORK}
+            ))  # fmt: skip
             with contextlib.suppress(IycloError):
                 await self.pods.resync()
             report = ReconcileReport(

@@ -15,7 +15,16 @@ from collections.abc import Iterable, Iterator, Mapping
 from attrs import frozen
 
 from iyclo.errors import InvalidError
-from iyclo.manifest.model import Container, Job, Pod, Secret, UserNamespace, every_container
+from iyclo.manifest.model import (
+    Container,
+    Job,
+    Manifest,
+    Network,
+    Pod,
+    Secret,
+    UserNamespace,
+    every_container,
+)
 from iyclo.manifest.values import (
     RESERVED_LABEL_KEYS,
     RESERVED_LABEL_PREFIXES,
@@ -292,7 +301,7 @@ class HostPath:
     profile: bool
 
 
-def host_paths(manifest: Pod | Job) -> list[HostPath]:
+def host_paths(manifest: Manifest) -> list[HostPath]:
     """Every host path of a manifest with its field, in manifest order: what
     ``host_problems`` checks here and the units' ExecStartPre= checks again."""
     found: list[HostPath] = []
@@ -306,7 +315,7 @@ def host_paths(manifest: Pod | Job) -> list[HostPath]:
     return found
 
 
-def host_problems(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[str]:
+def host_problems(manifest: Manifest, policy: Policy = DEFAULT_POLICY) -> list[str]:
     """Every host path of a manifest checked on this host (``check_host_path``),
     path-qualified: the daemon's half of validation, and the core's check before a start."""
     found: list[str] = []
@@ -372,7 +381,7 @@ def _secret_where(where: str, secret: Secret) -> str:
     return f"{where}.{'file' if secret.file is not None else 'credential'}"
 
 
-def secret_problems(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[str]:
+def secret_problems(manifest: Manifest, policy: Policy = DEFAULT_POLICY) -> list[str]:
     """Every secret source of a manifest checked on this host, path-qualified: under the
     allowed roots, no symbolic link, a regular file of a size Podman takes.
 
@@ -459,7 +468,7 @@ class VolumeClaim:
     shared: bool
 
 
-def volume_claims(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[VolumeClaim]:
+def volume_claims(manifest: Manifest, policy: Policy = DEFAULT_POLICY) -> list[VolumeClaim]:
     """Each named volume of a manifest, checked against ``policy.sharedVolumes``.
 
     Validation can only say which names are shared; who owns the others is Podman's
@@ -602,8 +611,10 @@ def _init_container_problems(prefix: str, container: Container) -> list[str]:
     ]
 
 
-def problems(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[str]:
+def problems(manifest: Manifest, policy: Policy = DEFAULT_POLICY) -> list[str]:
     """Every cross-field problem of a structurally valid manifest, path-qualified."""
+    if isinstance(manifest, Network):
+        return []  # its name and flags are all checked by their types
     found: list[str] = []
     if not manifest.containers:
         found.append("containers: a pod needs at least one container")
@@ -669,7 +680,25 @@ def problems(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[str]:
     if isinstance(manifest, Pod) and manifest.restart.limit < 0:
         found.append(f"restart.limit: {manifest.restart.limit} must not be negative")
     found.extend(_dependency_problems(manifest))
+    if isinstance(manifest, Pod):
+        found.extend(_attachment_problems(manifest))
     return found
+
+
+def _attachment_problems(manifest: Pod) -> Iterator[str]:
+    """What one pod can say wrong about its ``networks``; whether each is applied, and
+    internal, is the apply's to find (``core.networks``)."""
+    if manifest.networks and manifest.network != "bridge":
+        yield f'networks: a pod on network "{manifest.network}" cannot join networks'
+    seen: set[str] = set()
+    for i, attachment in enumerate(manifest.networks):
+        if attachment.name in seen:
+            yield f"networks[{i}].name: {show(attachment.name)} is listed more than once"
+        seen.add(attachment.name)
+        aliases = Counter(attachment.aliases)
+        for ai, alias in enumerate(attachment.aliases):
+            if aliases[alias] > 1:
+                yield f"networks[{i}].aliases[{ai}]: {show(alias)} is listed more than once"
 
 
 def _dependency_problems(manifest: Pod | Job) -> Iterator[str]:
