@@ -235,7 +235,10 @@ async def test_hostile_json_socket_frames(
 
 # -- D-Bus --------------------------------------------------------------------------------
 
-MEMBERS = [(m.member, m.dbus_in) for m in METHODS if m.member] + [("Purge", "s")]
+MEMBERS = [(m.member, m.dbus_in) for m in METHODS if m.member] + [
+    ("Purge", "s"),
+    ("RemoveWith", "sbb"),
+]
 
 
 def _dbus_text(text: str) -> str:
@@ -259,7 +262,8 @@ def dbus_calls(draw: st.DrawFn) -> tuple[str, str, list[Any]]:
         signature = draw(st.sampled_from(["", "s", "u", "ss", "su", "as", "i", "uu"]))
     if signature == "as":
         return member, signature, [draw(st.lists(dbus_strings, max_size=3))]
-    arguments = {"s": dbus_strings, "u": dbus_uints, "i": st.integers(-(2**31), 2**31 - 1)}
+    arguments = {"s": dbus_strings, "u": dbus_uints, "i": st.integers(-(2**31), 2**31 - 1),
+                 "b": st.booleans()}  # fmt: skip
     return member, signature, [draw(arguments[code]) for code in signature]
 
 

@@ -229,6 +229,11 @@ class FakePodman:
             raise PodmanError(f'create volume "{name}": volume with name {name} already exists')
         self.volumes[name] = dict(labels)
 
+    async def list_volumes(self, label: str) -> list[dict[str, Any]]:
+        await self._enter("list_volumes", label)
+        return [{"Name": name, "Labels": dict(labels), "Mountpoint": f"/fake/volumes/{name}/_data"}
+                for name, labels in self.volumes.items() if _matches(labels, label)]  # fmt: skip
+
     async def remove_volume(self, name: str) -> None:
         await self._enter("remove_volume", name)
         self.volumes.pop(name, None)

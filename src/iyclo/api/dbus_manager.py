@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, ClassVar
 
 from dbus_fast import PropertyAccess
-from dbus_fast.annotations import DBusDouble, DBusSignature, DBusStr, DBusUInt32
+from dbus_fast.annotations import DBusBool, DBusDouble, DBusSignature, DBusStr, DBusUInt32
 from dbus_fast.service import dbus_method, dbus_property, dbus_signal
 
 from iyclo.api.dbus_base import (
@@ -190,6 +190,19 @@ class ManagerInterface(Interface):
     async def purge(self, name: DBusStr) -> NoReply:
         await self._service.remove(name, purge_history=True)
         await self._refresh(name)
+
+    @dbus_method(name="RemoveWith")
+    @translated
+    async def remove_with(
+        self, name: DBusStr, purge_history: DBusBool, volumes: DBusBool
+    ) -> NoReply:
+        await self._service.remove(name, purge_history=purge_history, volumes=volumes)
+        await self._refresh(name)
+
+    @dbus_method(name="Volumes")
+    @translated
+    async def volumes(self) -> DBusStr:
+        return as_json(await self._service.volumes())
 
     @dbus_method(name="Reconcile")
     @translated

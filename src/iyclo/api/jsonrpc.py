@@ -81,8 +81,11 @@ def handlers(service: ServiceApi) -> dict[str, Handler]:
     async def diff(manifest: str | dict[str, Any]) -> str:
         return await service.diff(manifest)
 
-    async def remove(name: str, purge_history: bool) -> None:
-        await service.remove(name, purge_history)
+    async def remove(name: str, purge_history: bool, volumes: bool) -> None:
+        await service.remove(name, purge_history, volumes)
+
+    async def volumes() -> list[dict[str, Any]]:
+        return await service.volumes()
 
     async def start(name: str) -> str:
         return await service.start(name)
@@ -132,7 +135,7 @@ def handlers(service: ServiceApi) -> dict[str, Handler]:
         "get": get,
         "get_manifest": get_manifest, "history": history, "runs": runs, "logs": logs,
         "reconcile": reconcile, "run_job": run_job, "pull": pull, "version": version,
-        "health": health,
+        "health": health, "volumes": volumes,
     }  # fmt: skip
 
 

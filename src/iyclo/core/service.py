@@ -37,6 +37,7 @@ from iyclo.core.results import ApplyResult, ReconcileReport
 from iyclo.core.secrets import SecretReader
 from iyclo.core.state import LiveState
 from iyclo.core.steps import Steps
+from iyclo.core.volumes import listing, mounted, remove_owned
 from iyclo.errors import (
     ConflictError,
     InvalidError,
@@ -269,9 +270,9 @@ class Service:
             line = userns_conflict(manifest.userns, others)
             if line is not None:
                 found.append(line)
-        mounted = _named_volumes(previous.manifest) if previous is not None else set()
+        already = mounted(previous.manifest) if previous is not None else set()
         for claim in volume_claims(manifest, self.policy):
-            if claim.name in mounted:
+            if claim.name in already:
                 continue
             labels = await self.steps.podman.volume_labels(claim.name)
             problem = volume_problem(claim, manifest.name, labels)
@@ -302,8 +303,9 @@ class Service:
             "images": [{"container": name, **ref} for name, ref in images.items()],
         }
 
-    async def remove(self, name: str, purge_history: bool = False) -> None:
-        """Remove a pod or job; a job's run history stays unless `purge_history`."""
+    async def remove(self, name: str, purge_history: bool = False, volumes: bool = False) -> None:
+        """Remove a pod, job or network; a job's run history stays unless
+        ``purge_history``, the named volumes it owns unless ``volumes``."""
         async with self._operation(name, "remove"):
             record = await self._record(name)
             if Kind.of(record.kind) is Kind.POD:
@@ -312,7 +314,19 @@ class Service:
                 async with self.claims:  # no pod takes it up while it goes
                     await self.networks.remove(record, purge_history=purge_history)
                 return
-            await self._handler(record).remove(record, purge_history=purge_history)
+            if not volumes:
+                await self._handler(record).remove(record, purge_history=purge_history)
+                return
+            async with self.claims:  # no apply takes one up while they go
+                await self._handler(record).remove(record, purge_history=purge_history)
+                records: list[Deployment] = await self._store(self.store.list)
+                gone = await remove_owned(self.steps.podman, name, records)
+            log.info("volumes removed", name=name, volumes=gone)
+
+    async def volumes(self) -> list[dict[str, Any]]:
+        """The named volumes iyclo made: name, owner, in use (by whom), mountpoint."""
+        records: list[Deployment] = await self._store(self.store.list)
+        return await listing(self.steps.podman, records)
 
     async def start(self, name: str) -> str:
         async with self._operation(name, "start"):
@@ -479,16 +493,6 @@ def _userns_of(record: Deployment) -> UserNamespace | None:
         return structure(raw, UserNamespace)
     except InvalidError:  # stored before it was validated as it is now: claims nothing
         return None
-
-
-def _named_volumes(stored: dict[str, Any]) -> set[str]:
-    """The named volumes a stored manifest mounts, read from its JSON as stored."""
-    return {
-        str(volume.get("source"))
-        for container in stored.get("containers") or []
-        for volume in container.get("volumes") or []
-        if not str(volume.get("source", "/")).startswith("/")
-    }
 
 
 def default_state_dir() -> Path:

@@ -321,6 +321,14 @@ class PodmanClient:
             f'create volume "{name}"', self._client.volumes.create, name, labels=dict(labels)
         )
 
+    async def list_volumes(self, label: str) -> list[dict[str, Any]]:
+        """Volumes carrying ``label`` (``key`` or ``key=value``): Name, Labels, Mountpoint."""
+
+        def list_() -> list[dict[str, Any]]:
+            return [v.attrs for v in self._client.volumes.list(filters={"label": label})]
+
+        return await self._call("list volumes", list_)
+
     async def remove_volume(self, name: str) -> None:
         """Remove a named volume; one already gone is not an error."""
 
