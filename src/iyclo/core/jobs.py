@@ -235,7 +235,8 @@ class JobHandler:
                     state = await self._state_now(previous)
                     self._changed(name, state, previous.generation, public_message(exc))
             raise
-        await self._store(self.store.set_status, name, desired=KIND.running)
+        await self._store(self.store.set_status, name, desired=KIND.running,
+                          envFiles=dict(values.env_digests))  # fmt: skip
         self._changed(name, "scheduled", record.generation)
         log.info("applied", job=name, generation=record.generation)
         return ApplyResult(name, KIND.api_name, record.generation, True, "scheduled")

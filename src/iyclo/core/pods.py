@@ -256,7 +256,8 @@ class PodHandler:
             await self._replace(manifest, record, previous, values, wait_timeout)
         except NotReadyError as exc:
             if exc.kept:  # rollback off: the new generation stands, not ready
-                await self._store(self.store.set_status, name, desired=KIND.running)
+                await self._store(self.store.set_status, name, desired=KIND.running,
+                                  envFiles=dict(values.env_digests))  # fmt: skip
                 await self._refresh(name)
                 self._publish(name, await self._state_word(record), generation=record.generation,
                               error=exc.message)  # fmt: skip
@@ -284,7 +285,8 @@ class PodHandler:
                     self._publish(name, state, generation=previous.generation,
                                   error=public_message(exc))  # fmt: skip
             raise
-        await self._store(self.store.set_status, name, desired=KIND.running)
+        await self._store(self.store.set_status, name, desired=KIND.running,
+                          envFiles=dict(values.env_digests))  # fmt: skip
         await self._refresh(name)
         self._publish(name, "running", generation=record.generation)
         log.info("applied", pod=name, generation=record.generation)

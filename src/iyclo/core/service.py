@@ -52,6 +52,7 @@ from iyclo.manifest.model import Job, Manifest, Network, Pod, UserNamespace, eve
 from iyclo.manifest.policy import (
     DEFAULT_POLICY,
     Policy,
+    env_file_sources,
     userns_conflict,
     volume_claims,
     volume_problem,
@@ -419,7 +420,23 @@ class Service:
             fromfile=label,
             tofile=f"{manifest.name} (proposed)",
         )
-        return "".join(lines)
+        changed = await self._env_files_changed(manifest, record) if trusted else []
+        return "".join(lines) + "".join(f"{line}\n" for line in changed)
+
+    async def _env_files_changed(self, manifest: Manifest, record: Deployment | None) -> list[str]:
+        """``containers[0].envFiles[0]: PATH (changed)`` for each env file whose contents
+        differ from what the current generation was applied with (its keyed digest, in
+        the record's status): the manifest names only the path, so its diff cannot show it."""
+        if record is None or isinstance(manifest, Network):
+            return []
+        stored: dict[str, str] = record.status.get("envFiles") or {}
+        values = await self.steps.read_secrets(manifest)
+        paths = {where: path for where, _, path in env_file_sources(manifest)}
+        return [
+            f"{where}: {paths[where]} (changed)"
+            for where, digest in values.env_digests.items()
+            if where in stored and stored[where] != digest
+        ]
 
     def version(self) -> str:
         return __version__

@@ -33,6 +33,7 @@ from iyclo.manifest.policy import (
     DEFAULT_POLICY,
     REFUSED_SYSTEMD_DIRECTIVES,
     Policy,
+    env_file_problems,
     host_problems,
     problems,
     secret_problems,
@@ -335,7 +336,13 @@ def load_manifest(
         parsed = parse_manifest_text(manifest, policy=policy)
     else:
         parsed = parse_manifest(manifest, policy)
-    found = host_problems(parsed, policy) + secret_problems(parsed, policy) if on_host else []
+    found = (
+        host_problems(parsed, policy)
+        + secret_problems(parsed, policy)
+        + env_file_problems(parsed, policy)
+        if on_host
+        else []
+    )
     if found:
         raise _invalid(found)
     return parsed

@@ -194,6 +194,13 @@ class Container:
     command: tuple[str, ...] | None = doc("Entrypoint override.", None)
     args: tuple[str, ...] | None = doc("Arguments (the image's CMD if unset).", None)
     env: dict[EnvName, str] = doc("Environment variables.", factory=dict)
+    env_files: tuple[AbsPath, ...] = doc(
+        "Files of NAME=VALUE lines (# comments and blank lines skipped, values taken as "
+        'written), under the daemon\'s envFileAllow directories (no "..", no symbolic '
+        "link): read at apply, their variables set before env's (env wins). An edited "
+        "file is a new generation at the next apply; the values are never stored.",
+        factory=tuple,
+    )
     secrets: tuple[Secret, ...] = doc(
         "Secrets, each from a host file or a systemd credential, as a file or a variable.",
         factory=tuple,
