@@ -17,6 +17,7 @@ import pytest
 
 from iyclo.errors import ConflictError, InvalidError
 from iyclo_testhost import Host, ensure_example_image
+from tests.campaign import problems
 from tests.daemon_fixtures import Daemon, wait_for
 
 pytestmark = [pytest.mark.host, pytest.mark.timeout(900)]
@@ -181,6 +182,7 @@ def test_the_example_app_end_to_end(fresh_testhost_factory: Any) -> None:
         "shop-backend": "created", "shop-front": "created",
         **dict.fromkeys(PODS, "running"),
     }  # fmt: skip
+    assert problems(rebooted, again.call("list")) == []  # no orphan, networks included
     print(f"shop: after a reboot the note is kept-42, answered {back:.1f}s after iyclod started")
 
     # rm --volumes (D-Bus RemoveWith, through the CLI) does remove the data
