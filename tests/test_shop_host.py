@@ -48,9 +48,24 @@ def fetch(host: Host, query: str = "", timeout: float = 30) -> str:
         if result.returncode == 0 and "note:" in result.stdout:
             return result.stdout
         if time.monotonic() > deadline:
-            raise AssertionError(f"{url}: no answer in {timeout:.0f}s: {result.stderr.strip()}")
+            raise AssertionError(f"{url}: no answer in {timeout:.0f}s: {result.stderr.strip()}\n"
+                                 f"{diagnosis(host)}")  # fmt: skip
         time.sleep(0.3)
     raise AssertionError(f"{url}: no answer")
+
+
+def diagnosis(host: Host) -> str:
+    """What the pods say, for a request that got no answer."""
+    app = "iyclo-shop-app-g1_cgi"
+    checks = (["podman", "ps", "-a", "--format", "{{.Names}} {{.Status}}"],
+              ["podman", "exec", app, "getent", "hosts", "db"],
+              ["podman", "exec", app, "timeout", "3", "redis-cli", "-h", "db", "PING"],
+              ["podman", "logs", "--tail", "5", "iyclo-shop-db-g1_redis"])  # fmt: skip
+    out = []
+    for argv in checks:
+        result = host.run(argv, check=False, timeout=30)
+        out.append(f"$ {' '.join(argv[1:])}: {result.returncode} {result.stdout}{result.stderr}")
+    return "\n".join(out)
 
 
 def note(page: str) -> str:
