@@ -49,6 +49,11 @@ def host_objects(host: Host) -> dict[str, dict[str, list[str]]]:
         found[row["Labels"][naming.LABEL_POD]]["pods"].append(row["Name"])
     for row in _podman_rows(host, "ps", "-a", "--filter", f"label={naming.LABEL_POD}"):
         found[row["Labels"][naming.LABEL_POD]]["containers"].append(row["Names"][0])
+    # networks: every iyclo-labelled one belongs to a Network record (volumes are left out:
+    # they outlive their pods on purpose)
+    for row in _podman_rows(host, "network", "ls", "--filter",
+                            f"label={naming.LABEL_KIND}=Network"):  # fmt: skip
+        found[(row.get("labels") or {})[naming.LABEL_POD]]["networks"].append(row["name"])
     # `secret ls` has neither --format json nor a label filter on Podman 4.3
     ids = host.run(["podman", "secret", "ls", "--noheading", "--format", "{{.ID}}"]).stdout
     if ids.split():
@@ -79,6 +84,8 @@ def problems(host: Host, records: list[dict[str, Any]]) -> list[str]:
             wrong.append(f"pod {record['name']} is {state!r}, not running or stopped")
         if record["kind"] == "Job" and state not in ("scheduled", "running", "stopped"):
             wrong.append(f"job {record['name']} is {state!r}")
+        if record["kind"] == "Network" and state != "created":
+            wrong.append(f"network {record['name']} is {state!r}")
     return wrong
 
 

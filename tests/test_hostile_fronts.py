@@ -235,7 +235,10 @@ async def test_hostile_json_socket_frames(
 
 # -- D-Bus --------------------------------------------------------------------------------
 
-MEMBERS = [(m.member, m.dbus_in) for m in METHODS if m.member] + [("Purge", "s")]
+MEMBERS = [(m.member, m.dbus_in) for m in METHODS if m.member] + [
+    ("Purge", "s"),
+    ("RemoveWith", "sbb"),
+]
 
 
 def _dbus_text(text: str) -> str:

@@ -14,7 +14,7 @@ def test_both_spellings_come_from_the_kind() -> None:
     assert Kind.of("job") is Kind.JOB
     assert (Kind.POD.api_name, Kind.JOB.api_name) == ("Pod", "Job")
     assert (Kind.POD.value, Kind.JOB.value) == ("pod", "job")  # as the store records it
-    with pytest.raises(InvalidError, match="neither Pod nor Job"):
+    with pytest.raises(InvalidError, match="is not Pod, Job or Network"):
         Kind.of("Service")
 
 

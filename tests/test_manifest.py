@@ -24,7 +24,7 @@ from iyclo.manifest.values import parse_cpu_quota, parse_duration, parse_size, p
 ROOT = Path(__file__).parent.parent
 BROKEN = sorted((ROOT / "tests/manifests/broken").glob("*.json"))
 GOLDEN_INPUTS = sorted((ROOT / "tests/manifests/golden").glob("*.input.json"))
-EXAMPLES = sorted((ROOT / "examples").glob("*.json"))
+EXAMPLES = sorted((ROOT / "examples").glob("**/*.json"))
 
 
 def test_corpus_is_large_enough() -> None:

@@ -37,6 +37,7 @@ def _registry_members() -> dict[str, tuple[list[tuple[str, str]], list[tuple[str
         if m.member
     }
     members["Purge"] = ([("name", "s")], [])
+    members["RemoveWith"] = ([("name", "s"), ("purge_history", "b"), ("volumes", "b")], [])
     members["ApplyWithin"] = ([("manifest_json", "s"), ("wait_timeout", "d")], members["Apply"][1])
     return members
 
@@ -49,7 +50,7 @@ def test_the_dbus_interface_is_the_registry() -> None:
         for m in interface.methods
     }  # fmt: skip
     assert exported == _registry_members()
-    assert set(DBUS_ONLY) == {"Purge", "ApplyWithin"}
+    assert set(DBUS_ONLY) == {"Purge", "ApplyWithin", "RemoveWith"}
     assert "Version" in {p.name for p in interface.properties}  # the member of `version`
     assert [m.name for m in METHODS if not m.member] == ["version"]
 
@@ -89,7 +90,9 @@ def test_the_dbus_client_speaks_the_registry() -> None:
         if method.name in special:
             continue
         assert len(method.out) <= 1, method.name
-        assert all(p.dbus or p.name == "purge_history" for p in method.params), method.name
+        assert all(p.dbus or p.name in ("purge_history", "volumes") for p in method.params), (
+            method.name
+        )
 
 
 def test_the_bus_lets_everyone_call_and_the_daemon_decides() -> None:
@@ -117,7 +120,11 @@ def test_the_bus_lets_everyone_call_and_the_daemon_decides() -> None:
     [
         ("logs", {"name": "x"}, {"name": "x", "run": 0, "lines": None}),
         ("logs", ["x", 2, 5], {"name": "x", "run": 2, "lines": 5}),
-        ("remove", {"name": "x", "purge_history": True}, {"name": "x", "purge_history": True}),
+        (
+            "remove",
+            {"name": "x", "purge_history": True},
+            {"name": "x", "purge_history": True, "volumes": False},
+        ),
         (
             "apply",
             {"manifest": {"kind": "Pod"}},

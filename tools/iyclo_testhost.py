@@ -1330,6 +1330,25 @@ def ensure_redis_image(host: Host, tag: str = "localhost/iyclo-redis:latest") ->
     return import_image(host, debian_rootfs_tar(REDIS_PACKAGES), tag, REDIS_CMD)
 
 
+EXAMPLE_PACKAGES: Final = ("redis-server", "redis-tools", "busybox")
+"""The example app's one image (examples/shop): redis-server for its database, redis-cli
+and busybox's httpd (CGI) and wget for its app and web fronts."""
+EXAMPLE_TAG: Final = "localhost/iyclo-example:latest"
+
+
+def example_rootfs_tar() -> Path:
+    """The example app's image as a rootfs tar, made once per machine (mmdebstrap)."""
+    return debian_rootfs_tar(EXAMPLE_PACKAGES)
+
+
+def ensure_example_image(host: Host, tag: str = EXAMPLE_TAG) -> str:
+    """Make `tag` the example app's Debian image in the host's Podman storage; a no-op if
+    it is there."""
+    if host.run(["podman", "image", "exists", tag], check=False).returncode == 0:
+        return tag
+    return import_image(host, example_rootfs_tar(), tag, 'CMD ["/bin/sh"]')
+
+
 REGISTRY_CONFIG: Final = """\
 # Written by iyclo's test harness: Debian's docker-registry for pull tests, in a test host.
 version: 0.1
@@ -1457,6 +1476,9 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
     sub.add_parser("down", parents=[common], help="kill the host")
     sub.add_parser("busybox-tar", help="print the path of the busybox rootfs tar (made once)")
+    sub.add_parser(
+        "example-tar", help="print the path of the example app's Debian rootfs tar (made once)"
+    )
     sub.add_parser("status", parents=[common], help="exit 0 if the host runs, 3 if not")
     return parser
 
@@ -1505,6 +1527,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.execvpe(argv[0], argv, env)
         if args.command == "busybox-tar":
             print(busybox_rootfs_tar())
+            return 0
+        if args.command == "example-tar":
+            print(example_rootfs_tar())
             return 0
         if args.command == "down":
             try:

@@ -13,7 +13,8 @@ of ``Policy``, every one optional; shown here with their defaults::
                 "usernsRanges": [{"start": 2147483648, "size": 2147483647}],
                 "sharedVolumes": [],
                 "labelKeysAllow": [],
-                "secretFileAllow": ["/etc/iyclo/secrets"]}}
+                "secretFileAllow": ["/etc/iyclo/secrets"],
+                "envFileAllow": ["/etc/iyclo/env"]}}
 
 A list in the file replaces the default list. ``usernsRanges`` are the host IDs set aside
 for pods' user namespaces (see ``policy.DEFAULT_USERNS_RANGES`` for why these); a
@@ -22,7 +23,8 @@ manifest may mount; every other named volume belongs to the pod or job that made
 ``labelKeysAllow`` lets manifests set label keys Podman acts on, each an exact key or a
 prefix ending in "." (e.g. ``"io.containers.autoupdate"`` for ``podman auto-update``).
 ``secretFileAllow`` are the directories a secret's ``file`` may be in: iyclod reads it as
-root and hands it to a container, so a manifest must not name just any host file.
+root and hands it to a container, so a manifest must not name just any host file;
+``envFileAllow`` the same for a container's ``envFiles``.
 
 ``deployGroup`` names the group whose members may deploy and manage pods and jobs and
 read them whole (``iyclo.core.access``); it also owns the JSON socket. Everyone else reads

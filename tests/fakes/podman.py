@@ -22,6 +22,7 @@ from typing import Any
 
 from iyclo.core import naming
 from iyclo.errors import NotFoundError, PodmanError
+from iyclo.podman.network import NetworkInfo
 from iyclo.podman.platform import Platform
 from iyclo.podman.pull import ImageRef, PullPolicy, PullStep
 
@@ -52,6 +53,8 @@ class FakePodman:
         self.containers: dict[str, dict[str, Any]] = {}
         self.volumes: dict[str, dict[str, str]] = {}
         """Named volumes and their labels."""
+        self.networks: dict[str, NetworkInfo] = {}
+        """Podman networks by name; a pod's spec names those it joins (``Networks``)."""
         self.secrets: dict[str, dict[str, Any]] = {}
         """Name → {"Name", "Labels", "Data"}, as the REST API keeps them (driver file)."""
         self.calls: defaultdict[str, list[tuple[Any, ...]]] = defaultdict(list)
@@ -196,9 +199,14 @@ class FakePodman:
                         f'create container "{container["name"]}": no secret with name or id '
                         f'"{secret}": no such secret'
                     )
+        for network in spec.get("Networks") or {}:  # Podman refuses an unknown one so
+            if network not in self.networks:
+                raise PodmanError(f'create pod "{name}": unable to find network with name '
+                                  f'or ID {network}: network not found')  # fmt: skip
         self._ids += 1
         labels = dict(spec.get("labels") or {})
-        self.pods[name] = {"Name": name, "Id": f"{self._ids:064x}", "Labels": labels}
+        self.pods[name] = {"Name": name, "Id": f"{self._ids:064x}", "Labels": labels,
+                           "Networks": sorted(spec.get("Networks") or {})}  # fmt: skip
         for container in [{"name": f"{name}-{INFRA}", "labels": labels, "image": "infra"},
                           *containers]:  # fmt: skip
             for volume in container.get("volumes") or {}:  # as Podman does: unlabelled
@@ -221,9 +229,35 @@ class FakePodman:
             raise PodmanError(f'create volume "{name}": volume with name {name} already exists')
         self.volumes[name] = dict(labels)
 
+    async def list_volumes(self, label: str) -> list[dict[str, Any]]:
+        await self._enter("list_volumes", label)
+        return [{"Name": name, "Labels": dict(labels), "Mountpoint": f"/fake/volumes/{name}/_data"}
+                for name, labels in self.volumes.items() if _matches(labels, label)]  # fmt: skip
+
     async def remove_volume(self, name: str) -> None:
         await self._enter("remove_volume", name)
         self.volumes.pop(name, None)
+
+    async def network(self, name: str) -> NetworkInfo | None:
+        await self._enter("network", name)
+        return self.networks.get(name)
+
+    async def create_network(self, name: str, *, internal: bool, labels: Mapping[str, str]) -> None:
+        await self._enter("create_network", name, internal, dict(labels))
+        if name in self.networks:
+            raise PodmanError(f'create network "{name}": network name {name} already used')
+        self.networks[name] = NetworkInfo(name, internal, True, dict(labels))
+
+    async def remove_network(self, name: str) -> None:
+        await self._enter("remove_network", name)
+        users = [p["Name"] for p in self.pods.values() if name in p.get("Networks", ())]
+        if users:  # as Podman answers (409)
+            raise PodmanError(f'remove network "{name}": "{name}" has associated containers')
+        self.networks.pop(name, None)
+
+    async def list_networks(self, label: str) -> list[NetworkInfo]:
+        await self._enter("list_networks", label)
+        return [n for n in self.networks.values() if _matches(n.labels, label)]
 
     async def pod_exists(self, name: str) -> bool:
         await self._enter("pod_exists", name)

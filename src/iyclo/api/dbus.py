@@ -144,6 +144,9 @@ class _Exporter:
     def _put(self, status: dict[str, Any]) -> None:
         """Export, update or (when the name changed kind) replace the object of ``status``."""
         name, kind = str(status["name"]), str(status["kind"])
+        if kind not in ("Pod", "Job"):  # a network runs nothing: no object of its own
+            self._drop(name)
+            return
         current = self.objects.get(name)
         wanted = PodInterface if kind == "Pod" else JobInterface
         if isinstance(current, wanted):

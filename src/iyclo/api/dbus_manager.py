@@ -240,6 +240,19 @@ class ManagerInterface(Interface):
         await self._service.remove(name, purge_history=True)
         await self._refresh(name)
 
+    @dbus_method(name="RemoveWith")
+    @translated
+    async def remove_with(
+        self, name: DBusStr, purge_history: DBusBool, volumes: DBusBool
+    ) -> NoReply:
+        await self._service.remove(name, purge_history=purge_history, volumes=volumes)
+        await self._refresh(name)
+
+    @dbus_method(name="Volumes")
+    @translated
+    async def volumes(self) -> DBusStr:
+        return as_json(await self._service.volumes())
+
     @dbus_method(name="Reconcile")
     @translated
     async def reconcile(self) -> DBusStr:

@@ -55,9 +55,11 @@ class Guarded:
         await self._require("apply")
         return await self._service.apply(manifest, wait_timeout)
 
-    async def remove(self, name: str, /, purge_history: bool = False) -> None:
+    async def remove(
+        self, name: str, /, purge_history: bool = False, volumes: bool = False
+    ) -> None:
         await self._require("remove")
-        await self._service.remove(name, purge_history=purge_history)
+        await self._service.remove(name, purge_history=purge_history, volumes=volumes)
 
     async def start(self, name: str, /) -> str:
         await self._require("start")
@@ -112,6 +114,10 @@ class Guarded:
 
     async def runs(self, name: str, /) -> list[dict[str, Any]]:
         return await self._service.runs(name)
+
+    async def volumes(self) -> list[dict[str, Any]]:
+        """Names, owners and mountpoints: nothing a manifest's reader does not see."""
+        return await self._service.volumes()
 
     async def logs(self, name: str, run: int = 0, lines: int | None = None, /) -> dict[str, Any]:
         await self._require("logs")

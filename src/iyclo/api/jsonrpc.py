@@ -86,8 +86,11 @@ def handlers(service: ServiceApi) -> dict[str, Handler]:
     async def diff(manifest: str | dict[str, Any]) -> str:
         return await service.diff(manifest)
 
-    async def remove(name: str, purge_history: bool) -> None:
-        await service.remove(name, purge_history)
+    async def remove(name: str, purge_history: bool, volumes: bool) -> None:
+        await service.remove(name, purge_history, volumes)
+
+    async def volumes() -> list[dict[str, Any]]:
+        return await service.volumes()
 
     async def start(name: str) -> str:
         return await service.start(name)
@@ -148,6 +151,7 @@ def handlers(service: ServiceApi) -> dict[str, Handler]:
         "get_manifest": get_manifest, "history": history, "runs": runs, "logs": logs,
         "reconcile": reconcile, "run_job": run_job, "pull": pull, "version": version,
         "health": health, "exec": exec_, "follow_logs": follow_logs, "stats": stats,
+        "volumes": volumes,
     }  # fmt: skip
 
 

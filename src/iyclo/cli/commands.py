@@ -13,7 +13,15 @@ from typing import Any
 import rich_click as click
 
 from iyclo.cli.formats import print_generations_table, print_runs_table, print_status_table
-from iyclo.cli.output import console, fail, json_option, out, print_json, terminal_text
+from iyclo.cli.output import (
+    console,
+    fail,
+    json_option,
+    make_table,
+    out,
+    print_json,
+    terminal_text,
+)
 from iyclo.cli.progress import event_line, pull_progress
 from iyclo.cli.transport import connect, daemon
 from iyclo.contract.events import Event, HealthChanged, PodChanged, PullProgress
@@ -253,7 +261,7 @@ def history(ctx: click.Context, name: str, generations: bool, as_json: bool) -> 
             kind = client.call("get", name=name).get("kind")
         except NotFoundError:
             kind = None  # maybe a removed job whose runs were kept
-        if kind != "Pod" and not generations:
+        if kind not in ("Pod", "Network") and not generations:
             runs = client.call("runs", name=name)
             print_json(runs) if as_json else print_runs_table(runs)
             return
@@ -268,19 +276,45 @@ def history(ctx: click.Context, name: str, generations: bool, as_json: bool) -> 
     default=False,
     help="For jobs: also delete the run history [default: keep, like the journal].",
 )
+@click.option(
+    "--volumes",
+    is_flag=True,
+    help="Also remove the named volumes they own that nothing else mounts [default: keep].",
+)
 @click.pass_context
-def rm(ctx: click.Context, names: tuple[str, ...], purge_history: bool) -> None:
-    """Remove pods or jobs: units, containers and records.
+def rm(ctx: click.Context, names: tuple[str, ...], purge_history: bool, volumes: bool) -> None:
+    """Remove pods, jobs or networks: units, containers and records.
 
+    Named volumes are kept (their data is there for the next apply) unless `--volumes`.
     A job's run history is kept (numbering continues if it comes back) unless
     `--purge-history` is given; its journal lines are journald's to keep either way.
+    A network is refused while pods use it.
     """
-    params = {"purge_history": True} if purge_history else {}
+    params: dict[str, bool] = {"purge_history": True} if purge_history else {}
+    if volumes:
+        params["volumes"] = True
     with daemon(ctx) as client:
         for name in names:
             with console().status(f"rm {name}…", spinner="dots"):
                 client.call("remove", name=name, **params)
             out().print(f"{name}: removed")
+
+
+@click.command(name="volumes")
+@json_option
+@click.pass_context
+def volumes_(ctx: click.Context, as_json: bool) -> None:
+    """List the named volumes iyclo made: owner pod, in use, mountpoint."""
+    with daemon(ctx) as client:
+        rows = client.call("volumes")
+    if as_json:
+        print_json(rows)
+        return
+    table = make_table("NAME", "OWNER", "IN USE", "MOUNTPOINT")
+    for row in rows:
+        used = ", ".join(row["usedBy"]) if row["inUse"] else "no"
+        table.add_row(row["name"], row["owner"] or "-", used, row["mountpoint"])
+    out().print(table)
 
 
 def _each(ctx: click.Context, names: tuple[str, ...], method: str, done: str) -> None:

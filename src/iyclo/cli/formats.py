@@ -76,6 +76,9 @@ def outcome(run: dict[str, Any] | None) -> str:
 
 
 def containers_summary(status: dict[str, Any]) -> str:
+    """Running of all containers; "-" for a network, which has none."""
+    if status.get("kind") == "Network":
+        return "-"
     containers = status.get("containers") or []
     running = sum(1 for c in containers if c.get("state") == "running")
     return f"{running}/{len(containers)}"
@@ -98,7 +101,8 @@ def print_status_table(rows: list[dict[str, Any]]) -> None:
     )
     for row in rows:
         state = row.get("state", "")
-        style = {"running": "green", "failed": "red", "missing": "red"}.get(state, "yellow")
+        style = {"running": "green", "created": "green", "failed": "red",
+                 "missing": "red"}.get(state, "yellow")  # fmt: skip
         table.add_row(
             row.get("name", ""),
             row.get("kind", ""),

@@ -205,8 +205,8 @@ for command in (
     commands.apply, commands.rollback, commands.pull, commands.diff, commands.ps,
     commands.inspect, commands.history,
     commands.rm, commands.start, commands.stop, commands.restart, commands.reconcile,
-    commands.events, commands.health, jobs.run, jobs.jobs, jobs.logs, commands.daemon_cmd,
-    operate.exec_, operate.stats,
+    commands.events, commands.health, commands.volumes_, jobs.run, jobs.jobs, jobs.logs,
+    commands.daemon_cmd, operate.exec_, operate.stats,
 ):  # fmt: skip
     cli.add_command(command)
 cli.add_command(commands.ps, name="list")

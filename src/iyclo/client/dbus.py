@@ -14,7 +14,8 @@ What the generic rule cannot say, and why:
   between is left out, as ``Service.list_all`` does.
 - ``apply``: name and kind are read back from the returned object path
   (``/io/github/iyclo1/<kind>/<label>``); the rest is in the reply.
-- ``version`` is the ``Version`` property; ``remove`` with ``purge_history`` is ``Purge``.
+- ``version`` is the ``Version`` property; ``remove`` with ``purge_history`` is ``Purge``,
+  with ``volumes`` ``RemoveWith``.
 - ``events``: each signal decodes to the event type of its member, as the JSON socket's
   notifications do, so both transports yield equal events.
 """
@@ -334,6 +335,11 @@ class DBusClient:
         if special is not None:
             return await special(arguments)
         member = method.member
+        if method.name == "remove" and arguments["volumes"]:
+            # the D-Bus spelling of remove(volumes=True): a member has one signature
+            name, purge = arguments["name"], arguments["purge_history"]
+            await self._manager("RemoveWith", "sbb", name, purge, True)
+            return None
         if method.name == "remove" and arguments["purge_history"]:
             member = "Purge"  # the D-Bus spelling of remove(purge_history=True)
         body = [_encode(method.name, p, arguments[p.name]) for p in method.params if p.dbus]

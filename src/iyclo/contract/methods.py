@@ -152,8 +152,11 @@ METHODS: tuple[Method, ...] = (
            "A unified diff of the stored manifest against this one (empty: no change)."),
     Method("remove",
            (_name(), Param("purge_history", (bool,), "", False,
-                           "also drop a job's run history (D-Bus: the Purge member)")),
-           "Remove", (), DEPLOY, "Remove a pod or job: units, containers and records."),
+                           "also drop a job's run history (D-Bus: the Purge member)"),
+            Param("volumes", (bool,), "", False,
+                  "also the named volumes it owns (D-Bus: the RemoveWith member)")),
+           "Remove", (), DEPLOY,
+           "Remove a pod, job or network: units, containers and records (volumes stay)."),
     Method("start", (_name(),), "Start", _STATE, MANAGE, "Start a pod, or schedule a job."),
     Method("stop", (_name(),), "Stop", _STATE, MANAGE, "Stop a pod, or a job and its run."),
     Method("restart", (_name(),), "Restart", _STATE, MANAGE,
@@ -204,6 +207,8 @@ METHODS: tuple[Method, ...] = (
            "CPU, memory and tasks per pod (systemd's accounting of its slice) and per "
            "container (Podman's); null where the host cannot say."),
     Method("version", (), "", (Out("version", "s"),), READ, "The daemon's version."),
+    Method("volumes", (), "Volumes", _json("volumes"), READ,
+           "The named volumes iyclo made: name, owner, in use (by whom), mountpoint."),
     Method("health", (), "Health", _json("health"), READ,
            "Whether Podman and systemd are there: ok, or degraded with the reasons."),
 )  # fmt: skip
@@ -212,6 +217,7 @@ BY_NAME: dict[str, Method] = {m.name: m for m in METHODS}
 DBUS_ONLY: dict[str, str] = {
     "Purge": "remove with purge_history",
     "ApplyWithin": "apply with wait_timeout",
+    "RemoveWith": "remove with purge_history and volumes",
 }
 """Manager members that are another spelling of a method above."""
 

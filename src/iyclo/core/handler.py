@@ -1,4 +1,5 @@
-"""The one protocol a kind's handler (``pods.PodHandler``, ``jobs.JobHandler``) follows.
+"""The one protocol a kind's handler (``pods.PodHandler``, ``jobs.JobHandler``,
+``networks.NetworkHandler``) follows.
 
 ``Service`` holds the name's lock, looks the record up, checks the kind and calls one of
 these; a handler never takes a lock of its own for the operation, and publishes the
@@ -11,7 +12,7 @@ from typing import Any, Protocol
 
 from iyclo.core.kind import Kind
 from iyclo.core.results import ApplyResult
-from iyclo.manifest.model import Job, Pod
+from iyclo.manifest.model import Manifest
 from iyclo.store import Deployment
 
 
@@ -25,7 +26,7 @@ class Handler(Protocol):
 
     async def apply(
         self,
-        manifest: Pod | Job,
+        manifest: Manifest,
         previous: Deployment | None,
         images: dict[str, Any],
         *,

@@ -55,7 +55,7 @@ from iyclo.errors import (
     public_message,
 )
 from iyclo.manifest.convert import dump_manifest, manifest_digest, parse_manifest
-from iyclo.manifest.model import Job, Pod
+from iyclo.manifest.model import Job, Manifest
 from iyclo.manifest.policy import UNRESTRICTED
 from iyclo.store import Deployment, Store
 from iyclo.systemd.const import IFACE_TIMER
@@ -194,7 +194,7 @@ class JobHandler:
 
     async def apply(
         self,
-        manifest: Pod | Job,
+        manifest: Manifest,
         previous: Deployment | None,
         images: dict[str, Any],
         *,
@@ -235,7 +235,8 @@ class JobHandler:
                     state = await self._state_now(previous)
                     self._changed(name, state, previous.generation, public_message(exc))
             raise
-        await self._store(self.store.set_status, name, desired=KIND.running)
+        await self._store(self.store.set_status, name, desired=KIND.running,
+                          envFiles=dict(values.env_digests))  # fmt: skip
         self._changed(name, "scheduled", record.generation)
         log.info("applied", job=name, generation=record.generation)
         return ApplyResult(name, KIND.api_name, record.generation, True, "scheduled")

@@ -1,4 +1,4 @@
-"""What differs between a pod and a job, on the kind itself (the template is mkosi's
+"""What differs between a pod, a job and a network, on the kind itself (the template is mkosi's
 ``Verb`` enum with methods): one dispatch reads these instead of branching on strings.
 
 The store records the kind in lower case (``pod``), manifests and every front spell it
@@ -12,12 +12,13 @@ from enum import StrEnum
 from iyclo.contract.events import JobChanged, PodChanged
 from iyclo.core import naming
 from iyclo.errors import InvalidError
-from iyclo.manifest.model import Job, Pod
+from iyclo.manifest.model import Job, Manifest, Network
 
 
 class Kind(StrEnum):
     POD = "pod"
     JOB = "job"
+    NETWORK = "network"
 
     @classmethod
     def of(cls, spelling: str) -> Kind:
@@ -25,10 +26,12 @@ class Kind(StrEnum):
         try:
             return cls(spelling.lower())
         except ValueError:
-            raise InvalidError(f'kind: "{spelling}" is neither Pod nor Job') from None
+            raise InvalidError(f'kind: "{spelling}" is not Pod, Job or Network') from None
 
     @classmethod
-    def of_manifest(cls, manifest: Pod | Job) -> Kind:
+    def of_manifest(cls, manifest: Manifest) -> Kind:
+        if isinstance(manifest, Network):
+            return cls.NETWORK
         return cls.JOB if isinstance(manifest, Job) else cls.POD
 
     @property
@@ -38,7 +41,10 @@ class Kind(StrEnum):
 
     @property
     def running(self) -> str:
-        """The desired state of one that is not stopped: a pod runs, a job is scheduled."""
+        """The desired state of one that is not stopped: a pod runs, a job is scheduled,
+        a network exists."""
+        if self is Kind.NETWORK:
+            return "created"
         return "scheduled" if self is Kind.JOB else "running"
 
     def service(self, name: str) -> str:
@@ -46,13 +52,18 @@ class Kind(StrEnum):
         return naming.unit_name(self.value, name)
 
     def units(self, name: str) -> tuple[str, ...]:
-        """Every unit of its own (its slice aside), the one that starts the rest first."""
+        """Every unit of its own (its slice aside), the one that starts the rest first;
+        a network has none."""
+        if self is Kind.NETWORK:
+            return ()
         if self is Kind.JOB:
             return (naming.unit_name(self.value, name, "timer"), self.service(name))
         return (self.service(name),)
 
     def unit_patterns(self) -> list[str]:
         """Globs matching every unit of this kind, for finding orphans."""
+        if self is Kind.NETWORK:
+            return []
         suffixes = ("timer", "service") if self is Kind.JOB else ("service",)
         return [naming.unit_name(self.value, "*", suffix) for suffix in suffixes]
 

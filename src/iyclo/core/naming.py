@@ -110,3 +110,9 @@ def parse_unit_name(unit: str) -> tuple[str, str] | None:
         if stem.startswith(prefix) and len(stem) > len(prefix):
             return kind.capitalize(), stem[len(prefix) :]
     return None
+
+
+def network_name(name: str) -> str:
+    """The Podman network of the Network manifest ``name``: Podman's networks are a
+    namespace of their own, so this never meets a pod's name."""
+    return f"iyclo-{name}"

@@ -364,6 +364,13 @@ def _pod_spec(
     }
     if portmappings:
         spec["portmappings"] = portmappings
+    if isinstance(manifest, Pod) and manifest.networks:
+        # The infra container joins them, so the whole pod does; aliases are per
+        # attachment (libpod's PerNetworkOptions), answered by aardvark-dns on that
+        # network only. The key is specgen's Go field name (it has no JSON tag).
+        spec["Networks"] = {
+            naming.network_name(n.name): {"aliases": list(n.aliases)} for n in manifest.networks
+        }
     if manifest.userns is not None:
         # Pod-wide: Podman 4.3 refuses a container's own ID map inside a pod with an infra
         # container ("cannot specify a new uid/gid map when entering a pod").

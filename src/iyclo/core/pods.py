@@ -43,7 +43,7 @@ from iyclo.errors import (
     public_message,
 )
 from iyclo.manifest.convert import dump_manifest, manifest_digest, parse_manifest
-from iyclo.manifest.model import Container, Dependency, Job, Pod
+from iyclo.manifest.model import Container, Dependency, Manifest, Pod
 from iyclo.manifest.policy import UNRESTRICTED
 from iyclo.manifest.values import duration_seconds
 from iyclo.store import Deployment, Store
@@ -229,7 +229,7 @@ class PodHandler:
 
     async def apply(
         self,
-        manifest: Pod | Job,
+        manifest: Manifest,
         previous: Deployment | None,
         images: dict[str, Any],
         *,
@@ -256,7 +256,8 @@ class PodHandler:
             await self._replace(manifest, record, previous, values, wait_timeout)
         except NotReadyError as exc:
             if exc.kept:  # rollback off: the new generation stands, not ready
-                await self._store(self.store.set_status, name, desired=KIND.running)
+                await self._store(self.store.set_status, name, desired=KIND.running,
+                                  envFiles=dict(values.env_digests))  # fmt: skip
                 await self._refresh(name)
                 self._publish(name, await self._state_word(record), generation=record.generation,
                               error=exc.message)  # fmt: skip
@@ -284,7 +285,8 @@ class PodHandler:
                     self._publish(name, state, generation=previous.generation,
                                   error=public_message(exc))  # fmt: skip
             raise
-        await self._store(self.store.set_status, name, desired=KIND.running)
+        await self._store(self.store.set_status, name, desired=KIND.running,
+                          envFiles=dict(values.env_digests))  # fmt: skip
         await self._refresh(name)
         self._publish(name, "running", generation=record.generation)
         log.info("applied", pod=name, generation=record.generation)

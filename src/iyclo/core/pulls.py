@@ -15,7 +15,7 @@ from typing import Any
 
 from iyclo.contract.events import PullProgress
 from iyclo.core.events import EventBus
-from iyclo.manifest.model import Job, Pod, every_container
+from iyclo.manifest.model import Manifest, every_container
 from iyclo.podman.client import PodmanClient
 from iyclo.podman.pull import ImageRef, PullPolicy, PullStep
 
@@ -54,7 +54,7 @@ async def pull_image(
 
 
 async def pull_images(
-    podman: PodmanClient, events: EventBus, manifest: Pod | Job
+    podman: PodmanClient, events: EventBus, manifest: Manifest
 ) -> dict[str, dict[str, Any]]:
     """Every container's image (init containers too), in the order Podman makes them:
     container name → ``ImageRef`` JSON. A reference asked for twice with the same policy

@@ -27,7 +27,7 @@ import attrs
 
 from iyclo.errors import StoreError
 from iyclo.manifest.model import Job, Pod, Secret, every_container
-from iyclo.manifest.policy import Policy, read_secret
+from iyclo.manifest.policy import Policy, read_env_file, read_secret
 
 KEY_FILE = "secret-digest.key"
 KEY_BYTES = 32
@@ -42,6 +42,11 @@ class SecretValues:
 
     values: Mapping[SecretRef, bytes] = attrs.field(repr=False, factory=dict)
     fingerprint: str = ""
+    env: Mapping[str, Mapping[str, str]] = attrs.field(repr=False, factory=dict)
+    """Each container's variables from its env files (``Container.env_files``)."""
+    env_digests: Mapping[str, str] = attrs.field(factory=dict)
+    """Each env file's keyed digest by its field path ("containers[0].envFiles[0]"):
+    what ``diff`` compares an edited file against."""
 
     def rollout_digest(self, manifest_digest: str) -> str:
         """The digest a generation is recorded with: the manifest's alone when it has no
@@ -87,6 +92,8 @@ def fingerprint(key: bytes, values: Mapping[SecretRef, bytes]) -> str:
     return mac.hexdigest()
 
 
+EnvFileSource = tuple[str, str, str]
+"""(the env file's field path, its container's name, its path)."""
 SecretSource = tuple[str, str, Secret]
 """(the secret's field path, its container's name, the secret) of one secret to read."""
 
@@ -109,9 +116,23 @@ class SecretReader:
     policy: Policy
     state_dir: Path
 
-    def read(self, sources: Iterable[SecretSource]) -> SecretValues:
-        """Every secret of ``sources``; InvalidError naming the first one refused."""
+    def read(
+        self, sources: Iterable[SecretSource], env_files: Iterable[EnvFileSource] = ()
+    ) -> SecretValues:
+        """Every secret of ``sources`` and every env file; InvalidError naming the first one
+        refused. The env files' contents count in the fingerprint as the secrets' do, so an
+        edited file rolls out a new generation."""
         values = {(c, str(s.name)): read_secret(where, s, self.policy) for where, c, s in sources}
-        if not values:
+        files = {where: (c, path) for where, c, path in env_files}
+        if not values and not files:
             return SecretValues()
-        return SecretValues(values, fingerprint(host_key(self.state_dir), values))
+        key = host_key(self.state_dir)
+        env: dict[str, dict[str, str]] = {}
+        digests: dict[str, str] = {}
+        for where, (container, path) in files.items():
+            variables = read_env_file(where, path, self.policy)
+            env.setdefault(container, {}).update(variables)
+            text = "".join(f"{k}={v}\n" for k, v in variables.items()).encode()
+            digests[where] = fingerprint(key, {(where, path): text})
+        every = {**values, **{(where, "envFile"): d.encode() for where, d in digests.items()}}
+        return SecretValues(values, fingerprint(key, every), env, digests)

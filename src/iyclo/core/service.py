@@ -29,6 +29,7 @@ from iyclo.core.health import OK, Dependencies
 from iyclo.core.jobs import JobHandler
 from iyclo.core.kind import Kind
 from iyclo.core.locks import Locks
+from iyclo.core.networks import NetworkHandler, attachment_problems
 from iyclo.core.ordering import needs_of, refuse_graph, refuse_if_needed, start_order
 from iyclo.core.pods import PodHandler
 from iyclo.core.pulls import pull_image, pull_images
@@ -37,6 +38,7 @@ from iyclo.core.results import ApplyResult, ReconcileReport
 from iyclo.core.secrets import SecretReader
 from iyclo.core.state import LiveState
 from iyclo.core.steps import Steps
+from iyclo.core.volumes import listing, mounted, remove_owned
 from iyclo.errors import (
     ConflictError,
     InvalidError,
@@ -47,10 +49,11 @@ from iyclo.errors import (
     SystemdUnreachableError,
 )
 from iyclo.manifest.convert import dump_manifest, load_manifest_async, structure
-from iyclo.manifest.model import Job, Pod, UserNamespace
+from iyclo.manifest.model import Job, Manifest, Network, Pod, UserNamespace
 from iyclo.manifest.policy import (
     DEFAULT_POLICY,
     Policy,
+    env_file_sources,
     userns_conflict,
     volume_claims,
     volume_problem,
@@ -91,7 +94,12 @@ class Service:
         self.steps = Steps(systemd, podman, policy, SecretReader(policy, store.state_dir))
         self.pods = PodHandler(store, self.steps, self.events, self.locks, LiveState(self.steps))
         self.jobs = JobHandler(store, self.steps, self.events)
-        self._handlers: dict[Kind, Handler] = {Kind.POD: self.pods, Kind.JOB: self.jobs}
+        self.networks = NetworkHandler(store, self.steps)
+        self._handlers: dict[Kind, Handler] = {
+            Kind.POD: self.pods,
+            Kind.JOB: self.jobs,
+            Kind.NETWORK: self.networks,
+        }
         self._tidy: asyncio.Task[None] | None = None
         self.dependencies = Dependencies(
             podman, systemd, recovered=self.reconcile, state_dir=store.state_dir
@@ -178,10 +186,17 @@ class Service:
         """Every problem of a manifest; ``trusted`` (the caller may deploy): its host paths
         and secret sources looked at on this host too."""
         try:
-            await load_manifest_async(manifest, self.policy, on_host=trusted)
+            parsed = await load_manifest_async(manifest, self.policy, on_host=trusted)
         except InvalidError as exc:
             return exc.details
-        return []
+        return await self._attachment_problems(parsed)
+
+    async def _attachment_problems(self, manifest: Manifest) -> list[str]:
+        """The networks a pod joins, against the networks applied (``core.networks``)."""
+        if not isinstance(manifest, Pod) or not manifest.networks:
+            return []
+        records: list[Deployment] = await self._store(self.store.list)
+        return attachment_problems(manifest, {r.name: r for r in records})
 
     async def apply(
         self, manifest_in: str | dict[str, Any], wait_timeout: float | None = None
@@ -200,15 +215,22 @@ class Service:
                     "exists",
                     hint=f"remove it first with `iyclo rm {manifest.name}`",
                 )
-            if manifest.depends_on:
+            if not isinstance(manifest, Network) and manifest.depends_on:
                 refuse_graph(manifest, await self._graph())
             # Before anything is recorded or stopped: a pull that fails changes nothing.
             images = await pull_images(self.steps.podman, self.events, manifest)
-            if manifest.userns is None and not volume_claims(manifest, self.policy):
+            if isinstance(manifest, Network) or (
+                manifest.userns is None
+                and not volume_claims(manifest, self.policy)
+                and not (isinstance(manifest, Pod) and manifest.networks)
+            ):
                 return await self._handlers[kind].apply(
                     manifest, previous, images, wait_timeout=wait_timeout
                 )
             async with self.claims:
+                found = await self._attachment_problems(manifest)
+                if found:
+                    raise InvalidError(found[0], found)
                 await self._refuse_claimed(manifest, previous)
                 return await self._handlers[kind].apply(
                     manifest, previous, images, wait_timeout=wait_timeout
@@ -245,9 +267,9 @@ class Service:
             line = userns_conflict(manifest.userns, others)
             if line is not None:
                 found.append(line)
-        mounted = _named_volumes(previous.manifest) if previous is not None else set()
+        already = mounted(previous.manifest) if previous is not None else set()
         for claim in volume_claims(manifest, self.policy):
-            if claim.name in mounted:
+            if claim.name in already:
                 continue
             labels = await self.steps.podman.volume_labels(claim.name)
             problem = volume_problem(claim, manifest.name, labels)
@@ -276,13 +298,30 @@ class Service:
             "images": [{"container": name, **ref} for name, ref in images.items()],
         }
 
-    async def remove(self, name: str, purge_history: bool = False) -> None:
-        """Remove a pod or job; a job's run history stays unless `purge_history`."""
+    async def remove(self, name: str, purge_history: bool = False, volumes: bool = False) -> None:
+        """Remove a pod, job or network; a job's run history stays unless
+        ``purge_history``, the named volumes it owns unless ``volumes``."""
         async with self._operation(name, "remove"):
             record = await self._record(name)
             if Kind.of(record.kind) is Kind.POD:
                 refuse_if_needed(name, await self._graph())
-            await self._handler(record).remove(record, purge_history=purge_history)
+            if Kind.of(record.kind) is Kind.NETWORK:
+                async with self.claims:  # no pod takes it up while it goes
+                    await self.networks.remove(record, purge_history=purge_history)
+                return
+            if not volumes:
+                await self._handler(record).remove(record, purge_history=purge_history)
+                return
+            async with self.claims:  # no apply takes one up while they go
+                await self._handler(record).remove(record, purge_history=purge_history)
+                records: list[Deployment] = await self._store(self.store.list)
+                gone = await remove_owned(self.steps.podman, name, records)
+            log.info("volumes removed", name=name, volumes=gone)
+
+    async def volumes(self) -> list[dict[str, Any]]:
+        """The named volumes iyclo made: name, owner, in use (by whom), mountpoint."""
+        records: list[Deployment] = await self._store(self.store.list)
+        return await listing(self.steps.podman, records)
 
     async def start(self, name: str) -> str:
         async with self._operation(name, "start"):
@@ -414,7 +453,23 @@ class Service:
             fromfile=label,
             tofile=f"{manifest.name} (proposed)",
         )
-        return "".join(lines)
+        changed = await self._env_files_changed(manifest, record) if trusted else []
+        return "".join(lines) + "".join(f"{line}\n" for line in changed)
+
+    async def _env_files_changed(self, manifest: Manifest, record: Deployment | None) -> list[str]:
+        """``containers[0].envFiles[0]: PATH (changed)`` for each env file whose contents
+        differ from what the current generation was applied with (its keyed digest, in
+        the record's status): the manifest names only the path, so its diff cannot show it."""
+        if record is None or isinstance(manifest, Network):
+            return []
+        stored: dict[str, str] = record.status.get("envFiles") or {}
+        values = await self.steps.read_secrets(manifest)
+        paths = {where: path for where, _, path in env_file_sources(manifest)}
+        return [
+            f"{where}: {paths[where]} (changed)"
+            for where, digest in values.env_digests.items()
+            if where in stored and stored[where] != digest
+        ]
 
     def version(self) -> str:
         return __version__
@@ -442,7 +497,9 @@ class Service:
             # What a pod depends on first: its start waits for it (``core.ordering``).
             by_name = {r.name: r for r in records}
             order = start_order(by_name, {r.name: needs_of(r.manifest) for r in records})
-            records = [by_name[name] for name in order]
+            # Networks before everything: a pod's Podman pod cannot be made without them.
+            records = sorted((by_name[name] for name in order),
+                             key=lambda r: Kind.of(r.kind) is not Kind.NETWORK)  # fmt: skip
             for done, record in enumerate(records, 1):
                 try:
                     async with self.locks.name(record.name):
@@ -457,11 +514,16 @@ class Service:
                 outcomes[outcome].append(record.name)
             removed: list[str] = []
             for kind, handler in self._handlers.items():
-                known = {r.name for r in records if Kind.of(r.kind) is kind}
-                removed.extend(await handler.remove_orphans(known))
+                if kind is not Kind.NETWORK:
+                    known = {r.name for r in records if Kind.of(r.kind) is kind}
+                    removed.extend(await handler.remove_orphans(known))
             removed.extend(
                 await self.steps.remove_orphans({r.name for r in records}, self.locks.busy)
             )
+            # Last: Podman refuses to remove a network an orphan pod is still on.
+            removed.extend(await self.networks.remove_orphans(
+                {r.name for r in records if Kind.of(r.kind) is Kind.NETWORK}
+            ))  # fmt: skip
             with contextlib.suppress(IycloError):
                 await self.pods.resync()
             report = ReconcileReport(
@@ -481,16 +543,6 @@ def _userns_of(record: Deployment) -> UserNamespace | None:
         return structure(raw, UserNamespace)
     except InvalidError:  # stored before it was validated as it is now: claims nothing
         return None
-
-
-def _named_volumes(stored: dict[str, Any]) -> set[str]:
-    """The named volumes a stored manifest mounts, read from its JSON as stored."""
-    return {
-        str(volume.get("source"))
-        for container in stored.get("containers") or []
-        for volume in container.get("volumes") or []
-        if not str(volume.get("source", "/")).startswith("/")
-    }
 
 
 def default_state_dir() -> Path:

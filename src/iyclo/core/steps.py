@@ -29,17 +29,31 @@ from typing import Any, Protocol
 from iyclo.core import naming, timeouts
 from iyclo.core.journal import start_failure_reason
 from iyclo.core.plan import ContainerPlan, SecretPlan, volume_labels
-from iyclo.core.secrets import SecretReader, SecretSource, SecretValues, secret_sources
+from iyclo.core.secrets import (
+    EnvFileSource,
+    SecretReader,
+    SecretSource,
+    SecretValues,
+    secret_sources,
+)
 from iyclo.core.slices import ensure_slice
 from iyclo.core.unit_state import SETTLED, TRANSITIONS, is_running
 from iyclo.errors import InvalidError, IycloError, NotFoundError, PodmanError, SystemdError
 from iyclo.manifest.model import Job, Pod
-from iyclo.manifest.policy import DEFAULT_POLICY, Policy, host_problems
+from iyclo.manifest.policy import DEFAULT_POLICY, Policy, env_file_sources, host_problems
 from iyclo.podman.client import PodmanClient
 from iyclo.systemd.const import IFACE_SERVICE, IFACE_UNIT, JobResult
 from iyclo.systemd.const import UnitLoadState as Load
 from iyclo.systemd.manager import JobCanceledError, SystemdManager
 from iyclo.systemd.properties import prop
+
+
+def with_env(spec: dict[str, Any], variables: Mapping[str, str] | None) -> dict[str, Any]:
+    """A container's spec with its env files' variables, the manifest's ``env`` winning
+    (Podman's ``--env-file`` then ``--env`` order); the plan itself never holds them."""
+    if not variables:
+        return spec
+    return {**spec, "environment": {**variables, **(spec.get("environment") or {})}}
 
 
 def pod_of_unit(props: Mapping[str, Any] | None) -> str | None:
@@ -239,17 +253,21 @@ class Steps:
         made = await self._create_volumes(plan)
         try:
             await self.ensure_slice(plan, description, update=False)
+            env_files = env_file_sources(plan.manifest)
+            if values is None and (plan.secrets or env_files):
+                values = await self._read(
+                    [(s.where, s.container, s.secret) for s in plan.secrets], env_files
+                )
             if plan.secrets:
-                if values is None:
-                    values = await self._read(
-                        [(s.where, s.container, s.secret) for s in plan.secrets]
-                    )
+                assert values is not None
                 await self.podman.remove_pod(plan.pod_name)  # a crashed attempt's, using them
                 await self.create_secrets(plan.secrets, values)
+            env = values.env if values is not None else {}
             try:
                 await self.podman.create_pod_with_containers(
-                    plan.pod_name, plan.pod_spec, [c.spec for c in plan.containers]
-                )
+                    plan.pod_name, plan.pod_spec,
+                    [with_env(c.spec, env.get(c.name)) for c in plan.containers],
+                )  # fmt: skip
             except BaseException:
                 with contextlib.suppress(PodmanError, NotFoundError):
                     await self._remove_secrets(lambda pod, _: pod == plan.pod_name)
@@ -323,16 +341,19 @@ class Steps:
     # -- secrets ------------------------------------------------------------------------
 
     async def read_secrets(self, manifest: Pod | Job) -> SecretValues:
-        """The values of ``manifest``'s secrets, read as the policy allows (InvalidError
-        naming the field otherwise), with their keyed digest."""
-        return await self._read(secret_sources(manifest))
+        """The values of ``manifest``'s secrets and env files, read as the policy allows
+        (InvalidError naming the field otherwise), with their keyed digest."""
+        return await self._read(secret_sources(manifest), env_file_sources(manifest))
 
-    async def _read(self, sources: list[SecretSource]) -> SecretValues:
-        if not sources:
+    async def _read(
+        self, sources: list[SecretSource], env_files: Sequence[EnvFileSource] = ()
+    ) -> SecretValues:
+        if not sources and not env_files:
             return SecretValues()
         if self.secrets is None:
-            raise InvalidError(f"{sources[0][0]}: this daemon reads no secrets")
-        return await asyncio.to_thread(self.secrets.read, sources)
+            where = (sources or env_files)[0][0]
+            raise InvalidError(f"{where}: this daemon reads no secrets or env files")
+        return await asyncio.to_thread(self.secrets.read, sources, env_files)
 
     async def create_secrets(self, plans: Sequence[SecretPlan], values: SecretValues) -> None:
         """One Podman secret per plan, all or nothing; one of the same name left over from

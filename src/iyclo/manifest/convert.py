@@ -28,18 +28,18 @@ from cattrs.errors import (
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from iyclo.errors import InvalidError
-from iyclo.manifest.model import KINDS, Job, Pod, SystemdSandbox
+from iyclo.manifest.model import KINDS, Manifest, SystemdSandbox
 from iyclo.manifest.policy import (
     DEFAULT_POLICY,
     REFUSED_SYSTEMD_DIRECTIVES,
     Policy,
+    env_file_problems,
     host_problems,
     problems,
     secret_problems,
 )
 from iyclo.manifest.values import VALUE_RULES, show
 
-Manifest = Pod | Job
 T = TypeVar("T")
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_MANIFEST_BYTES = 1024 * 1024
@@ -253,7 +253,7 @@ def parse_manifest(data: Any, policy: Policy = DEFAULT_POLICY) -> Manifest:
         )
     kind = data.get("kind")
     if not isinstance(kind, str) or kind not in KINDS:
-        errors.append(f'kind: {_show(kind)} is not one of "Pod", "Job"')
+        errors.append(f'kind: {_show(kind)} is not one of "Pod", "Job", "Network"')
         raise _invalid(errors)
     try:
         manifest: Manifest = CONVERTER.structure(data, KINDS[kind])
@@ -336,7 +336,13 @@ def load_manifest(
         parsed = parse_manifest_text(manifest, policy=policy)
     else:
         parsed = parse_manifest(manifest, policy)
-    found = host_problems(parsed, policy) + secret_problems(parsed, policy) if on_host else []
+    found = (
+        host_problems(parsed, policy)
+        + secret_problems(parsed, policy)
+        + env_file_problems(parsed, policy)
+        if on_host
+        else []
+    )
     if found:
         raise _invalid(found)
     return parsed

@@ -194,6 +194,13 @@ class Container:
     command: tuple[str, ...] | None = doc("Entrypoint override.", None)
     args: tuple[str, ...] | None = doc("Arguments (the image's CMD if unset).", None)
     env: dict[EnvName, str] = doc("Environment variables.", factory=dict)
+    env_files: tuple[AbsPath, ...] = doc(
+        "Files of NAME=VALUE lines (# comments and blank lines skipped, values taken as "
+        'written), under the daemon\'s envFileAllow directories (no "..", no symbolic '
+        "link): read at apply, their variables set before env's (env wins). An edited "
+        "file is a new generation at the next apply; the values are never stored.",
+        factory=tuple,
+    )
     secrets: tuple[Secret, ...] = doc(
         "Secrets, each from a host file or a systemd credential, as a file or a variable.",
         factory=tuple,
@@ -300,6 +307,17 @@ class Dependency:
 
 
 @frozen
+class NetworkAttachment:
+    """A pod's place on an iyclo network: the other pods on it reach this one by its
+    aliases (aardvark-dns answers them on that network only)."""
+
+    name: Name = doc("The Network manifest's name (it must be applied first).")
+    aliases: tuple[Name, ...] = doc(
+        "DNS names of this pod on that network, e.g. db.", factory=tuple
+    )
+
+
+@frozen
 class Pod:
     """A long-running set of containers sharing one network namespace."""
 
@@ -309,6 +327,11 @@ class Pod:
     containers: tuple[Container, ...] = doc("The pod's containers (at least one).")
     network: Literal["bridge", "host", "none"] = doc(
         "Pod network; host needs the daemon's permission.", "bridge"
+    )
+    networks: tuple[NetworkAttachment, ...] = doc(
+        "iyclo networks (Network manifests) the pod joins instead of Podman's default "
+        "bridge; a pod that publishes ports needs one that is not internal.",
+        factory=tuple,
     )
     restart: Restart = doc("Restart policy, enforced by systemd.", factory=Restart)
     labels: dict[LabelKey, str] = doc("Labels set on the pod and its containers.", factory=dict)
@@ -354,12 +377,30 @@ class Job:
     )
 
 
-Manifest = Pod | Job
+@frozen
+class Network:
+    """A Podman network (netavark, with aardvark-dns) that pods join by name: Podman
+    network iyclo-<name>, labelled as iyclo's."""
+
+    api_version: Literal["iyclo/v1"] = doc("Manifest format version.")
+    kind: Literal["Network"] = doc("Network: a network pods join.")
+    name: Name = doc("Network name; the Podman network is iyclo-<name>.")
+    internal: bool = doc(
+        "No route out of the network (and so no published ports through it).", False
+    )
 
 
-def every_container(manifest: Pod | Job) -> list[tuple[str, Container]]:
+Manifest = Pod | Job | Network
+Workload = Pod | Job
+"""A manifest that runs containers."""
+
+
+def every_container(manifest: Manifest) -> list[tuple[str, Container]]:
     """Each container with its field path, a pod's init containers first (the order
-    Podman makes and runs them in): what every per-container check and step goes over."""
+    Podman makes and runs them in): what every per-container check and step goes over.
+    A network has none."""
+    if isinstance(manifest, Network):
+        return []
     init = manifest.init_containers if isinstance(manifest, Pod) else ()
     return [
         *((f"initContainers[{i}]", c) for i, c in enumerate(init)),
@@ -367,4 +408,8 @@ def every_container(manifest: Pod | Job) -> list[tuple[str, Container]]:
     ]
 
 
-KINDS: dict[str, type[Pod] | type[Job]] = {"Pod": Pod, "Job": Job}
+KINDS: dict[str, type[Pod] | type[Job] | type[Network]] = {
+    "Pod": Pod,
+    "Job": Job,
+    "Network": Network,
+}

@@ -15,8 +15,18 @@ from collections.abc import Iterable, Iterator, Mapping
 from attrs import frozen
 
 from iyclo.errors import InvalidError
-from iyclo.manifest.model import Container, Job, Pod, Secret, UserNamespace, every_container
+from iyclo.manifest.model import (
+    Container,
+    Job,
+    Manifest,
+    Network,
+    Pod,
+    Secret,
+    UserNamespace,
+    every_container,
+)
 from iyclo.manifest.values import (
+    ENV_RE,
     RESERVED_LABEL_KEYS,
     RESERVED_LABEL_PREFIXES,
     SECCOMP_KEYWORDS,
@@ -139,6 +149,8 @@ class Policy:
     # Where a secret's `file` may be: a manifest names a file, iyclod (root) reads it and
     # hands it to a container, so anywhere else would let a manifest read any host file.
     secret_file_allow: tuple[AbsPath, ...] = (AbsPath("/etc/iyclo/secrets"),)
+    # Where a container's `envFiles` may be, for the same reason.
+    env_file_allow: tuple[AbsPath, ...] = (AbsPath("/etc/iyclo/env"),)
 
 
 DEFAULT_POLICY = Policy()
@@ -152,6 +164,7 @@ UNRESTRICTED = Policy(
     userns_ranges=(IdRange(1, MAX_ID - 1),),
     label_keys_allow=(*RESERVED_LABEL_KEYS, *RESERVED_LABEL_PREFIXES),
     secret_file_allow=(AbsPath("/"),),
+    env_file_allow=(AbsPath("/"),),
 )
 """For re-reading stored manifests: they were checked when applied, and an operator who
 tightens the policy later must not make the daemon unable to stop or remove them."""
@@ -292,7 +305,7 @@ class HostPath:
     profile: bool
 
 
-def host_paths(manifest: Pod | Job) -> list[HostPath]:
+def host_paths(manifest: Manifest) -> list[HostPath]:
     """Every host path of a manifest with its field, in manifest order: what
     ``host_problems`` checks here and the units' ExecStartPre= checks again."""
     found: list[HostPath] = []
@@ -306,7 +319,7 @@ def host_paths(manifest: Pod | Job) -> list[HostPath]:
     return found
 
 
-def host_problems(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[str]:
+def host_problems(manifest: Manifest, policy: Policy = DEFAULT_POLICY) -> list[str]:
     """Every host path of a manifest checked on this host (``check_host_path``),
     path-qualified: the daemon's half of validation, and the core's check before a start."""
     found: list[str] = []
@@ -346,12 +359,23 @@ def _secret_fd(secret: Secret, policy: Policy) -> int:
     ValueError naming the file when it is refused."""
     path = secret_source(secret)
     if secret.file is not None:
-        problem = path_problem(path)
-        if problem is None and not _under(normalise_path(path), policy.secret_file_allow):
-            allowed = ", ".join(policy.secret_file_allow) or "none"
-            problem = f"{show(path)} is outside the allowed secret directories ({allowed})"
-        if problem is not None:
-            raise ValueError(problem)
+        _refuse_outside(path, policy.secret_file_allow, "secret")
+    return _regular_fd(path, "a secret")
+
+
+def _refuse_outside(path: str, roots: tuple[AbsPath, ...], what: str) -> None:
+    """ValueError unless ``path`` is a plain absolute path under one of ``roots``."""
+    problem = path_problem(path)
+    if problem is None and not _under(normalise_path(path), roots):
+        allowed = ", ".join(roots) or "none"
+        problem = f"{show(path)} is outside the allowed {what} directories ({allowed})"
+    if problem is not None:
+        raise ValueError(problem)
+
+
+def _regular_fd(path: str, what: str) -> int:
+    """An O_PATH descriptor of the regular file ``path`` of 1 to ``SECRET_MAX_BYTES - 1``
+    bytes, reached without a symbolic link; ValueError naming it otherwise."""
     try:
         fd = _walk(path, profile=True)
     except _Refused as exc:
@@ -361,10 +385,76 @@ def _secret_fd(secret: Secret, policy: Policy) -> int:
     if size == 0 or size >= SECRET_MAX_BYTES:
         os.close(fd)
         raise ValueError(
-            f"{show(path)} is {size} bytes; a secret must have 1 to {SECRET_MAX_BYTES - 1} "
+            f"{show(path)} is {size} bytes; {what} must have 1 to {SECRET_MAX_BYTES - 1} "
             "(Podman's limit)"
         )
     return fd
+
+
+def _read_fd(fd: int, where: str) -> bytes:
+    """The file behind an O_PATH descriptor (closed here), read through /proc: no second
+    lookup by name, so no link planted in between is followed."""
+    try:
+        reader = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise InvalidError(f"{where}: cannot read it: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    with os.fdopen(reader, "rb") as handle:
+        return handle.read(SECRET_MAX_BYTES)
+
+
+def parse_env_file(text: bytes, where: str) -> dict[str, str]:
+    """NAME=VALUE lines, as Podman's ``--env-file`` reads them (blank lines and lines
+    starting with # skipped, the value as written); InvalidError naming the first bad
+    line. A line without "=" (Podman's "take it from my environment") means iyclod's own
+    environment here, so it is refused."""
+    try:
+        lines = text.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise InvalidError(f"{where}: refused: it is not UTF-8 text") from None
+    found: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or not ENV_RE.match(name):
+            raise InvalidError(f"{where}: refused: line {number} is not NAME=VALUE")
+        if "\x00" in value:
+            raise InvalidError(f"{where}: refused: line {number} holds a NUL byte")
+        found[name] = value
+    return found
+
+
+def env_file_sources(manifest: Manifest) -> list[tuple[str, str, str]]:
+    """(field path, container, path) of every env file, in manifest order."""
+    return [
+        (f"{prefix}.envFiles[{fi}]", str(c.name), str(path))
+        for prefix, c in every_container(manifest)
+        for fi, path in enumerate(c.env_files)
+    ]
+
+
+def read_env_file(where: str, path: str, policy: Policy) -> dict[str, str]:
+    """An env file's variables, found and read as a secret file is (under
+    ``envFileAllow``, no symbolic link, a regular file); InvalidError naming the field."""
+    try:
+        _refuse_outside(path, policy.env_file_allow, "env file")
+        fd = _regular_fd(path, "an env file")
+    except ValueError as exc:
+        raise InvalidError(f"{where}: refused: {exc}") from None
+    return parse_env_file(_read_fd(fd, where), where)
+
+
+def env_file_problems(manifest: Manifest, policy: Policy = DEFAULT_POLICY) -> list[str]:
+    """Every env file of a manifest checked (and parsed) on this host, path-qualified."""
+    found: list[str] = []
+    for where, _, path in env_file_sources(manifest):
+        try:
+            read_env_file(where, path, policy)
+        except InvalidError as exc:
+            found.append(exc.message)
+    return found
 
 
 def _secret_where(where: str, secret: Secret) -> str:
@@ -372,7 +462,7 @@ def _secret_where(where: str, secret: Secret) -> str:
     return f"{where}.{'file' if secret.file is not None else 'credential'}"
 
 
-def secret_problems(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[str]:
+def secret_problems(manifest: Manifest, policy: Policy = DEFAULT_POLICY) -> list[str]:
     """Every secret source of a manifest checked on this host, path-qualified: under the
     allowed roots, no symbolic link, a regular file of a size Podman takes.
 
@@ -401,15 +491,7 @@ def read_secret(where: str, secret: Secret, policy: Policy) -> bytes:
         fd = _secret_fd(secret, policy)
     except ValueError as exc:
         raise InvalidError(f"{where}: refused: {exc}") from None
-    try:
-        # Reopening an O_PATH descriptor through /proc reads the very file it points to.
-        reader = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
-    except OSError as exc:
-        raise InvalidError(f"{where}: cannot read it: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    with os.fdopen(reader, "rb") as handle:
-        data = handle.read(SECRET_MAX_BYTES)
+    data = _read_fd(fd, where)
     if not data:
         raise InvalidError(f"{where}: refused: it is empty")
     return data
@@ -459,7 +541,7 @@ class VolumeClaim:
     shared: bool
 
 
-def volume_claims(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[VolumeClaim]:
+def volume_claims(manifest: Manifest, policy: Policy = DEFAULT_POLICY) -> list[VolumeClaim]:
     """Each named volume of a manifest, checked against ``policy.sharedVolumes``.
 
     Validation can only say which names are shared; who owns the others is Podman's
@@ -602,8 +684,10 @@ def _init_container_problems(prefix: str, container: Container) -> list[str]:
     ]
 
 
-def problems(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[str]:
+def problems(manifest: Manifest, policy: Policy = DEFAULT_POLICY) -> list[str]:
     """Every cross-field problem of a structurally valid manifest, path-qualified."""
+    if isinstance(manifest, Network):
+        return []  # its name and flags are all checked by their types
     found: list[str] = []
     if not manifest.containers:
         found.append("containers: a pod needs at least one container")
@@ -669,7 +753,25 @@ def problems(manifest: Pod | Job, policy: Policy = DEFAULT_POLICY) -> list[str]:
     if isinstance(manifest, Pod) and manifest.restart.limit < 0:
         found.append(f"restart.limit: {manifest.restart.limit} must not be negative")
     found.extend(_dependency_problems(manifest))
+    if isinstance(manifest, Pod):
+        found.extend(_attachment_problems(manifest))
     return found
+
+
+def _attachment_problems(manifest: Pod) -> Iterator[str]:
+    """What one pod can say wrong about its ``networks``; whether each is applied, and
+    internal, is the apply's to find (``core.networks``)."""
+    if manifest.networks and manifest.network != "bridge":
+        yield f'networks: a pod on network "{manifest.network}" cannot join networks'
+    seen: set[str] = set()
+    for i, attachment in enumerate(manifest.networks):
+        if attachment.name in seen:
+            yield f"networks[{i}].name: {show(attachment.name)} is listed more than once"
+        seen.add(attachment.name)
+        aliases = Counter(attachment.aliases)
+        for ai, alias in enumerate(attachment.aliases):
+            if aliases[alias] > 1:
+                yield f"networks[{i}].aliases[{ai}]: {show(alias)} is listed more than once"
 
 
 def _dependency_problems(manifest: Pod | Job) -> Iterator[str]:

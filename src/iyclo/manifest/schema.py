@@ -14,7 +14,7 @@ import attrs
 
 from iyclo import __version__
 from iyclo.manifest.convert import camel
-from iyclo.manifest.model import Job, Pod
+from iyclo.manifest.model import KINDS
 from iyclo.manifest.values import VALUE_RULES
 
 _PRIMITIVES: dict[Any, dict[str, Any]] = {
@@ -85,9 +85,9 @@ def _class_schema(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
 
 
 def manifest_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of a manifest: a Pod or a Job."""
+    """The JSON Schema (draft 2020-12) of a manifest: a Pod, a Job or a Network."""
     defs: dict[str, Any] = {}
-    one_of = [_type_schema(Pod, defs), _type_schema(Job, defs)]
+    one_of = [_type_schema(cls, defs) for cls in KINDS.values()]
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"https://github.com/iyclo/iyclo/schema/manifest-{__version__}.json",

@@ -22,6 +22,7 @@ import podman.errors
 import requests.exceptions
 
 from iyclo.errors import NotFoundError, PodmanError, PodmanUnreachableError
+from iyclo.podman.network import NetworkInfo
 from iyclo.podman.platform import Platform
 from iyclo.podman.pull import ImageRef, PullPolicy, PullStep, pull_step
 
@@ -320,6 +321,14 @@ class PodmanClient:
             f'create volume "{name}"', self._client.volumes.create, name, labels=dict(labels)
         )
 
+    async def list_volumes(self, label: str) -> list[dict[str, Any]]:
+        """Volumes carrying ``label`` (``key`` or ``key=value``): Name, Labels, Mountpoint."""
+
+        def list_() -> list[dict[str, Any]]:
+            return [v.attrs for v in self._client.volumes.list(filters={"label": label})]
+
+        return await self._call("list volumes", list_)
+
     async def remove_volume(self, name: str) -> None:
         """Remove a named volume; one already gone is not an error."""
 
@@ -328,6 +337,52 @@ class PodmanClient:
                 self._client.volumes.remove(name)
 
         await self._call(f'remove volume "{name}"', remove)
+
+    async def network(self, name: str) -> NetworkInfo | None:
+        """The Podman network ``name`` as iyclo reads it, or None when there is none."""
+
+        def get() -> NetworkInfo | None:
+            response = self._client.api.get(f"/networks/{name}/json")
+            if response.status_code == 404:
+                return None
+            response.raise_for_status()
+            return NetworkInfo.from_inspect(response.json())
+
+        return await self._call(f'network "{name}"', get)
+
+    async def create_network(self, name: str, *, internal: bool, labels: Mapping[str, str]) -> None:
+        """A bridge network with aardvark-dns (so pods reach each other by alias); one of
+        that name already there is an error."""
+        body = {"name": name, "driver": "bridge", "internal": internal,
+                "dns_enabled": True, "labels": dict(labels)}  # fmt: skip
+
+        def create() -> None:
+            response = self._client.api.post("/networks/create", data=json.dumps(body))
+            response.raise_for_status()
+
+        await self._call(f'create network "{name}"', create)
+
+    async def remove_network(self, name: str) -> None:
+        """Remove a network; one already gone is not an error (nor is one a container
+        still uses: Podman refuses that with 409, which is reported)."""
+
+        def remove() -> None:
+            response = self._client.api.delete(f"/networks/{name}")
+            if response.status_code != 404:
+                response.raise_for_status()
+
+        await self._call(f'remove network "{name}"', remove)
+
+    async def list_networks(self, label: str) -> list[NetworkInfo]:
+        """Networks carrying ``label`` (``key`` or ``key=value``)."""
+
+        def list_() -> list[NetworkInfo]:
+            params = {"filters": json.dumps({"label": [label]})}
+            response = self._client.api.get("/networks/json", params=params)
+            response.raise_for_status()
+            return [NetworkInfo.from_inspect(n) for n in response.json() or []]
+
+        return await self._call("list networks", list_)
 
     async def update_container(self, name: str, resources: Mapping[str, Any]) -> None:
         """Change a running container's limits (OCI LinuxResources: memory, cpu, pids).
