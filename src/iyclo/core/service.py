@@ -403,10 +403,11 @@ class Service:
             by_name = {r.name: r for r in records}
             order = start_order(by_name, {r.name: needs_of(r.manifest) for r in records})
             records = [by_name[name] for name in order]
+            survey = await self.steps.survey()  # once, not per record
             for done, record in enumerate(records, 1):
                 try:
                     async with self.locks.name(record.name):
-                        outcome = await self._handler(record).reconcile_one(record)
+                        outcome = await self._handler(record).reconcile_one(record, survey)
                 except IycloError as exc:
                     failed.append((record.name, exc.message))
                     log.error("reconcile failed", name=record.name, error=exc.message)
