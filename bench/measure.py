@@ -49,23 +49,39 @@ def timed_apply(daemon: Daemon, name: str) -> float:
     return time.perf_counter() - started
 
 
+def make_by_hand(host: Host, pod: str) -> None:
+    """What an apply of ``one_pod`` does, done by hand: pod create + create + systemd-run
+    of the pod's start."""
+    host.run(["podman", "pod", "create", "--name", pod])
+    host.run(["podman", "create", "--pod", pod, "--name", f"{pod}-main", "--stop-timeout",
+              "0", "localhost/busybox:latest", "sleep", "100000"])  # fmt: skip
+    host.run(["systemd-run", f"--unit={pod}", "-p", "Type=forking", "--slice=bench.slice",
+              "/usr/bin/podman", "pod", "start", pod])  # fmt: skip
+
+
+def remove_by_hand(host: Host, pods: list[str]) -> None:
+    for pod in pods:  # the pod first: a bare unit would wait out SIGTERM
+        host.run(["podman", "pod", "rm", "-f", "-t", "0", pod], check=False)
+        host.run(["systemctl", "stop", pod], check=False)
+
+
 def by_hand(host: Host, rounds: int) -> float:
-    """Median seconds of what an apply does, done by hand: pod create + create +
-    systemd-run of the pod's start."""
+    """Median seconds of ``make_by_hand``."""
     times = []
     for index in range(rounds):
-        pod = f"plain-{index}"
         started = time.perf_counter()
-        host.run(["podman", "pod", "create", "--name", pod])
-        host.run(["podman", "create", "--pod", pod, "--name", f"{pod}-main", "--stop-timeout",
-                  "0", "localhost/busybox:latest", "sleep", "100000"])  # fmt: skip
-        host.run(["systemd-run", f"--unit={pod}", "-p", "Type=forking", "--slice=bench.slice",
-                  "/usr/bin/podman", "pod", "start", pod])  # fmt: skip
+        make_by_hand(host, f"plain-{index}")
         times.append(time.perf_counter() - started)
-    for index in range(rounds):  # the pod first: a bare unit would wait out SIGTERM
-        host.run(["podman", "pod", "rm", "-f", "-t", "0", f"plain-{index}"], check=False)
-        host.run(["systemctl", "stop", f"plain-{index}"], check=False)
+    remove_by_hand(host, [f"plain-{index}" for index in range(rounds)])
     return statistics.median(times)
+
+
+def by_hand_in_parallel(host: Host, count: int) -> float:
+    """Wall-clock seconds of ``count`` ``make_by_hand`` at once: what Podman and systemd
+    themselves allow in parallel on this machine."""
+    seconds = parallel(count, lambda index: make_by_hand(host, f"parallel-{index}"))
+    remove_by_hand(host, [f"parallel-{index}" for index in range(count)])
+    return seconds
 
 
 def parallel(count: int, work: Callable[[int], None]) -> float:

@@ -17,6 +17,7 @@ from tests.daemon_fixtures import Daemon
 from bench.measure import (
     Row,
     by_hand,
+    by_hand_in_parallel,
     loop_inside,
     ms,
     one_pod,
@@ -94,6 +95,9 @@ def run(pods: int, rounds: int) -> tuple[dict[str, Any], list[Row]]:
 
         rows.append(row("10 applies in parallel", ms(parallel(10, apply_one)),
                         ms(one) + " (one)", "≤ 3x", f"at {pods} pods, 10 clients"))  # fmt: skip
+        rows.append(row("10 made by hand in parallel", ms(by_hand_in_parallel(host, 10)),
+                        ms(by_hand(host, 1)) + " (one)", "-",
+                        "what Podman and systemd allow at once here"))  # fmt: skip
         rows.append(row(f"iyclo ps, {pods + 11} pods", ms(loop_inside(host, ps, rounds)),
                         ms(loop_inside(host, "podman ps", rounds)), "≤ 1.0x",
                         "vs podman ps"))  # fmt: skip
