@@ -61,3 +61,10 @@ def test_commands_import_nothing_the_daemon_needs(argv: list[str], tmp_path: Pat
     assert "iyclo.cli.commands" in names
     leaked = sorted(n for n in names if n.split(".")[0] in DAEMON_ONLY or n.startswith(DAEMON_ONLY))
     assert leaked == []
+    assert sorted(n for n in names if n.split(".")[0] in ("rich", "rich_click")) == []
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"], ["ps", "-h"]])
+def test_help_is_still_rendered_by_rich_click(argv: list[str]) -> None:
+    names = _imported(START, *argv, check=False)
+    assert "rich_click.patch" in names

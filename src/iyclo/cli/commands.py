@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import rich_click as click
+import click
 
 from iyclo.cli.formats import print_generations_table, print_runs_table, print_status_table
 from iyclo.cli.output import console, fail, json_option, out, print_json, terminal_text

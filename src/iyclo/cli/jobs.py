@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import rich_click as click
+import click
 
 from iyclo.cli.formats import print_jobs_table
 from iyclo.cli.output import console, json_option, out, print_json, terminal_text

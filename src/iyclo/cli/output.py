@@ -10,7 +10,7 @@ import re
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import rich_click as click
+import click
 
 from iyclo.errors import IycloError
 
