@@ -60,6 +60,7 @@ def _fill(daemon: Daemon, start: int, stop: int) -> list[float]:
 
 
 def run(pods: int, rounds: int) -> tuple[dict[str, Any], list[Row]]:
+    DEFAULT_BASE.mkdir(parents=True, exist_ok=True)  # a fresh root has none yet
     base = Path(tempfile.mkdtemp(prefix="bench-", dir=DEFAULT_BASE))
     host = boot(base / "host", name=f"bench{os.getpid()}", timeout=120)
     rows: list[Row] = []
