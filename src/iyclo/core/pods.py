@@ -421,7 +421,10 @@ class PodHandler:
         except BaseException:
             await self._undo(plan, made, old_stopped, old_plan if old_was_running else None)
             raise
-        await self.steps.remove_other_generations(manifest.name, keep=plan.pod_name)
+        if previous is not None:  # a first generation has no other (issue #15: at 200 pods
+            # Podman's lists of pods and secrets cost most of an apply); what a crash left of
+            # a removed one is an orphan, which the start-up reconcile removes
+            await self.steps.remove_other_generations(manifest.name, keep=plan.pod_name)
 
     async def _with_init_output(self, plan: PodPlan, start: Awaitable[None]) -> None:
         """A start that failed because an init container did says so with that container's
