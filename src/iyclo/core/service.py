@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from iyclo import __version__
-from iyclo.core import timeouts
+from iyclo.core import naming, timeouts
 from iyclo.core.events import EventBus
 from iyclo.core.handler import Handler
 from iyclo.core.health import OK, Dependencies
@@ -420,8 +420,11 @@ class Service:
             for kind, handler in self._handlers.items():
                 known = {r.name for r in records if Kind.of(r.kind) is kind}
                 removed.extend(await handler.remove_orphans(known))
+            current = {naming.podman_pod_name(r.name, r.pod_generation) for r in records}
             removed.extend(
-                await self.steps.remove_orphans({r.name for r in records}, self.locks.busy)
+                await self.steps.remove_orphans(
+                    {r.name for r in records}, self.locks.busy, survey, current
+                )
             )
             with contextlib.suppress(IycloError):
                 await self.pods.resync()

@@ -406,30 +406,40 @@ class Steps:
         return removed
 
     async def remove_orphans(
-        self, known: set[str], busy: Callable[[str], bool] = lambda _: False
+        self,
+        known: set[str],
+        busy: Callable[[str], bool] = lambda _: False,
+        survey: Survey | None = None,
+        current: set[str] | None = None,
     ) -> list[str]:
         """Podman pods, secrets and slices iyclo made for names the store does not hold,
         and secrets of generations whose pod is gone (but not those of a name ``busy``
-        with an operation, whose apply makes its secrets before its pod)."""
+        with an operation, whose apply makes its secrets before its pod).
+
+        ``survey``: the reconcile's, taken before its records were made to match: what
+        they removed since is gone already (removing it again is no error), and what they
+        made since belongs to a known name, so no orphan is missed by not listing again;
+        ``current`` are the Podman pods the records run now, some made since the survey,
+        whose secrets are not orphans."""
+        survey = survey or await self.survey()
         removed: list[str] = []
-        pods: set[str] = set()
-        for pod in await self.podman.list_pods(naming.LABEL_POD):
-            labels = pod.get("Labels") or {}
-            if labels.get(naming.LABEL_POD) not in known:
-                await self.podman.remove_pod(str(pod["Name"]))
-                removed.append(str(pod["Name"]))
-            else:
-                pods.add(str(pod["Name"]))
-
-        def orphan(pod: str | None, labels: dict[str, str]) -> bool:
-            owner = labels.get(naming.LABEL_POD, "")
-            return not busy(owner) and (owner not in known or pod not in pods)
-
-        removed.extend(await self._remove_secrets(orphan))
+        pods: set[str] = set(current or ())
+        for owner, names in survey.pods.items():
+            for name in names:
+                if owner not in known:
+                    await self.podman.remove_pod(name)
+                    removed.append(name)
+                else:
+                    pods.add(name)
+        for owner, secrets in survey.secrets.items():
+            for secret, pod in secrets:
+                if not busy(owner) and (owner not in known or pod not in pods):
+                    await self.podman.remove_secret(secret)
+                    removed.append(secret)
         patterns = [f"{naming.SLICE_PREFIX}*.slice"]
         for unit in await self.systemd.list_units_by_patterns([], patterns):
-            owner = naming.parse_slice_name(unit.name)
-            if owner is not None and owner not in known:
+            sliced = naming.parse_slice_name(unit.name)
+            if sliced is not None and sliced not in known:
                 await self.stop(unit.name)
                 removed.append(unit.name)
         return removed
