@@ -100,8 +100,8 @@ def _imports(module: Path) -> set[str]:
 def test_the_cli_imports_one_way() -> None:
     """main → command modules → formats/output/transport, never back or across."""
     layers = {
-        "main": 2, "__main__": 3, "commands": 1, "jobs": 1, "operate": 1,
-        "formats": 0, "output": 0, "transport": 0, "progress": 0,
+        "start": 3, "main": 2, "__main__": 4, "commands": 1, "jobs": 1, "operate": 1,
+        "formats": 0, "output": 0, "transport": 0, "progress": 0, "table": 0,
     }  # fmt: skip
     assert {p.stem for p in CLI.glob("*.py")} - {"__init__"} == set(layers)
     for module in CLI.glob("*.py"):
@@ -111,5 +111,6 @@ def test_the_cli_imports_one_way() -> None:
             target = name.removeprefix("iyclo.cli.").split(".")[0]
             if target in layers and target != module.stem:
                 assert layers[target] < layers[module.stem] or (
-                    layers[target] == 0 == layers[module.stem] and target == "output"
+                    layers[target] == 0 == layers[module.stem]
+                    and (target == "output" or (target, module.stem) == ("table", "formats"))
                 ), f"{module.stem} imports {target}"

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "web.json"
 
 DAEMON_ONLY = ("podman", "requests", "tinydb", "cattrs", "structlog", "iyclo.core", "iyclo.store",
                "iyclo.systemd", "iyclo.api", "iyclo.manifest")  # fmt: skip
 
 
-def _imported(code: str) -> set[str]:
+def _imported(code: str, *argv: str, check: bool = True) -> set[str]:
     result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", code],
-        capture_output=True, text=True, check=True,
+        [sys.executable, "-X", "importtime", "-c", code, *argv],
+        capture_output=True, text=True, check=check,
     )  # fmt: skip
     names = set()
     for line in result.stderr.splitlines():
@@ -37,3 +42,29 @@ def test_dbus_transport_stays_lean() -> None:
     assert "dbus_fast" in names
     leaked = sorted(n for n in names if n.startswith(DAEMON_ONLY))
     assert leaked == []
+
+
+START = "import sys; from iyclo.cli.start import start; sys.argv[0] = 'iyclo'; start()"
+
+
+def test_version_is_answered_before_click_is_imported() -> None:
+    names = _imported(START, "--version")
+    assert "iyclo.cli.start" in names
+    assert sorted(n for n in names if n.startswith(("click", "rich", "iyclo.cli.main"))) == []
+
+
+@pytest.mark.parametrize("argv", [["ps"], ["inspect", "web"], ["apply", "-f", str(EXAMPLE)]])
+def test_commands_import_nothing_the_daemon_needs(argv: list[str], tmp_path: Path) -> None:
+    """The command runs as far as reaching the daemon (there is none: it exits 1)."""
+    socket = str(tmp_path / "none.sock")
+    names = _imported(START, "--socket", socket, *argv, check=False)
+    assert "iyclo.cli.commands" in names
+    leaked = sorted(n for n in names if n.split(".")[0] in DAEMON_ONLY or n.startswith(DAEMON_ONLY))
+    assert leaked == []
+    assert sorted(n for n in names if n.split(".")[0] in ("rich", "rich_click")) == []
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"], ["ps", "-h"]])
+def test_help_is_still_rendered_by_rich_click(argv: list[str]) -> None:
+    names = _imported(START, *argv, check=False)
+    assert "rich_click.patch" in names

@@ -34,9 +34,9 @@ async def slow_first_step(core: Core, monkeypatch: pytest.MonkeyPatch) -> asynci
     release = asyncio.Event()
     real = core.service.pods.reconcile_one
 
-    async def reconcile_one(record: Any) -> str:
+    async def reconcile_one(record: Any, survey: Any = None) -> str:
         await release.wait()
-        return await real(record)
+        return await real(record, survey)
 
     monkeypatch.setattr(core.service.pods, "reconcile_one", reconcile_one)
     return release

@@ -317,10 +317,9 @@ def test_corrupt_file_is_a_store_error(state_dir: Path) -> None:
 
 
 def test_storage_reads_missing_and_empty_files_as_empty(tmp_path: Path) -> None:
-    storage = AtomicJSONStorage(tmp_path / "db.json")
-    assert storage.read() is None
-    (tmp_path / "db.json").write_text("")
-    assert storage.read() is None
+    assert AtomicJSONStorage(tmp_path / "db.json").read() == {}
+    (tmp_path / "db.json").write_text("")  # a new storage: one storage keeps what it parsed
+    assert AtomicJSONStorage(tmp_path / "db.json").read() == {}
 
 
 def test_unserialisable_value_leaves_file_and_directory_untouched(

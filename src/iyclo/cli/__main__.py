@@ -1,3 +1,3 @@
-from iyclo.cli.main import main
+from iyclo.cli.start import start
 
-main()
+start()

@@ -10,19 +10,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import rich_click as click
+import click
 
 from iyclo.cli.formats import print_generations_table, print_runs_table, print_status_table
 from iyclo.cli.output import (
     console,
     fail,
     json_option,
-    make_table,
     out,
     print_json,
     terminal_text,
 )
 from iyclo.cli.progress import event_line, pull_progress
+from iyclo.cli.table import Table
 from iyclo.cli.transport import connect, daemon
 from iyclo.contract.events import Event, HealthChanged, PodChanged, PullProgress
 from iyclo.errors import InvalidError, NotFoundError
@@ -310,11 +310,11 @@ def volumes_(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         print_json(rows)
         return
-    table = make_table("NAME", "OWNER", "IN USE", "MOUNTPOINT")
+    table = Table("NAME", "OWNER", "IN USE", "MOUNTPOINT")
     for row in rows:
         used = ", ".join(row["usedBy"]) if row["inUse"] else "no"
         table.add_row(row["name"], row["owner"] or "-", used, row["mountpoint"])
-    out().print(table)
+    table.print()
 
 
 def _each(ctx: click.Context, names: tuple[str, ...], method: str, done: str) -> None:

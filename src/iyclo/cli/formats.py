@@ -7,7 +7,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from iyclo.cli.output import escape, make_table, out
+from iyclo.cli.table import Cell, Table
 
 
 def parse_iso(text: str) -> float | None:
@@ -55,14 +55,14 @@ def duration(run: dict[str, Any]) -> str:
     return f"{value:.1f}s" if value < 60 else span(value)
 
 
-def outcome(run: dict[str, Any] | None) -> str:
+def outcome(run: dict[str, Any] | None) -> Cell:
     """``succeeded``, ``failed (exit 3)``, ``failed (timeout, SIGTERM)``, ``running``."""
     if not run:
-        return "-"
+        return Cell("-")
     state = str(run.get("state", ""))
     style = {"succeeded": "green", "running": "yellow"}.get(state, "red")
     if state in ("succeeded", "running"):
-        return f"[{style}]{state}[/]"
+        return Cell(state, style)
     details = []
     result = run.get("result")
     if result and result not in ("exit-code", "success"):
@@ -72,7 +72,7 @@ def outcome(run: dict[str, Any] | None) -> str:
     elif run.get("exitCode") not in (None, -1):
         details.append(f"exit {run['exitCode']}")
     suffix = f" ({', '.join(details)})" if details else ""
-    return f"[{style}]{state}{escape(suffix)}[/]"
+    return Cell(f"{state}{suffix}", style)
 
 
 def containers_summary(status: dict[str, Any]) -> str:
@@ -96,9 +96,7 @@ def readiness(status: dict[str, Any]) -> str:
 
 
 def print_status_table(rows: list[dict[str, Any]]) -> None:
-    table = make_table(
-        "NAME", "KIND", "STATE", "READY", "GEN", "CONTAINERS", "RESTARTS", "UP", "UNIT"
-    )
+    table = Table("NAME", "KIND", "STATE", "READY", "GEN", "CONTAINERS", "RESTARTS", "UP", "UNIT")
     for row in rows:
         state = row.get("state", "")
         style = {"running": "green", "created": "green", "failed": "red",
@@ -106,7 +104,7 @@ def print_status_table(rows: list[dict[str, Any]]) -> None:
         table.add_row(
             row.get("name", ""),
             row.get("kind", ""),
-            f"[{style}]{state}[/]",
+            Cell(state, style),
             readiness(row),
             str(row.get("generation", "")),
             containers_summary(row),
@@ -114,19 +112,19 @@ def print_status_table(rows: list[dict[str, Any]]) -> None:
             age(row.get("since", "")) if state == "running" else "-",
             row.get("unit", ""),
         )
-    out().print(table)
+    table.print()
 
 
 def print_generations_table(rows: list[dict[str, Any]]) -> None:
-    table = make_table("GEN", "APPLIED", "DIGEST", "")
+    table = Table("GEN", "APPLIED", "DIGEST", "")
     for row in rows:
         mark = "current" if row["current"] else ""
         table.add_row(str(row["generation"]), row["appliedAt"], row["digest"][:12], mark)
-    out().print(table)
+    table.print()
 
 
 def print_runs_table(rows: list[dict[str, Any]]) -> None:
-    table = make_table("RUN", "STARTED", "DURATION", "RESULT", "GEN", "INVOCATION")
+    table = Table("RUN", "STARTED", "DURATION", "RESULT", "GEN", "INVOCATION")
     for run in rows:
         table.add_row(
             str(run.get("number", "")),
@@ -136,11 +134,11 @@ def print_runs_table(rows: list[dict[str, Any]]) -> None:
             str(run.get("generation", "")),
             str(run.get("invocationId", ""))[:12],
         )
-    out().print(table)
+    table.print()
 
 
 def print_jobs_table(rows: list[dict[str, Any]]) -> None:
-    table = make_table("NAME", "SCHEDULE", "STATE", "NEXT", "LAST RUN", "RESULT", "DURATION")
+    table = Table("NAME", "SCHEDULE", "STATE", "NEXT", "LAST RUN", "RESULT", "DURATION")
     for row in rows:
         last = row.get("lastRun")
         state = row.get("state", "")
@@ -150,11 +148,11 @@ def print_jobs_table(rows: list[dict[str, Any]]) -> None:
             last_text = f"{last['number']}: {when(str(last.get('startedAt', '')), future=False)}"
         table.add_row(
             row.get("name", ""),
-            escape(str((row.get("schedule") or {}).get("calendar", ""))),
-            f"[{style}]{state}[/]",
+            str((row.get("schedule") or {}).get("calendar", "")),
+            Cell(state, style),
             when(str(row.get("next", "")), future=True),
             last_text,
             outcome(last),
             duration(last) if last else "-",
         )
-    out().print(table)
+    table.print()

@@ -8,7 +8,7 @@ import sys
 import threading
 from typing import Any
 
-import rich_click as click
+import click
 
 from iyclo.cli.formats import print_jobs_table
 from iyclo.cli.output import console, fail, json_option, out, print_json, terminal_text

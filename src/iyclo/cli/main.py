@@ -1,7 +1,8 @@
 """The `iyclo` command.
 
 Kept lean on purpose: it imports neither podman nor the daemon's modules, so
-`iyclo ps` starts fast. Commands that need the daemon import their client lazily.
+`iyclo ps` starts fast; it is plain click, which rich-click dresses up only when help
+is shown (``iyclo.cli.start``). Commands that need the daemon import their client lazily.
 Imports go one way: this module → the command modules (``commands``, ``jobs``, ``operate``) →
 ``formats``, ``output``, ``transport``.
 """
@@ -14,16 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import rich_click as click
+import click
 
 from iyclo import __version__
 from iyclo.cli import commands, jobs, operate
 from iyclo.cli.output import die, json_option, print_json, set_debug
 from iyclo.errors import InvalidError
-
-click.rich_click.USE_MARKDOWN = True
-click.rich_click.SHOW_ARGUMENTS = True
-click.rich_click.STYLE_ERRORS_SUGGESTION = "dim"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

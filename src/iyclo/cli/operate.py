@@ -10,9 +10,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import rich_click as click
+import click
 
-from iyclo.cli.output import escape, fail, json_option, make_table, out
+from iyclo.cli.output import fail, json_option
+from iyclo.cli.table import Table
 from iyclo.cli.transport import daemon
 from iyclo.errors import InvalidError
 
@@ -106,17 +107,17 @@ def print_stats(sample: dict[str, Any], previous: dict[str, Any] | None) -> None
     """One table: each pod (its slice's figures), then its containers (Podman's)."""
     before = dict(_rows(previous)) if previous else {}
     elapsed = sample["sampledNs"] - previous["sampledNs"] if previous else 0
-    table = make_table("NAME", "STATE", "CPU", "CPU%", "MEM", "MEM LIMIT", "PIDS")
+    table = Table("NAME", "STATE", "CPU", "CPU%", "MEM", "MEM LIMIT", "PIDS")
     for label, row in _rows(sample):
         earlier = before.get(label, {})
         tasks = row.get("tasks", row.get("pids"))
         table.add_row(
-            escape(label), escape(str(row.get("state", ""))), cpu_time(row.get("cpuNsec")),
+            label, str(row.get("state", "")), cpu_time(row.get("cpuNsec")),
             cpu_rate(row.get("cpuNsec"), earlier.get("cpuNsec"), elapsed),
             size(row.get("memoryBytes")), size(row.get("memoryLimit")),
             "-" if tasks is None else str(tasks),
         )  # fmt: skip
-    out().print(table)
+    table.print()
 
 
 @click.command()
@@ -164,7 +165,7 @@ def stats(ctx: click.Context, *, names: tuple[str, ...], watch: bool, interval: 
                 sys.stdout.flush()
             else:
                 if watch and previous is not None and sys.stdout.isatty():
-                    out().clear()
+                    sys.stdout.write("\x1b[H\x1b[2J")  # clear the terminal, as watch(1) does
                 print_stats(sample, previous)
             if not watch or (count and taken >= count):
                 return

@@ -10,13 +10,12 @@ import re
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import rich_click as click
+import click
 
 from iyclo.errors import IycloError
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from rich.table import Table
 
 _debug = False
 
@@ -85,15 +84,6 @@ def out() -> Console:
 def console() -> Console:
     """Where progress goes (stderr), so that stdout stays the result."""
     return _console(True)
-
-
-def make_table(*columns: str) -> Table:
-    from rich.table import Table
-
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in columns:
-        table.add_column(column)
-    return table
 
 
 def escape(text: str) -> str:

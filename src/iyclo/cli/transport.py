@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import rich_click as click
+import click
 
 from iyclo.cli.output import error_line, fail
 from iyclo.errors import InvalidError, IycloError

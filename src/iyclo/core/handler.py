@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from iyclo.core.kind import Kind
 from iyclo.core.results import ApplyResult
+from iyclo.core.steps import Survey
 from iyclo.manifest.model import Manifest
 from iyclo.store import Deployment
 
@@ -52,8 +53,10 @@ class Handler(Protocol):
 
     async def logs(self, record: Deployment, run: int, lines: int | None) -> dict[str, Any]: ...
 
-    async def reconcile_one(self, record: Deployment) -> str:
-        """Make the host match the record: ``adopted``, ``recreated`` or ``stopped``."""
+    async def reconcile_one(self, record: Deployment, survey: Survey | None = None) -> str:
+        """Make the host match the record: ``adopted``, ``recreated`` or ``stopped``;
+        ``survey``: what Podman held when the reconcile began (``steps.Survey``), which
+        a record found as it should be is decided on without asking Podman again."""
 
     async def remove_orphans(self, known: set[str]) -> list[str]:
         """Remove this kind's units whose name is not in ``known``; the units removed."""

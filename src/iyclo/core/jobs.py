@@ -44,7 +44,7 @@ from iyclo.core.results import ApplyResult
 from iyclo.core.run_records import RunRecorder
 from iyclo.core.runs import invocation_hex, usec_iso
 from iyclo.core.secrets import SecretValues
-from iyclo.core.steps import Steps, pod_of_unit
+from iyclo.core.steps import Steps, Survey, pod_of_unit
 from iyclo.core.unit_state import is_active, is_ended, is_running
 from iyclo.errors import (
     ConflictError,
@@ -481,7 +481,7 @@ class JobHandler:
 
     # -- reconcile ----------------------------------------------------------------------
 
-    async def reconcile_one(self, record: Deployment) -> str:
+    async def reconcile_one(self, record: Deployment, survey: Survey | None = None) -> str:
         """After a daemon restart or a reboot: settle runs, then make the units match."""
         plan = self._plan(record)
         await self.runs.settle(record.name, deep=True, final=True)
@@ -495,7 +495,7 @@ class JobHandler:
         if is_active(timer):
             service = await self._service(plan)
             if pod_of_unit(service) in (None, plan.pod_name):
-                await self.steps.remove_other_generations(record.name, keep=plan.pod_name)
+                await self.steps.remove_other_generations(record.name, plan.pod_name, survey)
                 return "adopted"
             if is_running(service):
                 log.warning("an older generation is running; replacing it later", job=record.name)

@@ -18,7 +18,7 @@ import structlog
 from iyclo.core import naming
 from iyclo.core.kind import Kind
 from iyclo.core.results import ApplyResult
-from iyclo.core.steps import Steps
+from iyclo.core.steps import Steps, Survey
 from iyclo.errors import ConflictError, InvalidError, NotFoundError
 from iyclo.manifest.convert import dump_manifest, manifest_digest, parse_manifest
 from iyclo.manifest.model import Manifest, Network, Pod
@@ -192,7 +192,7 @@ class NetworkHandler:
             "containers": [],
         }
 
-    async def reconcile_one(self, record: Deployment) -> str:
+    async def reconcile_one(self, record: Deployment, survey: Survey | None = None) -> str:
         """The Podman network again when it is missing (its pods need it first)."""
         manifest = parse_manifest(record.manifest, UNRESTRICTED)
         if not isinstance(manifest, Network):

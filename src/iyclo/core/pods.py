@@ -30,7 +30,7 @@ from iyclo.core.results import ApplyResult
 from iyclo.core.runs import usec_iso
 from iyclo.core.secrets import SecretValues
 from iyclo.core.state import LiveState
-from iyclo.core.steps import Steps, pod_of_unit
+from iyclo.core.steps import Steps, Survey, pod_of_unit
 from iyclo.core.timeouts import SYSTEMD_JOB
 from iyclo.core.unit_state import is_active, is_running
 from iyclo.core.update import IN_PLACE, in_place_update
@@ -423,7 +423,10 @@ class PodHandler:
         except BaseException:
             await self._undo(plan, made, old_stopped, old_plan if old_was_running else None)
             raise
-        await self.steps.remove_other_generations(manifest.name, keep=plan.pod_name)
+        if previous is not None:  # a first generation has no other (issue #15: at 200 pods
+            # Podman's lists of pods and secrets cost most of an apply); what a crash left of
+            # a removed one is an orphan, which the start-up reconcile removes
+            await self.steps.remove_other_generations(manifest.name, keep=plan.pod_name)
 
     async def _with_init_output(self, plan: PodPlan, start: Awaitable[None]) -> None:
         """A start that failed because an init container did says so with that container's
@@ -589,13 +592,13 @@ class PodHandler:
 
     # -- reconcile ----------------------------------------------------------------------
 
-    async def reconcile_one(self, record: Deployment) -> str:
+    async def reconcile_one(self, record: Deployment, survey: Survey | None = None) -> str:
         plan = self._plan(record)
         state = await self.steps.settled_service_state(plan.unit)
         desired = record.status.get("desired", KIND.running)
         if is_running(state):
             if pod_of_unit(state) in (None, plan.pod_name):
-                await self.steps.remove_other_generations(record.name, keep=plan.pod_name)
+                await self.steps.remove_other_generations(record.name, plan.pod_name, survey)
                 self._publish(record.name, "running", generation=record.generation)
                 return "adopted"
             # The daemon died mid-update: the unit still runs an older generation.

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from iyclo import __version__
-from iyclo.core import follow, podexec, stats, timeouts
+from iyclo.core import follow, naming, podexec, stats, timeouts
 from iyclo.core.events import EventBus
 from iyclo.core.handler import Handler
 from iyclo.core.handover import Handover
@@ -500,10 +500,11 @@ class Service:
             # Networks before everything: a pod's Podman pod cannot be made without them.
             records = sorted((by_name[name] for name in order),
                              key=lambda r: Kind.of(r.kind) is not Kind.NETWORK)  # fmt: skip
+            survey = await self.steps.survey()  # once, not per record
             for done, record in enumerate(records, 1):
                 try:
                     async with self.locks.name(record.name):
-                        outcome = await self._handler(record).reconcile_one(record)
+                        outcome = await self._handler(record).reconcile_one(record, survey)
                 except IycloError as exc:
                     failed.append((record.name, exc.message))
                     log.error("reconcile failed", name=record.name, error=exc.message)
@@ -517,8 +518,11 @@ class Service:
                 if kind is not Kind.NETWORK:
                     known = {r.name for r in records if Kind.of(r.kind) is kind}
                     removed.extend(await handler.remove_orphans(known))
+            current = {naming.podman_pod_name(r.name, r.pod_generation) for r in records}
             removed.extend(
-                await self.steps.remove_orphans({r.name for r in records}, self.locks.busy)
+                await self.steps.remove_orphans(
+                    {r.name for r in records}, self.locks.busy, survey, current
+                )
             )
             # Last: Podman refuses to remove a network an orphan pod is still on.
             removed.extend(await self.networks.remove_orphans(

@@ -1,0 +1,51 @@
+"""The store parses its file once (issue #15): a read costs what the record costs, not
+what the whole store costs. Counted, not timed: timings live in bench/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from iyclo.store import Store
+
+PODS = 200
+
+
+def _fill(store: Store) -> None:
+    for index in range(PODS):
+        store.apply(f"pod-{index:03}", "pod", {"name": f"pod-{index:03}"}, f"d{index}")
+        store.set_status(f"pod-{index:03}", desired="running")
+
+
+def test_list_of_200_pods_parses_the_file_no_more(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as store:
+        _fill(store)
+        parsed = store.file_reads
+        assert parsed == 1  # at open; every write since kept the parsed state
+        for _ in range(3):
+            records = store.list()
+            assert len(records) == PODS
+            for record in records:  # what `List` asks of each record
+                store.get(record.name)
+        assert store.file_reads == parsed
+
+
+def test_a_new_store_sees_what_the_kept_state_wrote(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as store:
+        _fill(store)
+        store.set_status("pod-007", desired="stopped")
+    with Store.open(tmp_path) as again:
+        assert again.get("pod-007").status == {"desired": "stopped"}
+        assert len(again.list()) == PODS
+
+
+def test_a_failed_write_leaves_the_kept_state_as_the_file(tmp_path: Path) -> None:
+    """TinyDB changes the kept state before the write: a write that fails must not
+    leave that change readable, or a read would answer what is not on disk."""
+    with Store.open(tmp_path) as store:
+        store.apply("web", "pod", {"name": "web"}, "d1")
+        with pytest.raises(ValueError, match="JSON"):  # NaN is not JSON: nothing written
+            store.set_status("web", desired="stopped", ratio=float("nan"))
+        assert store.get("web").status == {}
+        assert store.file_reads == 2  # parsed again after the failed write
