@@ -216,6 +216,7 @@ class FakePodman:
                 "Id": f"{self._ids:064x}", "Names": [container["name"]], "Pod": name,
                 "Image": container["image"], "Labels": dict(container["labels"]),
                 "State": "created", "ExitCode": 0, "StartedAt": 0,
+                "Checked": bool(container.get("healthcheck")),
             }  # fmt: skip
 
     async def volume_labels(self, name: str) -> dict[str, str] | None:
@@ -312,10 +313,29 @@ class FakePodman:
         return [dict(c) for c in self.containers.values() if _matches(c["Labels"], label)]
 
     async def inspect_container(self, name: str) -> dict[str, Any]:
+        """As Podman's inspect has it: ``State`` an object, a running checked container
+        healthy (the fake runs no checks: a check it has is taken to pass)."""
         await self._enter("inspect_container", name)
         if name not in self.containers:
             raise NotFoundError(f'container "{name}": no such container')
-        return dict(self.containers[name])
+        c = self.containers[name]
+        running = c["State"] == "running"
+        state: dict[str, Any] = {
+            "Status": c["State"], "Running": running,
+            "ExitCode": c["ExitCode"], "StartedAt": c["StartedAt"],
+        }  # fmt: skip
+        if c["Checked"]:
+            state["Health"] = {"Status": "healthy" if running else "", "Log": []}
+        return {"Id": c["Id"], "Name": name, "Pod": c["Pod"], "Image": c["Image"],
+                "Config": {"Labels": dict(c["Labels"])}, "State": state}  # fmt: skip
+
+    async def container_stats(self, names: list[str]) -> list[dict[str, Any]]:
+        await self._enter("container_stats", list(names))
+        return [
+            {"Name": n, "CPUNano": 1000, "MemUsage": 4096, "MemLimit": 0, "PIDs": 1}
+            for n in names
+            if self.containers.get(n, {}).get("State") == "running"
+        ]
 
     def container_events(self, label: str) -> Iterator[dict[str, Any]]:
         """Blocking, like the real stream: events as they happen, until ``close``."""
