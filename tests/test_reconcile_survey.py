@@ -5,23 +5,8 @@ Counted over the fakes, not timed (timings live in bench/)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
-
 from tests.fakes.fixtures import Core
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def pod(name: str) -> dict[str, Any]:
-    data = json.loads((ROOT / "examples" / "web.json").read_text())
-    data["name"] = name
-    for container in data["containers"]:
-        container.pop("ports", None)
-        for volume in container.get("volumes", []):
-            volume["source"] = f"{name}-content"
-    return data
+from tests.test_reconcile_race import pod
 
 
 async def _lists_during_reconcile(core: Core, pods: int) -> tuple[int, int]:
