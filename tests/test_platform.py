@@ -32,6 +32,7 @@ def test_debian_12_podman_is_supported_and_lacks_what_came_later() -> None:
     assert platform.features == Features(
         keeps_updates=False, sdnotify_healthy=False, startup_healthchecks=False,
         quadlet=False, cgroupsv1_warning=False, secret_labels_listed=False,
+        pins_bridge_mac=False,
     )  # fmt: skip
 
 
@@ -41,6 +42,7 @@ def test_debian_13_podman_is_supported_with_its_newer_features() -> None:
     assert platform.features == Features(
         keeps_updates=True, sdnotify_healthy=True, startup_healthchecks=True,
         quadlet=True, cgroupsv1_warning=True, secret_labels_listed=True,
+        pins_bridge_mac=True,
     )  # fmt: skip
 
 

@@ -43,23 +43,69 @@ def fetch(host: Host, query: str = "", timeout: float = 30) -> str:
     """A page through the web pod's published port, retried (bounded) while it starts."""
     url = f"{URL}?{query}" if query else URL
     deadline = time.monotonic() + timeout
+    early = ""
     for _ in range(200):
         result = host.run(["timeout", "2", "busybox", "wget", "-q", "-O", "-", url], check=False)
         if result.returncode == 0 and "note:" in result.stdout:
             return result.stdout
+        if not early and result.returncode != 0:
+            early = timings(host)
         if time.monotonic() > deadline:
-            raise AssertionError(f"{url}: no answer in {timeout:.0f}s: {result.stderr.strip()}\n"
+            raise AssertionError(f"{url}: no answer in {timeout:.0f}s: rc {result.returncode} "
+                                 f"{result.stdout.strip()!r} {result.stderr.strip()}\n"
+                                 f"at the first failure:\n{early}\nat the end:\n{timings(host)}\n"
                                  f"{diagnosis(host)}")  # fmt: skip
         time.sleep(0.3)
     raise AssertionError(f"{url}: no answer")
 
 
+def timings(host: Host) -> str:
+    app, web = "iyclo-shop-app-g1_cgi", "iyclo-shop-web-g1_front"
+    step = 's=$(date +%s%N); {}; echo "rc $? in $(( ($(date +%s%N) - s) / 1000000 )) ms"'
+    checks = (
+        (app, "getent ahosts db"),
+        (app, "redis-cli -h db PING"),
+        (app, "cat /etc/resolv.conf"),
+        (web, "getent ahosts app"),
+        (web, "busybox wget -q -O - http://app:8080/cgi-bin/app"),
+    )
+    out = []
+    for container, command in checks:
+        argv = ["podman", "exec", container, "sh", "-c", step.format(f"timeout 10 {command}")]
+        result = host.run(argv, check=False, timeout=30)
+        out.append(f"{container} $ {command}: {result.stdout.strip()} {result.stderr.strip()}")
+    result = host.run(
+        [
+            "sh",
+            "-c",
+            "ps -eo pid,lstart,args | grep [a]ardvark; "
+            "ls -l /run/containers/networks/aardvark-dns/ 2>&1; "
+            "cat /run/containers/networks/aardvark-dns/* 2>&1",
+        ],
+        check=False,
+    )
+    out.append(result.stdout + result.stderr)
+    return "\n".join(out)
+
+
 def diagnosis(host: Host) -> str:
     """What the pods say, for a request that got no answer."""
     app = "iyclo-shop-app-g1_cgi"
+    web = "iyclo-shop-web-g1_front"
     checks = (["podman", "ps", "-a", "--format", "{{.Names}} {{.Status}}"],
               ["podman", "exec", app, "getent", "hosts", "db"],
               ["podman", "exec", app, "timeout", "3", "redis-cli", "-h", "db", "PING"],
+              ["podman", "exec", app, "timeout", "3", "redis-cli", "-h", "db", "GET", "note"],
+              ["podman", "exec", web, "getent", "hosts", "app"],
+              ["podman", "exec", web, "cat", "/etc/resolv.conf"],
+              ["podman", "exec", web, "timeout", "3", "busybox", "wget", "-q", "-O", "-",
+               "http://app:8080/cgi-bin/app"],
+              ["podman", "exec", web, "sh", "-c", "ls -l /proc/*/exe"],
+              ["podman", "exec", app, "sh", "-c", "ls -l /proc/*/exe"],
+              ["podman", "exec", web, "cat", "/proc/net/arp"],
+              ["podman", "exec", app, "cat", "/proc/net/arp"],
+              ["podman", "inspect", "--format", "{{.Name}} {{range .NetworkSettings.Networks}}"
+               "{{.IPAddress}} {{.MacAddress}} {{end}}", app, web, "iyclo-shop-db-g1_redis"],
               ["podman", "logs", "--tail", "5", "iyclo-shop-db-g1_redis"])  # fmt: skip
     out = []
     for argv in checks:

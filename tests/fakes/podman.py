@@ -256,6 +256,11 @@ class FakePodman:
             raise PodmanError(f'remove network "{name}": "{name}" has associated containers')
         self.networks.pop(name, None)
 
+    async def bridge_interfaces(self) -> list[str]:
+        """No bridge of the fake exists on the host: nothing to pin."""
+        await self._enter("bridge_interfaces")
+        return []
+
     async def list_networks(self, label: str) -> list[NetworkInfo]:
         await self._enter("list_networks", label)
         return [n for n in self.networks.values() if _matches(n.labels, label)]

@@ -46,6 +46,7 @@ from iyclo.manifest.convert import dump_manifest, manifest_digest, parse_manifes
 from iyclo.manifest.model import Container, Dependency, Manifest, Pod
 from iyclo.manifest.policy import UNRESTRICTED
 from iyclo.manifest.values import duration_seconds
+from iyclo.podman.bridges import BridgeKeeper
 from iyclo.store import Deployment, Store
 from iyclo.systemd.const import UnitActiveState as Active
 from iyclo.systemd.const import UnitLoadState as Load
@@ -114,14 +115,17 @@ class PodHandler:
                                  lambda pod, c: container_health(self.steps, pod, c))  # fmt: skip
         self.live.on_health = self._on_health
         self.live.on_container_started = self._on_container_started
+        self.bridges = BridgeKeeper(steps.podman)
 
     # -- lifecycle --------------------------------------------------------------------
 
     async def start_watching(self) -> None:
         """Keep the live cache current from systemd's and Podman's events."""
         self.live.start(self.units)
+        self.bridges.soon()  # pods already running (a daemon restart) have their bridges
 
     async def close(self) -> None:
+        await self.bridges.close()
         await self.guard.close()
         await self.live.close()
 
@@ -641,6 +645,7 @@ class PodHandler:
             self.guard.reported(name, container, int(generation))
 
     def _on_container_started(self, name: str, attributes: dict[str, str]) -> None:
+        self.bridges.soon()
         container = attributes.get(naming.LABEL_CONTAINER)
         generation = attributes.get(naming.LABEL_GENERATION, "")
         if container and generation.isdigit() and not self.locks.busy(name):

@@ -384,6 +384,18 @@ class PodmanClient:
 
         return await self._call("list networks", list_)
 
+    async def bridge_interfaces(self) -> list[str]:
+        """The host interfaces of every bridge network Podman knows (iyclo's and others',
+        the default ``podman`` network's included): those that exist have containers."""
+
+        def list_() -> list[str]:
+            response = self._client.api.get("/networks/json")
+            response.raise_for_status()
+            return [str(n["network_interface"]) for n in response.json() or []
+                    if n.get("driver") == "bridge" and n.get("network_interface")]  # fmt: skip
+
+        return await self._call("list networks", list_)
+
     async def update_container(self, name: str, resources: Mapping[str, Any]) -> None:
         """Change a running container's limits (OCI LinuxResources: memory, cpu, pids).
 

@@ -55,6 +55,11 @@ class Features:
     - `secret_labels_listed`: the REST API's secret list carries each secret's labels:
       measured on 5.4; 4.3 lists ``"Labels": null`` and only its inspect has them. Taken
       from 5.0 on (4.4-4.9 not measured: they get the inspect, which is right everywhere).
+    - `pins_bridge_mac`: netavark sets each bridge's MAC address itself (netavark 1.9,
+      shipped with Podman 4.8: containers/netavark#833); with Debian 12's netavark 1.4
+      the kernel moves it as containers come and go, and iyclo pins it
+      (``iyclo.podman.bridges``). Podman 4.3 does not report netavark's version, so the
+      Podman version decides.
     """
 
     keeps_updates: bool
@@ -63,6 +68,7 @@ class Features:
     quadlet: bool
     cgroupsv1_warning: bool
     secret_labels_listed: bool
+    pins_bridge_mac: bool
 
     @classmethod
     def for_version(cls, version: tuple[int, ...], cgroup_version: str) -> Features:
@@ -73,6 +79,7 @@ class Features:
             quadlet=version >= (4, 4),
             cgroupsv1_warning=version >= (5,) and cgroup_version == "v1",
             secret_labels_listed=version >= (5,),
+            pins_bridge_mac=version >= (4, 8),
         )
 
 
