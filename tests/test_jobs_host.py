@@ -294,8 +294,10 @@ def test_runs_missed_while_the_daemon_was_down_are_settled_from_systemd(daemon: 
         assert [r["number"] for r in runs] == list(range(1, len(runs) + 1))
         written = [int(c) for c in host.run(["cat", f"{tally}/codes"]).stdout.split()]
         assert len(written) >= len(runs), (written, runs)
+        seen = [(r["number"], r["invocationId"][:8], r["startedAt"], r["exitCode"], r["state"])
+                for r in runs]  # fmt: skip
         for run, code in zip(runs, written, strict=False):
-            assert run["exitCode"] == code, (run, written)
+            assert run["exitCode"] == code, (seen, written)
             assert run["state"] == ("succeeded" if code == 0 else "failed"), run
             assert run["durationSec"] is not None
         assert {r["exitCode"] for r in runs} == {0, 7}

@@ -716,3 +716,39 @@ async def test_a_stop_another_job_replaced_is_asked_again(
     await Steps(systemd_manager, FakePodman()).stop_job("iyclo-a.service")
     assert [call[0] for call in fake_systemd.calls["StopUnit"]] == ["iyclo-a.service"] * 2
     assert "iyclo-a.service" not in fake_systemd.units  # stopped, and a transient unit goes
+
+
+async def test_a_units_state_is_read_from_one_moment(
+    systemd_manager: SystemdManager, fake_systemd: FakeSystemd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's run ends with exit 7 and the next one starts between the Unit read and the
+    Service read (systemd resets Result and ExecMain* then): the state returned is the
+    new run's, never the old run's invocation with the new run's "success"."""
+    await systemd_manager.start_transient_unit("iyclo-job-j.service", SLEEPER)
+    unit = fake_systemd.units["iyclo-job-j.service"]
+    unit.active_state, unit.sub_state, unit.invocation_id = "failed", "failed", b"\x0a" * 16
+    unit.result, unit.exec_main_code, unit.exec_main_status = "exit-code", 1, 7
+    real = systemd_manager.unit_properties
+    reads: list[str] = []
+
+    async def unit_properties(name: str, interface: str = IFACE_UNIT) -> dict[str, Any]:
+        reads.append(interface)
+        values = await real(name, interface)
+        if interface == IFACE_SERVICE and reads.count(IFACE_SERVICE) == 1:
+            # the timer fired while we read: the next run begins
+            unit.active_state, unit.sub_state, unit.invocation_id = (
+                "activating",
+                "start",
+                b"\x0b" * 16,
+            )
+            unit.result, unit.exec_main_code, unit.exec_main_status = "success", 0, 0
+            values = await real(name, interface)
+        return values
+
+    monkeypatch.setattr(systemd_manager, "unit_properties", unit_properties)
+    state = await Steps(systemd_manager, FakePodman()).service_state("iyclo-job-j.service")
+    assert state is not None
+    assert (state["InvocationID"], state["ActiveState"], state["Result"]) == (
+        b"\x0b" * 16, "activating", "success",
+    )  # fmt: skip
+    assert reads == [IFACE_UNIT, IFACE_SERVICE, IFACE_UNIT, IFACE_SERVICE, IFACE_UNIT]

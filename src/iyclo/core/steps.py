@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
+import structlog
 
 from iyclo.core import naming, timeouts
 from iyclo.core.journal import start_failure_reason
@@ -48,6 +49,12 @@ from iyclo.systemd.const import IFACE_SERVICE, IFACE_UNIT, JobResult
 from iyclo.systemd.const import UnitLoadState as Load
 from iyclo.systemd.manager import JobCanceledError, SystemdManager
 from iyclo.systemd.properties import prop
+
+log = structlog.get_logger("iyclo.steps")
+
+STATE_KEYS = ("InvocationID", "ActiveState", "SubState", "StateChangeTimestamp")
+"""What tells one moment of a unit from the next, for ``Steps.unit_state``."""
+COHERENT_READ_TRIES = 5
 
 
 def with_env(spec: dict[str, Any], variables: Mapping[str, str] | None) -> dict[str, Any]:
@@ -148,10 +155,27 @@ class Steps:
         props = await self.systemd.unit_properties(unit)
         if props.get("LoadState") == Load.NOT_FOUND:
             return None
-        if interface != IFACE_UNIT:
-            with contextlib.suppress(NotFoundError):  # unloaded in between
-                props.update(await self.systemd.unit_properties(unit, interface))
-        return props
+        if interface == IFACE_UNIT:
+            return props
+        # Two reads, two moments: a job's service can end one run and begin the next
+        # between them (systemd resets Result and ExecMain* at the start), and the
+        # Service values of the new run read with the Unit values of the old one made a
+        # run that exited 7 look like a success. The type's values count only when read
+        # between two Unit reads that show the same state.
+        typed: dict[str, Any] = {}
+        for _ in range(COHERENT_READ_TRIES):
+            try:
+                typed = await self.systemd.unit_properties(unit, interface)
+                after = await self.systemd.unit_properties(unit)
+            except NotFoundError:  # unloaded in between
+                return props
+            same = all(after.get(key) == props.get(key) for key in STATE_KEYS)
+            props = after
+            if same:
+                break
+        else:
+            log.warning("unit state kept changing while read", unit=unit)
+        return {**props, **typed}
 
     async def service_state(self, unit: str) -> dict[str, Any] | None:
         return await self.unit_state(unit, IFACE_SERVICE)
