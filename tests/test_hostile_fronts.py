@@ -78,8 +78,8 @@ class Figures:
 
 
 @pytest.fixture
-def report(request: pytest.FixtureRequest) -> Iterator[Callable[[str], Figures]]:
-    with reported(request, Figures) as start:
+def report() -> Iterator[Callable[[str], Figures]]:
+    with reported(Figures) as start:
         yield start
 
 

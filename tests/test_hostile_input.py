@@ -96,28 +96,25 @@ F = TypeVar("F", bound=Reported)
 
 
 @contextlib.contextmanager
-def reported(request: pytest.FixtureRequest, make: Callable[[], F]) -> Iterator[Callable[[str], F]]:
-    """Figures (made by ``make``) for a test's runs, each written to the terminal as its
-    ``line`` when the test finished, whatever the capture mode."""
+def reported(make: Callable[[], F]) -> Iterator[Callable[[str], F]]:
+    """Figures (made by ``make``) for a test's runs, each printed as its ``line`` when the
+    test finished, failed or not (``tests/figures.py`` shows a passing test's)."""
     made: list[tuple[str, F]] = []
 
     def start(name: str) -> F:
         made.append((name, make()))
         return made[-1][1]
 
-    yield start
-    plugins = request.config.pluginmanager
-    reporter, capture = plugins.getplugin("terminalreporter"), plugins.getplugin("capturemanager")
-    for name, figures in made:
-        if reporter is not None and capture is not None:
-            with capture.global_and_fixture_disabled():  # shown even without -s
-                reporter.write("\n")
-                reporter.write_line(figures.line(name))
+    try:
+        yield start
+    finally:
+        for name, figures in made:
+            print(figures.line(name))
 
 
 @pytest.fixture
-def report(request: pytest.FixtureRequest) -> Iterator[Callable[[str], Figures]]:
-    with reported(request, Figures) as start:
+def report() -> Iterator[Callable[[str], Figures]]:
+    with reported(Figures) as start:
         yield start
 
 
