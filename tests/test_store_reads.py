@@ -3,11 +3,14 @@ what the whole store costs. Counted, not timed: timings live in bench/."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from iyclo.store import Store
+from iyclo.store import Store, off_loop
 
 PODS = 200
 
@@ -49,3 +52,43 @@ def test_a_failed_write_leaves_the_kept_state_as_the_file(tmp_path: Path) -> Non
             store.set_status("web", desired="stopped", ratio=float("nan"))
         assert store.get("web").status == {}
         assert store.file_reads == 2  # parsed again after the failed write
+
+
+async def test_reads_stay_on_the_loop_unless_a_write_holds_the_store(tmp_path: Path) -> None:
+    """``off_loop``: a read is answered on the event loop (no hop to a worker thread)
+    while nothing writes; while a write holds the store it waits in a worker thread and
+    sees the write; a write always goes to a thread."""
+    with Store.open(tmp_path) as store:
+        _fill(store)
+        answered: list[tuple[str, bool]] = []
+        real = store.read_if_free
+
+        def spy(read: Any, *args: Any, **kwargs: Any) -> tuple[bool, Any]:
+            done, value = real(read, *args, **kwargs)
+            answered.append((read.__name__, done))
+            return done, value
+
+        store.read_if_free = spy  # type: ignore[method-assign]
+        assert (await off_loop(store.get, "pod-001")).name == "pod-001"
+        assert await off_loop(store.find, "pod-999") is None
+        await off_loop(store.set_status, "pod-002", desired="stopped")  # a write: not tried
+        assert answered == [("get", True), ("find", True)]
+
+        holding, release = threading.Event(), threading.Event()
+
+        def writer() -> None:
+            with store._mutex:  # a write under way, e.g. waiting for fsync
+                holding.set()
+                release.wait(10)
+                store.set_status("pod-003", desired="stopped")
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        assert holding.wait(10)
+        pending = asyncio.ensure_future(off_loop(store.get, "pod-003"))
+        await asyncio.sleep(0.05)
+        assert not pending.done()
+        assert answered[-1] == ("get", False)
+        release.set()
+        assert (await pending).status == {"desired": "stopped"}
+        thread.join(10)

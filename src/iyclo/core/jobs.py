@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -57,7 +56,7 @@ from iyclo.errors import (
 from iyclo.manifest.convert import dump_manifest, manifest_digest, parse_manifest
 from iyclo.manifest.model import Job, Manifest
 from iyclo.manifest.policy import UNRESTRICTED
-from iyclo.store import Deployment, Store
+from iyclo.store import Deployment, Store, off_loop
 from iyclo.systemd.const import IFACE_TIMER
 from iyclo.systemd.const import UnitActiveState as Active
 from iyclo.systemd.properties import USEC_INFINITY
@@ -131,9 +130,6 @@ class JobHandler:
         await self.runs.close()
 
     # -- helpers ------------------------------------------------------------------------
-
-    async def _store(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(fn, *args, **kwargs)
 
     def _changed(self, name: str, state: str, generation: int = 0, error: str = "") -> None:
         self.events.publish(KIND.changed(name, state, generation=generation, error=error))
@@ -217,7 +213,7 @@ class JobHandler:
             return ApplyResult(name, KIND.api_name, previous.generation, False, state)
         if previous is not None:
             await self._refuse_while_running(name, self._plan(previous), "update")
-        record: Deployment = await self._store(
+        record: Deployment = await off_loop(
             self.store.apply, name, KIND.value, dump_manifest(manifest), digest, images=images
         )
         self._changed(name, "applying", record.generation)
@@ -226,16 +222,16 @@ class JobHandler:
         except BaseException as exc:
             if previous is None:
                 # Runs kept from an earlier job of this name stay; this one made none.
-                await self._store(self.store.remove, name, purge_runs=False)
+                await off_loop(self.store.remove, name, purge_runs=False)
                 self._changed(name, "failed", record.generation, public_message(exc))
                 self.events.forget(name)
             else:
-                await self._store(self.store.drop_generation, name, record.generation)
+                await off_loop(self.store.drop_generation, name, record.generation)
                 with contextlib.suppress(IycloError):
                     state = await self._state_now(previous)
                     self._changed(name, state, previous.generation, public_message(exc))
             raise
-        await self._store(self.store.set_status, name, desired=KIND.running,
+        await off_loop(self.store.set_status, name, desired=KIND.running,
                           envFiles=dict(values.env_digests))  # fmt: skip
         self._changed(name, "scheduled", record.generation)
         log.info("applied", job=name, generation=record.generation)
@@ -280,7 +276,7 @@ class JobHandler:
                 await self._take_down(plan, interrupt=False)
             await self.steps.ensure_pod(plan, self._description(plan))
             await self._bring_up(plan)
-        await self._store(self.store.set_status, record.name, desired=KIND.running)
+        await off_loop(self.store.set_status, record.name, desired=KIND.running)
         state = state_word(await self._timer(plan), await self._service(plan), KIND.running)
         self._changed(record.name, state, record.generation)
         return state
@@ -296,7 +292,7 @@ class JobHandler:
         await self.steps.stop(plan.slice)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(timer_stamp(plan.timer))
-        await self._store(self.store.remove, record.name, purge_runs=purge_history)
+        await off_loop(self.store.remove, record.name, purge_runs=purge_history)
         self.runs.forget(record.name)
         self._changed(record.name, "removed", record.generation)
         self.events.forget(record.name)
@@ -309,7 +305,7 @@ class JobHandler:
         """A stopped job neither fires nor keeps running: its timer and a run in
         progress are stopped (the run is recorded as stopped)."""
         await self._take_down(self._plan(record), interrupt=True)
-        await self._store(self.store.set_status, record.name, desired="stopped")
+        await off_loop(self.store.set_status, record.name, desired="stopped")
         await self.runs.settle_after_stop(record.name)
         self._changed(record.name, "stopped", record.generation)
         return "stopped"
@@ -321,7 +317,7 @@ class JobHandler:
             return await self._ensure_scheduled(record)
         await self.steps.check_host(plan)
         await self.steps.restart(plan.timer)
-        await self._store(self.store.set_status, record.name, desired=KIND.running)
+        await off_loop(self.store.set_status, record.name, desired=KIND.running)
         state = state_word(await self._timer(plan), await self._service(plan), KIND.running)
         self._changed(record.name, state, record.generation)
         return state
@@ -438,7 +434,7 @@ class JobHandler:
         """Stored runs, oldest first; a removed job's kept history is still readable."""
         stored = await self.runs.stored(name)
         if not stored:
-            record: Deployment | None = await self._store(self.store.find, name)
+            record: Deployment | None = await off_loop(self.store.find, name)
             if record is None:
                 raise NotFoundError(f"no pod or job named '{name}'")
             if record.kind != KIND:
@@ -456,7 +452,7 @@ class JobHandler:
         for a removed job whose history was kept."""
         stored = await self.run_history(name)
         if run:
-            chosen: dict[str, Any] = await self._store(self.store.run, name, run)
+            chosen: dict[str, Any] = await off_loop(self.store.run, name, run)
         elif stored:
             chosen = stored[-1]
         else:

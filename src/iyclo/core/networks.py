@@ -9,8 +9,7 @@ before Podman is asked, with the names of its users.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import structlog
@@ -24,7 +23,7 @@ from iyclo.manifest.convert import dump_manifest, manifest_digest, parse_manifes
 from iyclo.manifest.model import Manifest, Network, Pod
 from iyclo.manifest.policy import UNRESTRICTED
 from iyclo.podman.network import NetworkInfo
-from iyclo.store import Deployment, Store
+from iyclo.store import Deployment, Store, off_loop
 
 log = structlog.get_logger("iyclo.networks")
 
@@ -85,11 +84,8 @@ class NetworkHandler:
     async def close(self) -> None:
         """Nothing to close."""
 
-    async def _store(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(fn, *args, **kwargs)
-
     async def _users(self, name: str) -> list[str]:
-        records: list[Deployment] = await self._store(self.store.list)
+        records: list[Deployment] = await off_loop(self.store.list)
         return users_of(name, records)
 
     async def _ensure(self, manifest: Network) -> NetworkInfo | None:
@@ -136,7 +132,7 @@ class NetworkHandler:
                 podman_name, internal=manifest.internal, labels=labels_for(manifest)
             )
         try:
-            record: Deployment = await self._store(
+            record: Deployment = await off_loop(
                 self.store.apply, name, KIND.value, dump_manifest(manifest), digest
             )
         except BaseException:
@@ -156,7 +152,7 @@ class NetworkHandler:
                 hint="remove those pods (or take the network out of their manifests) first",
             )
         await self.steps.podman.remove_network(naming.network_name(record.name))
-        await self._store(self.store.remove, record.name)
+        await off_loop(self.store.remove, record.name)
         log.info("network removed", network=record.name)
 
     def _not_run(self, record: Deployment, verb: str) -> InvalidError:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 import structlog
@@ -47,7 +47,7 @@ from iyclo.manifest.model import Container, Dependency, Manifest, Pod
 from iyclo.manifest.policy import UNRESTRICTED
 from iyclo.manifest.values import duration_seconds
 from iyclo.podman.bridges import BridgeKeeper
-from iyclo.store import Deployment, Store
+from iyclo.store import Deployment, Store, off_loop
 from iyclo.systemd.const import UnitActiveState as Active
 from iyclo.systemd.const import UnitLoadState as Load
 from iyclo.systemd.properties import prop
@@ -138,9 +138,6 @@ class PodHandler:
 
     # -- helpers ----------------------------------------------------------------------
 
-    async def _store(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(fn, *args, **kwargs)
-
     def _plan(self, record: Deployment) -> PodPlan:
         manifest = parse_manifest(record.manifest, UNRESTRICTED)
         if not isinstance(manifest, Pod):
@@ -187,7 +184,7 @@ class PodHandler:
     async def _unmet(self, dependency: Dependency) -> str | None:
         """Why ``dependency`` does not hold now (None: it does), from systemd and Podman
         themselves, not the live cache: a reboot's reconcile asks before the cache runs."""
-        record: Deployment | None = await self._store(self.store.find, dependency.pod)
+        record: Deployment | None = await off_loop(self.store.find, dependency.pod)
         if record is None or record.kind != KIND:
             return "it is not applied"
         plan = self._plan(record)
@@ -252,7 +249,7 @@ class PodHandler:
             if updated is not None:
                 return updated
         await self._wait_for_dependencies(manifest)  # before anything is recorded or made
-        record: Deployment = await self._store(
+        record: Deployment = await off_loop(
             self.store.apply, name, KIND.value, dump_manifest(manifest), digest, images=images
         )
         self._publish(name, "applying", generation=record.generation)
@@ -260,7 +257,7 @@ class PodHandler:
             await self._replace(manifest, record, previous, values, wait_timeout)
         except NotReadyError as exc:
             if exc.kept:  # rollback off: the new generation stands, not ready
-                await self._store(self.store.set_status, name, desired=KIND.running,
+                await off_loop(self.store.set_status, name, desired=KIND.running,
                                   envFiles=dict(values.env_digests))  # fmt: skip
                 await self._refresh(name)
                 self._publish(name, await self._state_word(record), generation=record.generation,
@@ -269,13 +266,13 @@ class PodHandler:
             if previous is None:
                 await self._failed_first(name, record, exc)
                 raise
-            await self._store(self.store.mark_rolled_back, name, record.generation, exc.message)
+            await off_loop(self.store.mark_rolled_back, name, record.generation, exc.message)
             await self._refresh(name)
             self._publish(name, await self._state_word(previous), generation=previous.generation,
                           error=exc.message)  # fmt: skip
             raise
         except BaseException as exc:
-            await self._store(self.store.drop_generation, name, record.generation)
+            await off_loop(self.store.drop_generation, name, record.generation)
             await self._refresh(name)
             if previous is None:
                 self._publish(name, "failed", generation=record.generation,
@@ -289,7 +286,7 @@ class PodHandler:
                     self._publish(name, state, generation=previous.generation,
                                   error=public_message(exc))  # fmt: skip
             raise
-        await self._store(self.store.set_status, name, desired=KIND.running,
+        await off_loop(self.store.set_status, name, desired=KIND.running,
                           envFiles=dict(values.env_digests))  # fmt: skip
         await self._refresh(name)
         self._publish(name, "running", generation=record.generation)
@@ -298,7 +295,7 @@ class PodHandler:
 
     async def _failed_first(self, name: str, record: Deployment, exc: BaseException) -> None:
         """A first apply that failed: nothing of it stays."""
-        await self._store(self.store.drop_generation, name, record.generation)
+        await off_loop(self.store.drop_generation, name, record.generation)
         self._publish(name, "failed", generation=record.generation, error=public_message(exc))
         with contextlib.suppress(IycloError):
             await self.steps.stop(naming.slice_name(name))
@@ -331,7 +328,7 @@ class PodHandler:
             or not is_active(slice_)
         ):
             return None
-        record: Deployment = await self._store(
+        record: Deployment = await off_loop(
             self.store.apply, manifest.name, KIND.value, dump_manifest(manifest), digest,
             pod_generation=previous.pod_generation, images=previous.images,
         )  # fmt: skip
@@ -358,7 +355,7 @@ class PodHandler:
                     await self.steps.podman.update_container(
                         naming.container_name(plan.pod_name, container), before[container]
                     )
-            await self._store(self.store.drop_generation, manifest.name, record.generation)
+            await off_loop(self.store.drop_generation, manifest.name, record.generation)
             state = await self._state_word(previous)
             self._publish(manifest.name, state, generation=previous.generation,
                           error=public_message(exc))  # fmt: skip
@@ -494,7 +491,7 @@ class PodHandler:
         await self._wait_for_dependencies(plan.manifest)
         await self.steps.ensure_pod(plan, self._description(plan))
         await self._start_unit(plan)
-        await self._store(self.store.set_status, record.name, desired=KIND.running)
+        await off_loop(self.store.set_status, record.name, desired=KIND.running)
         await self._refresh(record.name)
         self._publish(record.name, "running", generation=record.generation)
         return "running"
@@ -507,7 +504,7 @@ class PodHandler:
         await self.steps.stop(plan.unit)
         await self.steps.remove_other_generations(name, keep=None)
         await self.steps.stop(plan.slice)
-        await self._store(self.store.remove, name)
+        await off_loop(self.store.remove, name)
         self.live.forget(name)
         self._publish(name, "removed", generation=record.generation)
         self.events.forget(name)
@@ -518,7 +515,7 @@ class PodHandler:
 
     async def stop(self, record: Deployment) -> str:
         await self.steps.stop(KIND.service(record.name))
-        await self._store(self.store.set_status, record.name, desired="stopped")
+        await off_loop(self.store.set_status, record.name, desired="stopped")
         await self._refresh(record.name)
         self._publish(record.name, "stopped", generation=record.generation)
         return "stopped"
@@ -630,7 +627,7 @@ class PodHandler:
     # -- health (``core.probes``) --------------------------------------------------------
 
     async def _current_manifest(self, name: str, generation: int) -> tuple[Pod, str] | None:
-        record: Deployment | None = await self._store(self.store.find, name)
+        record: Deployment | None = await off_loop(self.store.find, name)
         if record is None or record.kind != KIND or record.pod_generation != generation:
             return None
         manifest = parse_manifest(record.manifest, UNRESTRICTED)
@@ -656,7 +653,7 @@ class PodHandler:
         """``onFailure`` for a container that turned unhealthy (or failed to start), as
         ``HealthGuard`` asks; what was done, "" when systemd is busy with the pod already."""
         async with self.locks.hold(name):
-            record: Deployment | None = await self._store(self.store.find, name)
+            record: Deployment | None = await off_loop(self.store.find, name)
             unit = KIND.service(name)
             if record is None or not is_active(await self.steps.unit_state(unit)):
                 return ""
@@ -668,14 +665,14 @@ class PodHandler:
                     naming.container_name(plan.pod_name, container.name)
                 )
             elif on_failure == "stop":
-                await self._store(self.store.set_status, name, desired="stopped")
+                await off_loop(self.store.set_status, name, desired="stopped")
                 await self.steps.stop(unit)
             else:
                 self._publish(name, "restarting", generation=record.generation)
                 await self.steps.check_host(self._plan(record))
                 await self.steps.systemd.restart_unit(unit, timeout=SYSTEMD_JOB, check=False)
                 restarts = int(record.status.get("healthRestarts", 0)) + 1
-                await self._store(self.store.set_status, name, healthRestarts=restarts)
+                await off_loop(self.store.set_status, name, healthRestarts=restarts)
             await self._refresh(name)
             self._publish(name, await self._state_word(record), generation=record.generation)
             return on_failure
@@ -686,7 +683,7 @@ class PodHandler:
         """systemd or Podman changed a pod behind our back: tell the fronts."""
         if self.locks.busy(name):
             return  # the operation under way publishes its own states
-        record: Deployment | None = await self._store(self.store.find, name)
+        record: Deployment | None = await off_loop(self.store.find, name)
         if record is None or record.kind != KIND:
             return
         unit = self.live.pods.get(name)
@@ -699,7 +696,7 @@ class PodHandler:
         """systemd watches the main container; a pod's other containers are ours to watch."""
         if self.locks.busy(name):
             return
-        record: Deployment | None = await self._store(self.store.find, name)
+        record: Deployment | None = await off_loop(self.store.find, name)
         if record is None or record.kind != KIND:
             return
         if attributes.get(naming.LABEL_GENERATION) != str(record.pod_generation):
@@ -729,7 +726,7 @@ class PodHandler:
             self._publish(name, "restarting", generation=record.generation)
             await self.steps.systemd.restart_unit(unit, timeout=SYSTEMD_JOB, check=False)
             restarts = int(record.status.get("podRestarts", 0)) + 1
-            await self._store(self.store.set_status, name, podRestarts=restarts)
+            await off_loop(self.store.set_status, name, podRestarts=restarts)
             await self._refresh(name)
             self._publish(name, await self._state_word(record), generation=record.generation)
 
@@ -741,11 +738,11 @@ class PodHandler:
             await self.live.refresh_containers(name)
             row = next((r for r in await self.live.containers(name)
                         if r["id"] == kill.container_id), None)  # fmt: skip
-        record: Deployment | None = await self._store(self.store.find, name)
+        record: Deployment | None = await off_loop(self.store.find, name)
         if row is None or record is None:
             return
         kills = record_kill(record.status.get("oomKills") or {}, row["name"], kill, time.time())
-        await self._store(self.store.set_status, name, oomKills=kills)
+        await off_loop(self.store.set_status, name, oomKills=kills)
         log.warning("container OOM-killed", pod=name, container=row["name"], task=kill.task,
                     pid=kill.pid, limit=kill.limit)  # fmt: skip
         await self._observed(name)

@@ -35,7 +35,7 @@ from iyclo.core.runs import (
 from iyclo.core.steps import Steps
 from iyclo.core.unit_state import is_ended, is_running
 from iyclo.errors import IycloError
-from iyclo.store import Deployment, Store
+from iyclo.store import Deployment, Store, off_loop
 from iyclo.systemd.const import IFACE_UNIT
 from iyclo.systemd.manager import UnitChange
 
@@ -116,11 +116,8 @@ class RunRecorder:
 
     # -- reads --------------------------------------------------------------------------
 
-    async def _store(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(fn, *args, **kwargs)
-
     async def stored(self, name: str) -> list[dict[str, Any]]:
-        runs: list[dict[str, Any]] = await self._store(self.store.runs, name)
+        runs: list[dict[str, Any]] = await off_loop(self.store.runs, name)
         return runs
 
     async def find(self, name: str, invocation: str) -> dict[str, Any] | None:
@@ -172,7 +169,7 @@ class RunRecorder:
         while True:
             await asyncio.sleep(self.sweep_interval)
             try:
-                records: list[Deployment] = await self._store(self.store.list)
+                records: list[Deployment] = await off_loop(self.store.list)
                 for record in records:
                     if record.kind == KIND:
                         await self.settle(record.name)
@@ -246,7 +243,7 @@ class RunRecorder:
         properties, earlier ones from the journal (``deep``; None: only when the unit
         shows something the store cannot place). ``final`` (reconcile) marks runs
         neither can account for as lost."""
-        record: Deployment | None = await self._store(self.store.find, name)
+        record: Deployment | None = await off_loop(self.store.find, name)
         if record is None or record.kind != KIND:
             return
         service = await self.steps.service_state(KIND.service(name))
@@ -280,7 +277,7 @@ class RunRecorder:
         if newest:
             since = newest / 1_000_000 - 1
         else:
-            history = await self._store(self.store.history, record.name)
+            history = await off_loop(self.store.history, record.name)
             since = history[0].applied_at.timestamp() - 1
         unit = KIND.service(record.name)
         entries = await journal.query(
@@ -306,9 +303,9 @@ class RunRecorder:
                 await self._record_end(record.name, run, seen.end)
 
     async def _record_start(self, name: str, invocation: str, start_usec: int) -> int:
-        record: Deployment = await self._store(self.store.get, name)
+        record: Deployment = await off_loop(self.store.get, name)
         entry = started(invocation, start_usec or int(time.time() * 1_000_000), record.generation)
-        number: int = await self._store(self.store.add_run, name, entry)
+        number: int = await off_loop(self.store.add_run, name, entry)
         log.info("run started", job=name, run=number, invocation=invocation)
         self.changed(name, "running", record.generation)
         return number
@@ -320,7 +317,7 @@ class RunRecorder:
         fields = finished(end, stopped=stopped)
         if end.end_usec:
             fields["endUsec"] = end.end_usec
-        await self._store(self.store.update_run, name, run["number"], **fields)
+        await off_loop(self.store.update_run, name, run["number"], **fields)
         log.info("run finished", job=name, run=run["number"], **fields)
         duration = fields["durationSec"]
         self.events.publish(
@@ -333,7 +330,7 @@ class RunRecorder:
                 duration_sec=UNKNOWN if duration is None else duration,
             )
         )
-        record: Deployment | None = await self._store(self.store.find, name)
+        record: Deployment | None = await off_loop(self.store.find, name)
         if record is not None and record.kind == KIND:
             try:
                 self.changed(name, await self.state_of(record), record.generation)

@@ -59,7 +59,7 @@ from iyclo.manifest.policy import (
     volume_problem,
 )
 from iyclo.podman.client import PodmanClient
-from iyclo.store import Deployment, Store
+from iyclo.store import Deployment, Store, off_loop
 from iyclo.systemd.manager import SystemdManager
 
 __all__ = ["ApplyResult", "ReconcileReport", "Service", "default_state_dir"]
@@ -160,21 +160,18 @@ class Service:
             return
         log.error("gave up tidying up after a failed change; run `iyclo reconcile`", why=why)
 
-    async def _store(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(fn, *args, **kwargs)
-
     async def _record(self, name: str) -> Deployment:
-        record: Deployment = await self._store(self.store.get, name)
+        record: Deployment = await off_loop(self.store.get, name)
         return record
 
     async def _find(self, name: str) -> Deployment | None:
-        record: Deployment | None = await self._store(self.store.find, name)
+        record: Deployment | None = await off_loop(self.store.find, name)
         return record
 
     async def _graph(self) -> dict[str, tuple[str, dict[str, Any]]]:
         """name → (kind, stored manifest) of every record: what ``dependsOn`` is checked
         against (``core.ordering``)."""
-        records: list[Deployment] = await self._store(self.store.list)
+        records: list[Deployment] = await off_loop(self.store.list)
         return {r.name: (r.kind, r.manifest) for r in records}
 
     def _handler(self, record: Deployment) -> Handler:
@@ -195,7 +192,7 @@ class Service:
         """The networks a pod joins, against the networks applied (``core.networks``)."""
         if not isinstance(manifest, Pod) or not manifest.networks:
             return []
-        records: list[Deployment] = await self._store(self.store.list)
+        records: list[Deployment] = await off_loop(self.store.list)
         return attachment_problems(manifest, {r.name: r for r in records})
 
     async def apply(
@@ -240,7 +237,7 @@ class Service:
         """Go back by hand: generation ``to`` (0: the one before the current, skipping
         those rolled back) applied again as a new generation, as ``kubectl rollout undo``
         does, so the history keeps what was undone."""
-        generations = await self._store(self.store.history, name)
+        generations = await off_loop(self.store.history, name)
         record = await self._record(name)
         if to == 0:
             earlier = [g.generation for g in generations
@@ -251,7 +248,7 @@ class Service:
                     "to go back to"
                 )
             to = earlier[-1]
-        stored: dict[str, Any] = await self._store(self.store.manifest, name, to)
+        stored: dict[str, Any] = await off_loop(self.store.manifest, name, to)
         return await self.apply(stored)
 
     async def _refuse_claimed(self, manifest: Pod | Job, previous: Deployment | None) -> None:
@@ -262,7 +259,7 @@ class Service:
         the volumes its stored generation mounts already (made before volumes had owners)."""
         found: list[str] = []
         if manifest.userns is not None:
-            records: list[Deployment] = await self._store(self.store.list)
+            records: list[Deployment] = await off_loop(self.store.list)
             others = {r.name: _userns_of(r) for r in records if r.name != manifest.name}
             line = userns_conflict(manifest.userns, others)
             if line is not None:
@@ -314,13 +311,13 @@ class Service:
                 return
             async with self.claims:  # no apply takes one up while they go
                 await self._handler(record).remove(record, purge_history=purge_history)
-                records: list[Deployment] = await self._store(self.store.list)
+                records: list[Deployment] = await off_loop(self.store.list)
                 gone = await remove_owned(self.steps.podman, name, records)
             log.info("volumes removed", name=name, volumes=gone)
 
     async def volumes(self) -> list[dict[str, Any]]:
         """The named volumes iyclo made: name, owner, in use (by whom), mountpoint."""
-        records: list[Deployment] = await self._store(self.store.list)
+        records: list[Deployment] = await off_loop(self.store.list)
         return await listing(self.steps.podman, records)
 
     async def start(self, name: str) -> str:
@@ -353,7 +350,7 @@ class Service:
         return await self._handler(record).status(record)
 
     async def list_all(self) -> list[dict[str, Any]]:
-        records: list[Deployment] = await self._store(self.store.list)
+        records: list[Deployment] = await off_loop(self.store.list)
         out = []
         for record in records:
             try:
@@ -400,7 +397,7 @@ class Service:
         if names:
             records = [await self._record(n) for n in dict.fromkeys(names)]
         else:
-            records = await self._store(self.store.list)
+            records = await off_loop(self.store.list)
         pods = []
         for record in records:
             if Kind.of(record.kind) is not Kind.POD:
@@ -415,12 +412,12 @@ class Service:
     async def manifest(self, name: str, generation: int = 0) -> dict[str, Any]:
         if generation == 0:
             return (await self._record(name)).manifest
-        result: dict[str, Any] = await self._store(self.store.manifest, name, generation)
+        result: dict[str, Any] = await off_loop(self.store.manifest, name, generation)
         return result
 
     async def history(self, name: str) -> list[dict[str, Any]]:
         record = await self._record(name)
-        generations = await self._store(self.store.history, name)
+        generations = await off_loop(self.store.history, name)
         return [
             {
                 "generation": g.generation,
@@ -493,7 +490,7 @@ class Service:
         async with self.locks.exclusive():
             outcomes: dict[str, list[str]] = {"adopted": [], "recreated": [], "stopped": []}
             failed: list[tuple[str, str]] = []
-            records: list[Deployment] = await self._store(self.store.list)
+            records: list[Deployment] = await off_loop(self.store.list)
             # What a pod depends on first: its start waits for it (``core.ordering``).
             by_name = {r.name: r for r in records}
             order = start_order(by_name, {r.name: needs_of(r.manifest) for r in records})
