@@ -62,6 +62,8 @@ def test_commands_import_nothing_the_daemon_needs(argv: list[str], tmp_path: Pat
     leaked = sorted(n for n in names if n.split(".")[0] in DAEMON_ONLY or n.startswith(DAEMON_ONLY))
     assert leaked == []
     assert sorted(n for n in names if n.split(".")[0] in ("rich", "rich_click")) == []
+    if argv[0] in ("ps", "inspect"):  # nothing streamed: the event classes stay unmade
+        assert "iyclo.contract.events" not in names
 
 
 @pytest.mark.parametrize("argv", [[], ["--help"], ["ps", "-h"]])

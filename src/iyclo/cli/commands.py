@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -24,10 +24,12 @@ from iyclo.cli.output import (
 from iyclo.cli.progress import event_line, pull_progress
 from iyclo.cli.table import Table
 from iyclo.cli.transport import connect, daemon
-from iyclo.contract.events import Event, HealthChanged, PodChanged, PullProgress
 from iyclo.errors import InvalidError, NotFoundError
 
-Progress = PullProgress | HealthChanged | PodChanged
+if TYPE_CHECKING:  # the event classes are imported by the commands that stream them
+    from iyclo.contract.events import Event, HealthChanged, PodChanged, PullProgress
+
+    Progress = PullProgress | HealthChanged | PodChanged
 
 names_argument = click.argument("names", nargs=-1, required=True)
 
@@ -168,6 +170,8 @@ def pull(ctx: click.Context, target: str, as_json: bool) -> None:
     is_file = target == "-" or Path(target).is_file()
     params = {"manifest": _read_manifest(target)} if is_file else {"image": target}
     name = _manifest_name(params["manifest"]) if is_file else ""
+
+    from iyclo.contract.events import PullProgress
 
     def mine(event: Progress) -> bool:
         return (
@@ -373,6 +377,8 @@ def events(ctx: click.Context, as_json: bool) -> None:
 
     `--json` prints each as the JSON socket sends it, over D-Bus too.
     """
+    from iyclo.contract.events import HealthChanged, PullProgress
+
     with daemon(ctx) as client:
         for event in client.events():
             if as_json:

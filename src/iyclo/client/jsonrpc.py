@@ -8,11 +8,13 @@ import json
 import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from iyclo.contract.events import Event, event_from_json
 from iyclo.contract.methods import ParamsError, bind
 from iyclo.errors import AccessDeniedError, InvalidError, IycloError, error_from_rpc_code
+
+if TYPE_CHECKING:  # the events' classes (~10 ms to make) only for a client that streams
+    from iyclo.contract.events import Event
 
 
 class JsonRpcClient:
@@ -107,6 +109,8 @@ class JsonRpcClient:
         return self._iterate_events()
 
     def _iterate_events(self) -> Iterator[Event]:
+        from iyclo.contract.events import event_from_json
+
         while True:
             message = self._read()
             if message.get("method") == "event":
