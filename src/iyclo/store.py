@@ -320,6 +320,8 @@ class Store:
         self._history_limit = history_limit
         self._run_limit = run_limit
         self._mutex = threading.RLock()
+        self._indexes: dict[str, dict[str, int]] = {}
+        """table → field value → doc id, for ``_lookup``."""
 
     @classmethod
     def open(cls, state_dir: Path, *, history_limit: int = 10, run_limit: int = 50) -> Store:
@@ -393,7 +395,7 @@ class Store:
         """
         with self._mutex:
             table = self._table("deployments")
-            doc = table.get(where("name") == name)
+            doc = self._lookup("deployments", "name", name)
             if doc is not None and doc["kind"] != kind:
                 raise ConflictError(
                     f"cannot apply {kind} '{name}': a {doc['kind']} with that name exists"
@@ -467,7 +469,7 @@ class Store:
     @reads
     def find(self, name: str) -> Deployment | None:
         with self._mutex:
-            doc = self._table("deployments").get(where("name") == name)
+            doc = self._lookup("deployments", "name", name)
             return None if doc is None else _deployment(doc)
 
     @reads
@@ -561,7 +563,7 @@ class Store:
         with self._mutex:
             self._doc(name)
             table = self._table("runs")
-            doc = table.get(where("job") == name)
+            doc = self._lookup("runs", "job", name)
             number = 1 if doc is None else doc["lastRun"] + 1
             entry = {**run, "number": number}
             if doc is None:
@@ -582,7 +584,7 @@ class Store:
     def runs(self, name: str) -> builtins.list[JSONDict]:
         """Stored runs of `name`, newest last; empty if it never ran."""
         with self._mutex:
-            doc = self._table("runs").get(where("job") == name)
+            doc = self._lookup("runs", "job", name)
             return [] if doc is None else list(doc["runs"])
 
     @reads
@@ -599,19 +601,41 @@ class Store:
             raise StoreError(f"the store in {self.state_dir} is closed")
         return self._db.table(name, cache_size=0)
 
+    def _lookup(self, table_name: str, field: str, value: str) -> Document | None:
+        """The document whose ``field`` is ``value``, through an index of doc ids.
+
+        TinyDB finds a document by evaluating a query on each one in turn: at 200 pods a
+        lookup cost ~200 query calls, several per apply and per read, which made a pod's
+        apply slower the more pods there were. An index entry is checked against the
+        document it names, so a removed or re-made one, or the state parsed again after
+        a failed write, is found by one scan that indexes every document again.
+        """
+        table = self._table(table_name)
+        index = self._indexes.setdefault(table_name, {})
+        doc_id = index.get(value)
+        if doc_id is not None:
+            doc = table.get(doc_id=doc_id)
+            if doc is not None and doc.get(field) == value:
+                return doc
+        index.clear()
+        for doc in table:
+            index[doc[field]] = doc.doc_id
+        doc_id = index.get(value)
+        return None if doc_id is None else table.get(doc_id=doc_id)
+
     def _doc(self, name: str) -> Document:
-        doc = self._table("deployments").get(where("name") == name)
+        doc = self._lookup("deployments", "name", name)
         if doc is None:
             raise NotFoundError(f"no pod or job named '{name}'")
         return doc
 
     def _run_doc(self, name: str, number: int) -> tuple[Document, int]:
-        doc = self._table("runs").get(where("job") == name)
+        doc = self._lookup("runs", "job", name)
         if doc is not None:
             for index, run in enumerate(doc["runs"]):
                 if run["number"] == number:
                     return doc, index
-        deployment = self._table("deployments").get(where("name") == name)
+        deployment = self._lookup("deployments", "name", name)
         if deployment is None and doc is None:
             raise NotFoundError(f"no pod or job named '{name}'")
         kind = "job" if deployment is None else deployment["kind"]
