@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from iyclo.errors import StoreError
 from iyclo.store import Store, off_loop
 
 PODS = 200
@@ -92,3 +93,31 @@ async def test_reads_stay_on_the_loop_unless_a_write_holds_the_store(tmp_path: P
         release.set()
         assert (await pending).status == {"desired": "stopped"}
         thread.join(10)
+
+
+def test_lookups_by_name_follow_removals_and_a_failed_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The name index never answers with a stale document: a name removed and applied
+    again is the new document, a removed one is gone, and after a write that failed (the
+    state parsed again from the file) every name is still found."""
+    with Store.open(tmp_path) as store:
+        _fill(store)
+        store.remove("pod-010")
+        assert store.find("pod-010") is None
+        store.apply("pod-010", "job", {"name": "pod-010"}, "again")
+        assert (store.get("pod-010").kind, store.get("pod-010").digest) == ("job", "again")
+        store.add_run("pod-010", {"state": "running"})
+        assert [r["number"] for r in store.runs("pod-010")] == [1]
+
+        def full(*_: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr("iyclo.store.os.fsync", full)
+        with pytest.raises(StoreError):
+            store.apply("pod-new", "pod", {"name": "pod-new"}, "d")
+        monkeypatch.undo()
+        assert store.find("pod-new") is None
+        assert [store.get(f"pod-{i:03}").name for i in (0, 10, 199)] == [
+            "pod-000", "pod-010", "pod-199",
+        ]  # fmt: skip
