@@ -133,8 +133,8 @@ class PodHandler:
         """The pods the live cache follows: name → unit."""
         return {r.name: KIND.service(r.name) for r in self.store.list() if r.kind == KIND}
 
-    async def resync(self) -> None:
-        await self.live.resync(await asyncio.to_thread(self.units))
+    async def resync(self, seen_since: float | None = None) -> None:
+        await self.live.resync(await asyncio.to_thread(self.units), seen_since=seen_since)
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -599,6 +599,7 @@ class PodHandler:
         desired = record.status.get("desired", KIND.running)
         if is_running(state):
             if pod_of_unit(state) in (None, plan.pod_name):
+                self.live.remember_unit(record.name, state)
                 await self.steps.remove_other_generations(record.name, plan.pod_name, survey)
                 self._publish(record.name, "running", generation=record.generation)
                 return "adopted"
