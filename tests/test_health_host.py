@@ -222,6 +222,10 @@ def test_a_failing_init_container_fails_the_apply_and_keeps_the_previous(
         ), failed.stderr
         assert daemon.call("get", name="init")["generation"] == 1
         assert wait_for(lambda: page(daemon.host, 18094), timeout=20) == "v1"
+        print(
+            f"\nfailing init container: apply exit {failed.returncode}, "
+            f"{failed.stderr.strip().splitlines()[-1]!r}; generation 1 still serves 'v1'"
+        )
         assert unit_show(daemon.host, "iyclo-pod-init.service", "ActiveState")[
             "ActiveState"] == "active"  # fmt: skip
     finally:

@@ -136,6 +136,9 @@ def test_pull_and_apply_from_the_registry_show_progress_and_record_the_digest(
         assert f"sha256:{container['Image']}" == status["images"]["main"]["id"]
         inspected = daemon.cli("inspect", "reg")
         assert json.loads(inspected.stdout)["images"]["main"]["digest"] == digest
+        shown = [line for line in result.stderr.splitlines() if line.strip()]
+        print(f"\napply from {image} over D-Bus: {len(shown)} progress lines, e.g. "
+              f"{shown[0].strip()!r}; recorded digest {digest}")  # fmt: skip
     finally:
         remove(daemon, "reg")
 
@@ -161,6 +164,7 @@ def test_a_failed_pull_is_one_line_and_changes_nothing(
         assert len(lines) == 1, result.stderr
         assert lines[0].startswith(f'iyclo: error: image "{bad}" could not be pulled: ')
         assert reason in lines[0]
+        print(f"\n{lines[0]} (exit {result.returncode}, generation 1 still running)")
         # nothing changed: same generation, same unit and main PID, no second pod
         assert [g["generation"] for g in daemon.call("history", name="keep")] == [1]
         assert unit_show(host, "iyclo-pod-keep.service", "ActiveState", "MainPID") == before
