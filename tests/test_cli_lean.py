@@ -70,3 +70,11 @@ def test_commands_import_nothing_the_daemon_needs(argv: list[str], tmp_path: Pat
 def test_help_is_still_rendered_by_rich_click(argv: list[str]) -> None:
     names = _imported(START, *argv, check=False)
     assert "rich_click.patch" in names
+
+
+def test_the_daemon_starts_without_rich() -> None:
+    """iyclod logs JSON lines: structlog must not load rich for console tracebacks."""
+    code = "import sys; from iyclo.daemon import main; main(['--help'])"
+    names = _imported(code, check=False)
+    assert "structlog.dev" in names
+    assert sorted(n for n in names if n.startswith("rich.")) == []

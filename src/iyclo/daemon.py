@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 import attrs
-import structlog
 
 from iyclo import __version__
 from iyclo.core import naming
@@ -68,6 +67,18 @@ def sd_notify(message: str) -> bool:
     return True
 
 
+def without_rich() -> None:
+    """Keep rich out of the daemon's process.
+
+    structlog imports rich, when it is installed (rich-click brings it, for the CLI's
+    help), to render tracebacks on a console: ~100 ms of every start of a daemon that
+    logs JSON lines and never renders one, more on a busy host. Hidden from the import
+    system before structlog is first imported, it is not loaded; a process that has
+    rich already keeps it. Hence the imports of structlog here are inside functions.
+    """
+    sys.modules.setdefault("rich", None)  # type: ignore[arg-type]  # None: "not importable"
+
+
 def configure_logging(log_file: Path | None, level: str) -> TextIO:
     """Structured JSON lines, to a file or to stderr (which journald captures).
 
@@ -75,6 +86,8 @@ def configure_logging(log_file: Path | None, level: str) -> TextIO:
     does not exist before the daemon's first start (and the store, which makes it, opens
     after logging is set up).
     """
+    import structlog
+
     stream: TextIO = sys.stderr
     if log_file:
         try:
@@ -224,6 +237,8 @@ def socket_group(group: str) -> str | None:
     """The JSON socket's group: the deploy group if the host has it, else None (root's)."""
     import grp
 
+    import structlog
+
     try:
         grp.getgrnam(group)
     except KeyError:
@@ -250,6 +265,8 @@ def prepare(state_dir: Path, socket_path: Path) -> Store:
 
 async def run(args: argparse.Namespace) -> int:
     # Imported here so `iyclo --help` never pays for podman and dbus-fast.
+    import structlog
+
     from iyclo.api.jsonrpc import JsonRpcServer
     from iyclo.core.service import Service
     from iyclo.podman.client import PodmanClient
@@ -323,6 +340,9 @@ async def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     """Every failure to start is one line on stderr (the journal) and a non-zero status
     that `systemctl status` shows; a traceback would bury the one fact that matters."""
+    without_rich()
+    import structlog
+
     args = build_parser().parse_args(argv)
     # Everything iyclod creates is root's alone unless it widens it on purpose (the JSON
     # socket, 0660 to the deploy group, is renamed into place only once it is so).
