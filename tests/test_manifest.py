@@ -192,3 +192,30 @@ def test_manifest_round_trips_through_the_store(path: Path, tmp_path: Path) -> N
     assert record.digest == manifest_digest(parse_manifest(record.manifest))
     golden = path.with_name(path.name.replace(".input", ""))
     assert record.manifest == json.loads(golden.read_text())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "path"),
+    [
+        ({"name": "web\n"}, "name"),
+        ({"containers": [{"name": "a\n", "image": "i"}]}, "containers[0].name"),
+        ({"containers": [{"name": "a", "image": "i", "env": {"KEY\n": "v"}}]},
+         "containers[0].env"),
+        ({"labels": {"tier\n": "web"}}, "labels"),
+        ({"containers": [{"name": "a", "image": "i", "resources": {"memory": "64M\n"}}]},
+         "containers[0].resources.memory"),
+        ({"A\n": 1}, 'manifest["A\\n"]'),
+    ],
+    ids=["pod name", "container name", "env name", "label key", "size", "unknown key"],
+)  # fmt: skip
+def test_a_trailing_newline_is_refused_and_never_printed(
+    overrides: dict[str, object], path: str
+) -> None:
+    """Python's ``$`` matches before a final newline: the anchored patterns checked
+    values with ``match`` and took "web\\n" for a name (found by the hostile-input fuzz,
+    through an unknown key's error line). Now every such check is ``fullmatch``, and
+    every error line is one line."""
+    with pytest.raises(InvalidError) as info:
+        parse_manifest(_pod(**overrides))
+    assert any(line.startswith(path) for line in info.value.details), info.value.details
+    assert all(line.splitlines() == [line] for line in info.value.details)

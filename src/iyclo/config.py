@@ -69,7 +69,7 @@ class DaemonConfig:
 
 def config_problems(config: DaemonConfig) -> list[str]:
     found = policy_problems(config.policy)
-    if not GROUP_RE.match(config.deploy_group) or len(config.deploy_group) > 32:
+    if not GROUP_RE.fullmatch(config.deploy_group) or len(config.deploy_group) > 32:
         found.append(f"deployGroup: {json.dumps(config.deploy_group)} is not a group name")
     return found
 

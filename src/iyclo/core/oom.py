@@ -68,7 +68,8 @@ def parse_kmsg_line(line: str) -> OomKill | None:
     message = _KMSG_ESCAPE_RE.sub(lambda m: chr(int(m.group(1), 16)), message)
     fields = dict(_FIELD_RE.findall(message.removeprefix("oom-kill:")))
     task_path = [part for part in fields.get("task_memcg", "").split("/") if part]
-    container_id = next((m.group(1) for part in task_path if (m := _SCOPE_RE.match(part))), None)
+    scopes = (m.group(1) for part in task_path if (m := _SCOPE_RE.fullmatch(part)))
+    container_id = next(scopes, None)
     if container_id is None:
         return None
     pod = next((n for part in task_path if (n := naming.parse_slice_name(part))), None)

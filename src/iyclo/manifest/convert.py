@@ -206,7 +206,7 @@ CONVERTER = _make_converter()
 def _join(path: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
-    if _IDENT_RE.match(key) and len(key) <= 64:
+    if _IDENT_RE.fullmatch(key) and len(key) <= 64:
         return f"{path}.{key}" if path else key
     return f"{path or 'manifest'}[{show(key)}]"
 

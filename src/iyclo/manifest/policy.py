@@ -418,7 +418,7 @@ def parse_env_file(text: bytes, where: str) -> dict[str, str]:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         name, sep, value = line.partition("=")
-        if not sep or not ENV_RE.match(name):
+        if not sep or not ENV_RE.fullmatch(name):
             raise InvalidError(f"{where}: refused: line {number} is not NAME=VALUE")
         if "\x00" in value:
             raise InvalidError(f"{where}: refused: line {number} holds a NUL byte")

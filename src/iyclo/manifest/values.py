@@ -136,7 +136,7 @@ def _cut(text: str, length: int) -> str:
 
 def parse_size(text: str) -> int:
     """Bytes in a size string; raises ValueError naming the value."""
-    match = SIZE_RE.match(text)
+    match = SIZE_RE.fullmatch(text)
     if not match:
         raise ValueError(f'{show(text)} is not a size (use e.g. "512K", "256M", "2G")')
     return int(match.group(1)) * _SIZE_FACTORS[match.group(2).upper()]
@@ -168,14 +168,14 @@ def duration_seconds(text: str) -> float:
 
 def parse_cpu_quota(text: str) -> float:
     """The quota as a fraction of one CPU (``"150%"`` → 1.5)."""
-    if not CPU_QUOTA_RE.match(text) or float(text[:-1]) <= 0:
+    if not CPU_QUOTA_RE.fullmatch(text) or float(text[:-1]) <= 0:
         raise ValueError(f'{show(text)} is not a CPU quota (use e.g. "50%" or "200%")')
     return float(text[:-1]) / 100
 
 
 def parse_ulimit(text: str) -> tuple[int, int]:
     """(soft, hard) of a ulimit value; one number sets both, as ``podman --ulimit`` does."""
-    match = ULIMIT_RE.match(text)
+    match = ULIMIT_RE.fullmatch(text)
     if not match:
         raise ValueError(
             f'{show(text)} is not a ulimit (use "SOFT:HARD" or one number, e.g. "1024:4096")'
@@ -271,7 +271,7 @@ async def check_calendar_async(expression: str) -> CalendarCheck:
 
 
 def _check_name(value: str) -> None:
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         raise ValueError(
             f'{show(value)} is not a valid name (lowercase letters, digits and "-", '
             "starting with a letter or digit, at most 63 characters)"
@@ -292,7 +292,7 @@ def _check_calendar(value: str) -> None:
 
 
 def _check_env(value: str) -> None:
-    if not ENV_RE.match(value):
+    if not ENV_RE.fullmatch(value):
         raise ValueError(f"{show(value)} is not a valid environment variable name")
 
 
@@ -315,7 +315,7 @@ def reserved_label(key: str, allowed: tuple[str, ...] = ()) -> str | None:
 
 
 def _check_label(value: str) -> None:
-    if not LABEL_RE.match(value):
+    if not LABEL_RE.fullmatch(value):
         raise ValueError(f"{show(value)} is not a valid label key")
     if value.lower().startswith(RESERVED_LABEL_PREFIX):
         raise ValueError(
@@ -356,20 +356,20 @@ def _check_abs_path(value: str) -> None:
 
 
 def _check_ulimit_name(value: str) -> None:
-    if not ULIMIT_NAME_RE.match(value):
+    if not ULIMIT_NAME_RE.fullmatch(value):
         raise ValueError(f'{show(value)} is not a ulimit name (e.g. "nofile", "nproc", "core")')
 
 
 def _check_volume_name(value: str) -> None:
     # 255: Podman keeps a volume as a directory of that name (NAME_MAX)
-    if not VOLUME_NAME_RE.match(value) or len(value) > 255:
+    if not VOLUME_NAME_RE.fullmatch(value) or len(value) > 255:
         raise ValueError(f"{show(value)} is not a volume name")
 
 
 def _check_volume_source(value: str) -> None:
     if value.startswith("/"):
         _check_abs_path(value)
-    elif not VOLUME_NAME_RE.match(value) or len(value) > 255:
+    elif not VOLUME_NAME_RE.fullmatch(value) or len(value) > 255:
         raise ValueError(f"{show(value)} is neither an absolute host path nor a volume name")
 
 
@@ -381,7 +381,7 @@ def _check_seccomp_profile(value: str) -> None:
 
 
 def _check_credential(value: str) -> None:
-    if not CREDENTIAL_RE.match(value):
+    if not CREDENTIAL_RE.fullmatch(value):
         raise ValueError(
             f'{show(value)} is not a credential name (letters, digits, "_", ".", "@" and "-", '
             "as in LoadCredential=)"
@@ -390,7 +390,7 @@ def _check_credential(value: str) -> None:
 
 def parse_file_mode(text: str) -> int:
     """The permission bits of an octal mode string (``"0400"`` → 0o400)."""
-    if not FILE_MODE_RE.match(text):
+    if not FILE_MODE_RE.fullmatch(text):
         raise ValueError(f'{show(text)} is not a file mode (use octal, e.g. "0400" or "0440")')
     return int(text, 8)
 
