@@ -11,12 +11,10 @@ pytest_plugins = [
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Host tests that share the session's test host (and its Podman) run one after
-    another, on one pytest-xdist worker (``--dist loadgroup``); those that boot hosts of
-    their own (``fresh_testhost_factory``: private namespaces, disk and cgroup, unique
-    names) run in order on another, beside them; the fast tests fill the gaps."""
+    """The host tests run one after another, on one pytest-xdist worker (``--dist
+    loadgroup``); the fast tests, mostly CPU, on the other beside them. (Two streams of
+    host tests at once, each booting test hosts, plus the fuzzers, overloaded a fresh
+    Debian 12 root on two cores: four tests ran into their time limits there.)"""
     for item in items:
-        if item.get_closest_marker("host") is None:
-            continue
-        shared = "testhost" in getattr(item, "fixturenames", ())
-        item.add_marker(pytest.mark.xdist_group("host" if shared else "own-hosts"))
+        if item.get_closest_marker("host") is not None:
+            item.add_marker(pytest.mark.xdist_group("host"))

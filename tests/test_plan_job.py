@@ -325,3 +325,20 @@ def test_a_sweep_reads_the_journal_only_for_what_it_cannot_place() -> None:
     assert unaccounted(newer, [recorded])
     # a service about to start: new ID, the recorded run's timestamps
     assert not unaccounted(_ended(InvocationID=bytes.fromhex("e" * 32)), [recorded])
+
+
+def test_the_next_runs_id_with_the_last_runs_timestamps_is_not_a_run() -> None:
+    """systemd shows a service's next InvocationID a moment before that run's own values
+    (measured on systemd 252): with the last run's start, end and Result they are not
+    the new run's, whichever state they show; its own values, once there, are."""
+    from iyclo.core.run_records import stale
+
+    stored = [{"invocationId": "a" * 32, "startUsec": 1_000_000, "endUsec": 2_400_000}]
+    early = {"InvocationID": bytes.fromhex("b" * 32), "ActiveState": "inactive",
+             "Result": "success", "InactiveExitTimestamp": 1_000_000,
+             "InactiveEnterTimestamp": 2_400_000}  # fmt: skip
+    assert stale(early, stored)
+    own = {**early, "ActiveState": "activating", "InactiveExitTimestamp": 3_000_000}
+    assert not stale(own, stored)
+    assert not stale(early, [])  # a first run has nothing before it
+    assert not stale({**early, "InvocationID": bytes.fromhex("a" * 32)}, stored)  # its own

@@ -63,6 +63,27 @@ def unaccounted(service: dict[str, Any] | None, stored: list[dict[str, Any]]) ->
     return int(service.get("InactiveExitTimestamp", 0)) > newest
 
 
+def stale(props: dict[str, Any] | None, stored: list[dict[str, Any]]) -> bool:
+    """Whether ``props`` show a run's InvocationID with the previous run's timestamps.
+
+    systemd gives a service its next InvocationID a moment before that run's own
+    values: read then, the new id comes with the last run's ``InactiveExitTimestamp``,
+    ``InactiveEnterTimestamp`` and ``Result``, and recorded that run's start, end and
+    "success" as the new run's (measured on systemd 252 with a 2 s calendar after a
+    daemon restart: a run that exited 7 was stored as succeeded). One unit runs one
+    invocation at a time, so a run starts after every other stored run started (starts,
+    not ends: a start from the journal is when journald got the "Starting" line, never
+    before the unit's own timestamp; an end from the journal may come late). Such values
+    are left for the next signal, the sweep or the journal to settle.
+    """
+    if props is None:
+        return False
+    invocation = invocation_hex(props.get("InvocationID"))
+    start = int(props.get("InactiveExitTimestamp") or 0)
+    starts = [int(r.get("startUsec") or 0) for r in stored if r.get("invocationId") != invocation]
+    return bool(starts) and start <= max(starts)
+
+
 class RunRecorder:
     """Opens and closes run records; publishes ``JobFinished`` and the job's state after."""
 
@@ -192,14 +213,17 @@ class RunRecorder:
         if not invocation:
             return
         stored = await self.stored(name)
+        if stale(props, stored):
+            return  # the previous run's values under the next run's id: not this run's
         run = {r.get("invocationId"): r for r in stored}.get(invocation)
         if is_running(props):
             if run is None:
-                # Earlier runs still open ended unseen: let the journal close them.
-                if any(r.get("state") == "running" for r in stored):
-                    await self._settle_locked(name, deep=True)
-                    if await self.find(name, invocation) is not None:
-                        return
+                # Runs this daemon did not see (it was down, or they were too quick) may
+                # have begun before this one, and earlier runs still open ended unseen:
+                # the journal first, so run numbers follow the order the runs ran in.
+                await self._settle_locked(name, deep=True)
+                if await self.find(name, invocation) is not None:
+                    return
                 await self._record_start(name, invocation, int(props["InactiveExitTimestamp"]))
             return
         if not is_ended(props):
@@ -259,14 +283,20 @@ class RunRecorder:
                 continue
             invocation = str(run.get("invocationId", ""))
             if service is not None and invocation == current:
-                if is_ended(service):
+                if is_ended(service) and not stale(service, stored):
                     await self._record_end(name, run, end_from_properties(service))
                 continue
             if final:
                 end = lost(invocation, int(run.get("startUsec", 0)))
                 await self._record_end(name, run, end)
         known = {r.get("invocationId") for r in stored}
-        if service is not None and current and is_running(service) and current not in known:
+        if (
+            service is not None
+            and current
+            and is_running(service)
+            and current not in known
+            and not stale(service, stored)
+        ):
             await self._record_start(name, current, int(service["InactiveExitTimestamp"]))
 
     async def _settle_from_journal(
@@ -294,7 +324,11 @@ class RunRecorder:
                     )
                     run = {"number": number, "invocationId": seen.invocation_id}
                     await self._record_end(record.name, run, seen.end)
-                elif seen.invocation_id == current and is_running(service):
+                elif (
+                    seen.invocation_id == current
+                    and is_running(service)
+                    and not stale(service, stored)
+                ):
                     assert service is not None
                     await self._record_start(
                         record.name, current, int(service["InactiveExitTimestamp"])
