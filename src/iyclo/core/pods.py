@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Set
 from typing import Any
 
 import structlog
@@ -133,8 +133,9 @@ class PodHandler:
         """The pods the live cache follows: name → unit."""
         return {r.name: KIND.service(r.name) for r in self.store.list() if r.kind == KIND}
 
-    async def resync(self, seen_since: float | None = None) -> None:
-        await self.live.resync(await asyncio.to_thread(self.units), seen_since=seen_since)
+    async def resync(self, adopted: Set[str] = frozenset()) -> None:
+        """The live cache read again; ``adopted`` pods' units as the reconcile read them."""
+        await self.live.resync(await asyncio.to_thread(self.units), known=adopted)
 
     # -- helpers ----------------------------------------------------------------------
 

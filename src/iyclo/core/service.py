@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import difflib
 import json
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -489,7 +488,6 @@ class Service:
         systemd, so a reboot's re-making of many pods is not taken for a hung start)."""
         self.dependencies.require_ok("reconcile")
         async with self.locks.exclusive():
-            began = time.monotonic()
             outcomes: dict[str, list[str]] = {"adopted": [], "recreated": [], "stopped": []}
             failed: list[tuple[str, str]] = []
             records: list[Deployment] = await off_loop(self.store.list)
@@ -528,7 +526,7 @@ class Service:
                 {r.name for r in records if Kind.of(r.kind) is Kind.NETWORK}
             ))  # fmt: skip
             with contextlib.suppress(IycloError):
-                await self.pods.resync(seen_since=began)  # the units read above are current
+                await self.pods.resync(adopted=set(outcomes["adopted"]))
             report = ReconcileReport(
                 tuple(outcomes["adopted"]), tuple(outcomes["recreated"]), tuple(removed),
                 tuple(failed),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Set
 from typing import Any
 
 import structlog
@@ -142,11 +142,11 @@ class LiveState:
         state.containers = [row for r in rows if (row := container_row(r)) is not None]
         state.containers_seen = time.monotonic()
 
-    async def resync(self, names: dict[str, str], *, seen_since: float | None = None) -> None:
-        """Refresh every pod in `names` (pod name → unit) and drop the others; a unit
-        read at or after `seen_since` (monotonic) is kept as read: systemd's signals
-        keep it current since (at 200 pods, reading every unit again cost ~1 s of a
-        start-up)."""
+    async def resync(self, names: dict[str, str], *, known: Set[str] = frozenset()) -> None:
+        """Refresh every pod in `names` (pod name → unit) and drop the others; the units
+        of `known` pods are kept as they are: the start-up reconcile has just read them
+        settled when it adopted them, and systemd's signals keep them current since (at
+        200 pods, reading every unit again cost ~1 s of a restart)."""
         for gone in set(self.pods) - set(names):
             self.pods.pop(gone, None)
         rows = await self.podman.list_containers(naming.LABEL_POD)
@@ -158,8 +158,7 @@ class LiveState:
                 by_pod[pod].append(row)
         now = time.monotonic()
         for name, unit in names.items():
-            seen = self.pods[name].unit_seen if name in self.pods else 0.0
-            if seen_since is None or seen < seen_since:
+            if name not in known or not self.pods.get(name, PodState()).unit_seen:
                 await self.refresh_unit(name, unit)
             state = self.pods[name]
             state.containers, state.containers_seen = by_pod[name], now
