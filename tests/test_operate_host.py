@@ -205,10 +205,24 @@ def _follow(
     assert proc.stdout is not None
     seen: list[dict[str, str]] = []
 
+    pending = bytearray()
+
     def read_until(text: str) -> bool:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-        if ready:
-            seen.append(json.loads(proc.stdout.readline() or "{}"))  # type: ignore[union-attr]
+        # Whatever the pipe holds now, read from its descriptor: a buffered readline can
+        # keep lines in its buffer where select does not see them, and one line per poll
+        # fell behind the journal's earlier lines on a busy host.
+        fd = proc.stdout.fileno()  # type: ignore[union-attr]
+        for _ in range(1000):
+            ready, _, _ = select.select([fd], [], [], 0.5 if not pending and not seen else 0.05)
+            if not ready:
+                break
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            pending.extend(chunk)
+        *lines, rest = bytes(pending).split(b"\n")
+        pending[:] = rest
+        seen.extend(json.loads(line) for line in lines if line.strip())
         return any(text in line.get("message", "") for line in seen)
 
     try:
