@@ -133,7 +133,7 @@ def test_job_fires_on_schedule_and_records_every_run(daemon: Daemon) -> None:
         for run in runs[:3]:
             assert run["state"] == "succeeded"
             assert (run["exitCode"], run["result"], run["signal"]) == (0, "success", None)
-            assert 0 < run["durationSec"] < 3
+            assert 0 < run["durationSec"] < 30  # an echo: 3.4 s was seen on a busy root
             assert re.fullmatch(r"[0-9a-f]{32}", run["invocationId"])
             # the run's output is in the journal under its invocation, exactly once
             journal = journal_of_run(host, run["invocationId"])

@@ -21,15 +21,17 @@ class JsonRpcClient:
     def __init__(self, path: Path | str, *, timeout: float | None = 300.0) -> None:
         self.path = str(path)
         self._ids = itertools.count(1)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._sock.settimeout(timeout)
             self._sock.connect(self.path)
         except PermissionError:
+            self._sock.close()  # closed here, not by the garbage collector (ResourceWarning)
             raise AccessDeniedError(
                 f"not allowed to use the iyclo socket {self.path} (root or its group only)"
             ) from None
         except OSError as exc:
+            self._sock.close()
             raise IycloError(
                 f"cannot reach the iyclo daemon at {self.path}: {exc.strerror or exc}"
             ) from None
