@@ -183,9 +183,11 @@ def unit_show(host: Host, unit: str, *props: str) -> dict[str, str]:
 
 
 def wait_for(
-    predicate: Callable[[], Any], *, timeout: float = 60, interval: float = 0.2, what: str = ""
-) -> Any:
-    """Poll `predicate` until it returns a truthy value, bounded in time."""
+    predicate: Callable[[], Any], *, timeout: float = 60, interval: float = 0.2,
+    what: str | Callable[[], str] = "",
+) -> Any:  # fmt: skip
+    """Poll `predicate` until it returns a truthy value, bounded in time. ``what`` may be
+    a callable, for a failure to say what was seen by then."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -193,7 +195,8 @@ def wait_for(
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: {last!r}")
+    said = what() if callable(what) else what
+    raise AssertionError(f"timed out after {timeout}s waiting for {said or predicate}: {last!r}")
 
 
 @pytest.fixture(scope="session")

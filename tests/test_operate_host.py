@@ -228,13 +228,22 @@ def _follow(
     try:
         wait_for(lambda: len(_followers(daemon)) > len(before), timeout=30,
                  what="the daemon's journalctl --follow")  # fmt: skip
+
+        def shown() -> list[str]:
+            return [line["message"] for line in seen]
+
         if first:
-            wait_for(lambda: read_until(first), timeout=30, what=f"{name}'s earlier line")
+            wait_for(lambda: read_until(first), timeout=30,
+                     what=lambda: f"{name}'s earlier line among {shown()}")  # fmt: skip
         text = f"written-after-start-{time.time_ns()}"
         written = time.monotonic()
         write(text)
-        wait_for(lambda: read_until(text), timeout=30, what="the new line to follow")
+        wait_for(lambda: read_until(text), timeout=30,
+                 what=lambda: f"the new line to follow after {shown()}")  # fmt: skip
         lag = time.monotonic() - written
+        # the tail read, then journalctl from just after it: no line shown twice
+        keys = [(line["at"], line["identifier"], line["message"]) for line in seen]
+        assert len(keys) == len(set(keys)), shown()
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=15)  # Ctrl-C ends it (click's "Aborted!", exit 1)
         stopped = time.monotonic()

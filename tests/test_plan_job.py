@@ -11,7 +11,7 @@ import pytest
 
 from iyclo.core import naming
 from iyclo.core.jobs import _began, state_word
-from iyclo.core.journal import journal_lines
+from iyclo.core.journal import journal_lines, take_newest
 from iyclo.core.plan import plan_pod
 from iyclo.core.plan_job import plan_job
 from iyclo.core.run_records import unaccounted
@@ -309,6 +309,35 @@ def test_journal_lines_drop_podman_events_and_decode_bytes() -> None:
         {"at": "2024-05-01T03:00:00.000Z", "identifier": "podman", "message": "hello"},
         {"at": "2024-05-01T03:00:00.001Z", "identifier": "", "message": "café \ufffd"},
     ]
+
+
+def test_the_newest_lines_do_not_count_podman_events() -> None:
+    """A job run's journal as Debian 12's Podman writes it: the output line sits behind
+    more event records than ``journalctl -n 10`` would take; it is among the last 3."""
+
+    def entry(n: int, message: str, event: str | None = None) -> dict[str, Any]:
+        base = {
+            "__CURSOR": f"s=x;i={n}",
+            "__REALTIME_TIMESTAMP": str(START + n),
+            "MESSAGE": message,
+        }
+        return {**base, "PODMAN_EVENT": event} if event else base
+
+    events = ["attach", "cleanup", "stop", "died", "cleanup", "cleanup"]
+    journal = [entry(0, "Starting iyclo-job-j.service..."), entry(1, "first-run-line")]
+    journal += [entry(2 + i, f"container {e}", e) for i, e in enumerate(events)]
+    journal += [entry(8, "iyclo-job-j.service: Deactivated successfully."), entry(9, "Finished")]
+    journal += [entry(10 + i, f"container {e}", e) for i, e in enumerate(events)]
+    newest_first = journal[::-1]
+
+    lines, cursor = take_newest(newest_first, 3)
+    assert [line["message"] for line in lines] == [
+        "first-run-line", "iyclo-job-j.service: Deactivated successfully.", "Finished"
+    ]  # fmt: skip
+    assert cursor == "s=x;i=15"  # the newest entry, an event: following goes on after it
+    assert take_newest(newest_first, 0) == ([], "s=x;i=15")
+    assert len(take_newest(newest_first, 50)[0]) == 4
+    assert take_newest([], 10) == ([], None)
 
 
 def test_a_sweep_reads_the_journal_only_for_what_it_cannot_place() -> None:

@@ -1,8 +1,10 @@
 """``iyclo logs -f``: a pod's or job's journal as it grows, into the caller's pipe.
 
-The daemon runs ``journalctl --follow -o json -u UNIT`` and writes each entry, as
-``iyclo logs`` shows them (``journal.journal_lines``: Podman's event records left out),
-one JSON object a line into the pipe the caller passed. ``-u`` selects by what journald
+The daemon writes the unit journal's newest lines (``journal.newest_lines``: Podman's
+event records left out and not counted), then runs ``journalctl --follow -o json -u UNIT``
+from just after the newest entry it read (``--after-cursor``, so nothing written in
+between is lost or shown twice) and writes each line it prints, as ``iyclo logs`` shows
+them, one JSON object a line into the pipe the caller passed. ``-u`` selects by what journald
 and systemd set, never by what a client may send (``_SYSTEMD_UNIT=``, and ``UNIT=``
 only from PID 1; systemd.journal-fields(7)), so a line any user logs with the unit's
 name in ``UNIT=`` does not show.
@@ -19,20 +21,24 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 from collections.abc import Sequence
 
 import structlog
 
 from iyclo.core.handover import Handover, close_all
-from iyclo.core.journal import journal_lines, journalctl_binary
+from iyclo.core.journal import (
+    LINE_FIELDS,
+    MAX_ENTRY,
+    journal_lines,
+    journalctl_binary,
+    newest_lines,
+)
 from iyclo.errors import InvalidError, IycloError
 
 log = structlog.get_logger("iyclo.follow")
 
-FIELDS = "MESSAGE,_PID,SYSLOG_IDENTIFIER,_SYSTEMD_UNIT,UNIT,PODMAN_EVENT"
 MAX_BUFFERED = 1024 * 1024
-MAX_ENTRY = 1024 * 1024
-"""journalctl's longest line taken; a longer one is skipped."""
 
 
 class _PipeEnd(asyncio.BaseProtocol):
@@ -46,12 +52,16 @@ class _PipeEnd(asyncio.BaseProtocol):
             self.closed.set_result(None)
 
 
-def follow_argv(tool: str, units: Sequence[str], lines: int) -> list[str]:
-    argv = [tool, "--no-pager", "--follow", "-o", "json", f"--output-fields={FIELDS}",
-            "-n", str(max(lines, 0))]  # fmt: skip
-    for unit in units:
-        argv += ["-u", unit]
-    return argv
+def unit_matches(units: Sequence[str]) -> list[str]:
+    return [arg for unit in units for arg in ("-u", unit)]
+
+
+def follow_argv(tool: str, units: Sequence[str], cursor: str | None, since: float) -> list[str]:
+    """journalctl following what comes after ``cursor``; with no entry read yet, what
+    comes from ``since`` on (a second early: none of those was there to be read)."""
+    start = [f"--after-cursor={cursor}"] if cursor else [f"--since=@{int(since)}"]
+    return [tool, "--no-pager", "--follow", "--no-tail", "-o", "json",
+            f"--output-fields={LINE_FIELDS}", *start, *unit_matches(units)]  # fmt: skip
 
 
 async def follow(units: Sequence[str], lines: int, handover: Handover) -> None:
@@ -72,8 +82,12 @@ async def follow(units: Sequence[str], lines: int, handover: Handover) -> None:
     except ValueError:
         pipe.close()
         raise InvalidError("follow_logs: the descriptor given is not a pipe or socket") from None
+    since = time.time()
+    tail, cursor = await newest_lines(unit_matches(units), max(lines, 0))
+    for line in tail:
+        transport.write(json.dumps(line).encode() + b"\n")
     proc = await asyncio.create_subprocess_exec(
-        *follow_argv(tool, units, lines), stdin=asyncio.subprocess.DEVNULL,
+        *follow_argv(tool, units, cursor, since), stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, limit=MAX_ENTRY,
     )  # fmt: skip
     log.info("following the journal", units=list(units), pid=proc.pid)

@@ -458,14 +458,12 @@ class JobHandler:
         else:
             raise NotFoundError(f"job '{name}' has not run yet")
         invocation = str(chosen.get("invocationId", ""))
-        entries = []
-        if invocation:
-            args = journal.run_matches(KIND.service(name), invocation)
-            if lines is not None:
-                args += ["-n", str(max(lines, 0) * 4 + 40)]  # Podman's events are dropped below
-            entries = journal.journal_lines(await journal.query(*args))
-        if lines is not None:
-            entries = entries[-lines:] if lines > 0 else []
+        entries: list[dict[str, Any]] = []
+        matches = journal.run_matches(KIND.service(name), invocation)
+        if invocation and lines is None:
+            entries = journal.journal_lines(await journal.query(*matches))
+        elif invocation:
+            entries, _ = await journal.newest_lines(matches, max(lines or 0, 0))
         return {
             "name": name,
             "kind": KIND.api_name,

@@ -7,13 +7,22 @@ is its stable interface, so iyclo reads through it rather than the file format.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import shutil
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from iyclo.core import timeouts
 from iyclo.core.runs import usec_iso
+
+LINE_FIELDS = "MESSAGE,_PID,SYSLOG_IDENTIFIER,_SYSTEMD_UNIT,UNIT,PODMAN_EVENT"
+"""What a shown line needs, and ``PODMAN_EVENT`` to leave Podman's event records out."""
+MAX_SCANNED = 100_000
+"""Entries read backward at most for the newest lines: a bound on a journal of events."""
+MAX_ENTRY = 1024 * 1024
+"""journalctl's longest line taken; a longer one is skipped."""
 
 # podman's lines that follow from an earlier failure of the same start
 KNOCK_ON = ("a dependency of container", "container state improper")
@@ -63,31 +72,6 @@ def _tidy(line: str) -> str:
     return CONTAINER_PREFIX_RE.sub("", line)
 
 
-async def unit_entries(
-    units: list[str], *, lines: int | None = None, since: str | None = None,
-    cursor: str | None = None, until: str | None = None,
-) -> list[dict[str, Any]]:  # fmt: skip
-    """Journal entries of `units` as JSON objects (MESSAGE, __REALTIME_TIMESTAMP, ...)."""
-    args = ["-o", "json", "--output-fields=MESSAGE,_PID,SYSLOG_IDENTIFIER,_SYSTEMD_UNIT,UNIT"]
-    for unit in units:
-        args += ["-u", unit]
-    if lines is not None:
-        args += ["-n", str(lines)]
-    if since:
-        args.append(f"--since={since}")
-    if until:
-        args.append(f"--until={until}")
-    if cursor:
-        args.append(f"--after-cursor={cursor}")
-    entries = []
-    for raw in (await _journalctl(*args)).splitlines():
-        try:
-            entries.append(json.loads(raw))
-        except json.JSONDecodeError:
-            continue
-    return entries
-
-
 def run_matches(unit: str, invocation: str) -> list[str]:
     """``journalctl`` matches for one run of ``unit``: its own lines, and systemd's about it.
 
@@ -119,6 +103,69 @@ def journal_lines(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {"at": at, "identifier": entry.get("SYSLOG_IDENTIFIER", ""), "message": message}
         )
     return lines
+
+
+def take_newest(
+    entries: Iterable[dict[str, Any]], count: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """From entries newest first: the newest ``count`` lines (``journal_lines``), oldest
+    first, and the newest entry's cursor, an event's too, for a follower to go on after.
+
+    ``journalctl -n`` counts entries, and Podman logs about a dozen event records per
+    container start and stop into the unit's journal: its last 10 entries can be all
+    events, hiding the output a user asked for, so the count is taken here."""
+    taken: list[dict[str, Any]] = []
+    cursor: str | None = None
+    for entry in entries:
+        if cursor is None:
+            cursor = entry.get("__CURSOR")
+        if len(taken) >= count:
+            break
+        taken.extend(journal_lines([entry]))
+    return taken[::-1], cursor
+
+
+async def newest_lines(
+    matches: Sequence[str], count: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The newest ``count`` lines ``matches`` select, and the newest entry's cursor
+    (``take_newest``), read backward (``journalctl -r``) only as far as they go.
+
+    A journal that cannot be read (no ``journalctl``) has no lines and no cursor, as
+    ``query`` treats it; one slower than ``timeouts.JOURNALCTL`` gives what came in time."""
+    tool = journalctl_binary()
+    if tool is None:
+        return [], None
+    proc = await asyncio.create_subprocess_exec(
+        tool, "--no-pager", "-r", "-o", "json", f"--output-fields={LINE_FIELDS}", *matches,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL, limit=MAX_ENTRY,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    read: list[dict[str, Any]] = []
+    shown = 0
+    try:
+        async with asyncio.timeout(timeouts.JOURNALCTL):
+            while len(read) < MAX_SCANNED and (not read or shown < count):
+                try:
+                    raw = await proc.stdout.readline()
+                except ValueError:  # over MAX_ENTRY: the rest of that line is dropped
+                    continue
+                if not raw:
+                    break
+                try:
+                    entry = json.loads(raw)
+                except ValueError:
+                    continue
+                read.append(entry)
+                shown += "PODMAN_EVENT" not in entry
+    except TimeoutError:
+        pass  # what was read in time is shown
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+    return take_newest(read, count)
 
 
 async def query(*args: str) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ import structlog
 
 from iyclo.core import naming
 from iyclo.core.events import EventBus
-from iyclo.core.journal import journal_lines, unit_entries
+from iyclo.core.journal import newest_lines
 from iyclo.core.kind import Kind
 from iyclo.core.locks import Locks
 from iyclo.core.oom import OomKill, oom_fields, record_kill
@@ -206,6 +206,7 @@ class PodHandler:
                 health = await container_health(self.steps, plan.pod_name, container.name)
             except NotFoundError:
                 return f"container {container.name} was not made"
+            self._heard(record.name, record.pod_generation, health)
             if health.status != "healthy":
                 output = f" ({health.output})" if health.output else ""
                 return f"container {container.name} is {health.status or 'not running'}{output}"
@@ -475,13 +476,22 @@ class PodHandler:
             return
 
         def progress(health: Health) -> None:
-            self.guard.note(plan.name, plan.generation, health)
-            self.guard.publish(plan.name, health.container, health.status or "starting",
-                               plan.generation, output=health.output)  # fmt: skip
+            self._heard(plan.name, plan.generation, health)
 
         within = wait_timeout or duration_seconds(plan.manifest.update.ready_timeout)
         self._publish(plan.name, "starting", generation=plan.generation)
         await wait_ready(self.steps, plan, within, progress, self.guard)
+
+    def _heard(self, pod: str, generation: int, health: Health) -> None:
+        """A health a wait read from Podman itself: the guard's view, and so ``status``,
+        go on from it, with an event when it changed. Podman's ``health_status`` event
+        for the same check can come later: a pod started on a ready dependency found that
+        dependency still "starting" in ``iyclo get`` on a busy Debian 12 root."""
+        last = self.guard.last(pod, health.container, generation)
+        self.guard.note(pod, generation, health)
+        if last is None or last.status != health.status:
+            self.guard.publish(pod, health.container, health.status or "starting", generation,
+                               output=health.output)  # fmt: skip
 
     async def _ensure_running(self, record: Deployment) -> str:
         """Nothing to do unless the pod is missing or was stopped."""
@@ -588,9 +598,8 @@ class PodHandler:
         if run:
             raise InvalidError(f"pod '{record.name}' has no runs; leave out the run number")
         unit = KIND.service(record.name)
-        entries = await unit_entries([unit], lines=lines if lines is not None else 200)
-        return {"name": record.name, "kind": KIND.api_name, "unit": unit,
-                "entries": journal_lines(entries)}  # fmt: skip
+        entries, _ = await newest_lines(["-u", unit], 200 if lines is None else max(lines, 0))
+        return {"name": record.name, "kind": KIND.api_name, "unit": unit, "entries": entries}
 
     # -- reconcile ----------------------------------------------------------------------
 
