@@ -32,7 +32,9 @@ from iyclo.core.journal import (
     MAX_ENTRY,
     journal_lines,
     journalctl_binary,
+    json_entries,
     newest_lines,
+    unit_matches,
 )
 from iyclo.errors import InvalidError, IycloError
 
@@ -50,10 +52,6 @@ class _PipeEnd(asyncio.BaseProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
             self.closed.set_result(None)
-
-
-def unit_matches(units: Sequence[str]) -> list[str]:
-    return [arg for unit in units for arg in ("-u", unit)]
 
 
 def follow_argv(tool: str, units: Sequence[str], cursor: str | None, since: float) -> list[str]:
@@ -111,19 +109,10 @@ async def follow(units: Sequence[str], lines: int, handover: Handover) -> None:
 
 async def _pump(source: asyncio.StreamReader, sink: asyncio.WriteTransport) -> None:
     """journalctl's entries to the caller, until journalctl ends or the caller lags."""
-    while True:
-        try:
-            raw = await source.readline()
-        except ValueError:  # a line over MAX_ENTRY: the rest of it is dropped
-            continue
-        if not raw:
-            return
-        try:
-            entry = json.loads(raw)
-        except ValueError:
-            continue
-        for line in journal_lines([entry]):
-            sink.write(json.dumps(line).encode() + b"\n")
-        if sink.get_write_buffer_size() > MAX_BUFFERED:
-            log.warning("a follower does not read its logs; dropping it")
-            return
+    async with contextlib.aclosing(json_entries(source)) as entries:
+        async for entry in entries:
+            for line in journal_lines([entry]):
+                sink.write(json.dumps(line).encode() + b"\n")
+            if sink.get_write_buffer_size() > MAX_BUFFERED:
+                log.warning("a follower does not read its logs; dropping it")
+                return

@@ -459,11 +459,12 @@ class JobHandler:
             raise NotFoundError(f"job '{name}' has not run yet")
         invocation = str(chosen.get("invocationId", ""))
         entries: list[dict[str, Any]] = []
-        matches = journal.run_matches(KIND.service(name), invocation)
-        if invocation and lines is None:
-            entries = journal.journal_lines(await journal.query(*matches))
-        elif invocation:
-            entries, _ = await journal.newest_lines(matches, max(lines or 0, 0))
+        if invocation:
+            matches = journal.run_matches(KIND.service(name), invocation)
+            if lines is None:
+                entries = journal.journal_lines(await journal.query(*matches))
+            else:
+                entries, _ = await journal.newest_lines(matches, max(lines, 0))
         return {
             "name": name,
             "kind": KIND.api_name,

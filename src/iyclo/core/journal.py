@@ -11,7 +11,7 @@ import contextlib
 import json
 import re
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from typing import Any
 
 from iyclo.core import timeouts
@@ -145,20 +145,15 @@ async def newest_lines(
     read: list[dict[str, Any]] = []
     shown = 0
     try:
-        async with asyncio.timeout(timeouts.JOURNALCTL):
-            while len(read) < MAX_SCANNED and (not read or shown < count):
-                try:
-                    raw = await proc.stdout.readline()
-                except ValueError:  # over MAX_ENTRY: the rest of that line is dropped
-                    continue
-                if not raw:
-                    break
-                try:
-                    entry = json.loads(raw)
-                except ValueError:
-                    continue
+        async with (
+            asyncio.timeout(timeouts.JOURNALCTL),
+            contextlib.aclosing(json_entries(proc.stdout)) as entries,
+        ):
+            async for entry in entries:
                 read.append(entry)
                 shown += "PODMAN_EVENT" not in entry
+                if shown >= count or len(read) >= MAX_SCANNED:
+                    break
     except TimeoutError:
         pass  # what was read in time is shown
     finally:
@@ -166,6 +161,28 @@ async def newest_lines(
             proc.kill()
         await proc.wait()
     return take_newest(read, count)
+
+
+async def json_entries(stream: asyncio.StreamReader) -> AsyncGenerator[dict[str, Any], None]:
+    """``journalctl -o json``'s entries as they come, until it ends; a line longer than
+    the stream's limit (``MAX_ENTRY``), or not JSON, is skipped."""
+    while True:
+        try:
+            raw = await stream.readline()
+        except ValueError:  # over the limit: the rest of that line is dropped
+            continue
+        if not raw:
+            return
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            continue
+        yield entry
+
+
+def unit_matches(units: Sequence[str]) -> list[str]:
+    """``journalctl`` matches for the journals of ``units`` (``-u``: see ``run_matches``)."""
+    return [arg for unit in units for arg in ("-u", unit)]
 
 
 async def query(*args: str) -> list[dict[str, Any]]:

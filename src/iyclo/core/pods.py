@@ -18,7 +18,7 @@ import structlog
 
 from iyclo.core import naming
 from iyclo.core.events import EventBus
-from iyclo.core.journal import newest_lines
+from iyclo.core.journal import newest_lines, unit_matches
 from iyclo.core.kind import Kind
 from iyclo.core.locks import Locks
 from iyclo.core.oom import OomKill, oom_fields, record_kill
@@ -598,7 +598,9 @@ class PodHandler:
         if run:
             raise InvalidError(f"pod '{record.name}' has no runs; leave out the run number")
         unit = KIND.service(record.name)
-        entries, _ = await newest_lines(["-u", unit], 200 if lines is None else max(lines, 0))
+        entries, _ = await newest_lines(
+            unit_matches([unit]), 200 if lines is None else max(lines, 0)
+        )
         return {"name": record.name, "kind": KIND.api_name, "unit": unit, "entries": entries}
 
     # -- reconcile ----------------------------------------------------------------------
