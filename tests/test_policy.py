@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -107,6 +108,22 @@ def test_a_symlinked_allowed_root_is_refused_too(tmp_path: Path) -> None:
     link = tmp_path.resolve() / "srv"
     problem = check_host_path(f"{link}/data", [str(link)])
     assert problem == f'"{link}/data" goes through the symbolic link "{link}"'
+
+
+def test_the_walk_keeps_no_descriptor(srv: Path) -> None:
+    """Every answer of the walk closes what it opened: a missing bind-mount source left its
+    parent's descriptor open, one per check, in a daemon that checks before every start
+    (93 of /srv were open in a fuzz worker on Debian 13)."""
+    (srv / "x" / "file").write_text("")
+    (srv / "link").symlink_to(srv / "x")
+    paths = [f"{srv}/x", f"{srv}/x/missing", f"{srv}/x/missing/deeper", f"{srv}/link/file",
+             f"{srv}/x/file/below", "/dev/null"]  # fmt: skip
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        for path in paths:
+            check_host_path(path, [str(srv), "/dev"])
+        check_host_path(f"{srv}/x/missing", [str(srv)], profile=True)
+    assert len(os.listdir("/proc/self/fd")) == before
 
 
 def test_check_host_path_for_the_core(srv: Path) -> None:

@@ -226,6 +226,7 @@ def _walk(path: str, *, profile: bool) -> int | None:
     parts = [part for part in path.split("/") if part not in ("", ".")]
     flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open("/", flags | os.O_DIRECTORY)
+    returned = False
     try:
         walked = ""
         for index, part in enumerate(parts):
@@ -235,7 +236,7 @@ def _walk(path: str, *, profile: bool) -> int | None:
             except FileNotFoundError:
                 if profile:
                     raise _Refused(f"{show(path)} does not exist") from None
-                return None
+                return None  # the parent's descriptor is closed below
             except NotADirectoryError:
                 parent = show(walked.rsplit("/", 1)[0])
                 raise _Refused(
@@ -255,10 +256,11 @@ def _walk(path: str, *, profile: bool) -> int | None:
             raise _Refused(f"{show(path)} is not a regular file")
         if stat.S_ISBLK(mode) or stat.S_ISCHR(mode):
             raise _Refused(f"{show(path)} is a device node")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        returned = True
+        return fd
+    finally:
+        if not returned:  # refused, failed or missing: the descriptor is not the caller's
+            os.close(fd)
 
 
 def _walk_problem(path: str, *, profile: bool) -> str | None:
