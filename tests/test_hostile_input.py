@@ -24,7 +24,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from iyclo.errors import InvalidError
-from iyclo.manifest.convert import MAX_DETAILS, load_manifest, parse_manifest_text
+from iyclo.manifest.convert import (
+    MAX_DETAILS,
+    MAX_MANIFEST_BYTES,
+    load_manifest,
+    parse_manifest_text,
+)
 from iyclo.manifest.policy import Policy
 
 ROOT = Path(__file__).parent.parent
@@ -217,21 +222,40 @@ def mutated_manifests(draw: st.DrawFn) -> Any:
     return doc
 
 
+DEEP_MARK_RE = re.compile(r'"\\ue000(\d+)\\ue000"')
+"""Where ``_to_text`` put a ``Deep`` value (json.dumps escapes the private-use marks)."""
+
+
 def _to_text(doc: Any) -> str:
-    marks: dict[str, Deep] = {}
+    """``doc`` as JSON text, each ``Deep`` value written out in place, in one pass. Once
+    the text is surely past the loader's size limit, the rest are written as ``1``: the
+    text is refused for its size either way. (A replace per value, each over the whole
+    text, kept a grown list of deep values writing for over 15 minutes on Debian 13.)"""
+    marks: list[Deep] = []
 
     def default(value: Any) -> Any:
         if isinstance(value, Deep):
-            marks[f"\ue000{len(marks)}\ue000"] = value
+            marks.append(value)
             return f"\ue000{len(marks) - 1}\ue000"
         raise TypeError(value)
 
     text = json.dumps(doc, default=default, allow_nan=True)
-    for mark, deep in marks.items():
+    written = len(text)  # characters: never more than the bytes the limit counts
+
+    def expand(match: re.Match[str]) -> str:
+        nonlocal written
+        index = int(match.group(1))
+        if index >= len(marks):  # a generated string that looks like a mark
+            return match.group(0)
+        deep = marks[index]
+        if written > MAX_MANIFEST_BYTES:
+            return "1"
         opening = '{"a":' * deep.depth if deep.bracket == "{" else "[" * deep.depth
         closing = "}" * deep.depth if deep.bracket == "{" else "]" * deep.depth
-        text = text.replace(json.dumps(mark), opening + "1" + closing, 1)
-    return text
+        written += len(opening) + len(closing)
+        return opening + "1" + closing
+
+    return DEEP_MARK_RE.sub(expand, text)
 
 
 def _to_value(doc: Any) -> Any:
