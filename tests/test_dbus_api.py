@@ -23,6 +23,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -54,6 +55,7 @@ from iyclo.client.dbus import DBusClient, bus_label_unescape
 from iyclo.client.jsonrpc import JsonRpcClient
 from iyclo.contract.events import PodChanged
 from iyclo.core.access import Gate
+from iyclo.core.events import QUEUE_LIMIT
 from iyclo.errors import (
     AccessDeniedError,
     ConflictError,
@@ -1137,6 +1139,40 @@ async def test_losing_the_bus(bus_dir: Path, core: Core, lag: LagWatch) -> None:
 
         await eventually(logged)
         await unexport()
+
+
+async def test_a_burst_of_signals_keeps_the_connection(bus_dir: Path, core: Core) -> None:
+    """A bus daemon that reads nothing for a while (busy, here stopped) while a burst of
+    signals is sent: the interface waits for it rather than filling its socket, which
+    dbus-fast 5.2 takes for a broken connection (``PACE_EVERY``)."""
+    proc, address = spawn_bus("--session", f"--address=unix:path={bus_dir}/burst")
+    with structlog.testing.capture_logs() as logs:
+        try:
+            unexport = await export_service(core.service, bus_address=address)
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                for index in range(QUEUE_LIMIT):  # 1.2 MB of signals, the queue's worth
+                    core.service.events.publish(
+                        PodChanged(name=f"burst-{index}", state="failed", error="x" * 1200)
+                    )
+                    if index % 50 == 0:
+                        await asyncio.sleep(0)  # the forwarder sends what it has
+                await asyncio.sleep(0.5)
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            dbus_client = await asyncio.to_thread(DBusClient, bus_address=address, timeout=10)
+            try:
+                listed = await call(dbus_client, "list")
+            except IycloError as exc:
+                pytest.fail(f"no answer after the burst: {exc.message}")
+            finally:
+                await asyncio.to_thread(dbus_client.close)
+            assert listed == []
+            await unexport()
+        finally:
+            await asyncio.to_thread(stop_bus, proc)
+    lost = sum(1 for e in logs if e["event"].startswith("lost the D-Bus connection"))
+    assert lost == 0, "the bus connection was dropped during the burst"
 
 
 async def test_a_second_daemon_is_refused(served: Core, address: str) -> None:

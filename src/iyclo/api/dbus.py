@@ -31,7 +31,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from dbus_fast import BusType, DBusError, NameFlag, RequestNameReply
+from dbus_fast import BusType, DBusError, Message, NameFlag, RequestNameReply
 from dbus_fast.aio import MessageBus
 
 from iyclo.api.dbus_base import (
@@ -55,6 +55,7 @@ from iyclo.api.polkit import Polkit
 from iyclo.core.access import Gate
 from iyclo.core.events import Event
 from iyclo.errors import AccessDeniedError, ConflictError, InvalidError, IycloError, NotFoundError
+from iyclo.systemd.const import DBUS_NAME, DBUS_PATH, IFACE_PEER
 
 __all__ = [
     "BUS_NAME",
@@ -71,6 +72,12 @@ __all__ = [
 
 POLICY_FILE = "/usr/share/dbus-1/system.d/io.github.iyclo1.conf"
 BUS_TIMEOUT = 10.0  # connecting and owning the name: the bus daemon answers at once or never
+PACE_EVERY = 32
+"""Messages sent before a round trip to the bus daemon lets our socket drain
+(``_Exporter._pace``). dbus-fast 5.2's writer takes a send that finds the kernel's
+buffer full (EAGAIN) for a broken connection and drops it (python-dbus-next#153, the
+code it came from): the signals of 200 objects exported in one go did that, once in a
+dozen start-ups at 200 pods, and the daemon failed to start."""
 EXPORT_AGAIN_PAUSES = (0.2, 0.5, 1.0, 2.0)
 """Seconds between attempts to export again after the bus dropped us; the last repeats."""
 
@@ -98,6 +105,7 @@ class _Exporter:
         self._watch: asyncio.Task[None] | None = None
         self._subscription = contextlib.ExitStack()
         self._closed = False
+        self._unpaced = 0
         self.disconnected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         """Done when the connection dropped by itself (not by ``close``)."""
 
@@ -108,7 +116,9 @@ class _Exporter:
         self.manager.set_health(self.service.health())
         self._subscription.callback(self.service.on_health_change(self.manager.set_health))
         for status in await self.service.list_all():
-            self._put(status)
+            self._put(status, count=False)
+            await self._pace()
+        self._count()
         await self._request_name(bus_label)
         self._tasks = [
             asyncio.create_task(self._forward(queue), name="iyclo-dbus-forward"),
@@ -141,8 +151,18 @@ class _Exporter:
                 f"{BUS_NAME} is already owned on the {bus_label} bus: is another iyclod running?"
             )
 
-    def _put(self, status: dict[str, Any]) -> None:
-        """Export, update or (when the name changed kind) replace the object of ``status``."""
+    async def _pace(self) -> None:
+        """After every ``PACE_EVERY`` messages, wait for the bus daemon to answer a ping:
+        it has then read all we sent before it, and a burst never fills the socket."""
+        self._unpaced += 1
+        if self._unpaced >= PACE_EVERY:
+            self._unpaced = 0
+            await self.bus.call(Message(destination=DBUS_NAME, path=DBUS_PATH,
+                                        interface=IFACE_PEER, member="Ping"))  # fmt: skip
+
+    def _put(self, status: dict[str, Any], *, count: bool = True) -> None:
+        """Export, update or (when the name changed kind) replace the object of ``status``;
+        ``count``: say the new number of objects now (a start-up says it once, at the end)."""
         name, kind = str(status["name"]), str(status["kind"])
         if kind not in ("Pod", "Job"):  # a network runs nothing: no object of its own
             self._drop(name)
@@ -156,7 +176,8 @@ class _Exporter:
         made: Deployment = wanted(self.guarded, status)
         self.objects[name] = made
         self.bus.export(object_path(kind, name), made)
-        self._count()
+        if count:
+            self._count()
 
     def _drop(self, name: str) -> None:
         gone = self.objects.pop(name, None)
@@ -187,6 +208,7 @@ class _Exporter:
                 self.manager.signal(event)
                 self._dirty[event.name] = None
                 self._wake.set()
+                await self._pace()
             except Exception:
                 log.exception("cannot forward event", kind=event.MEMBER, name=event.name)
 
@@ -200,6 +222,7 @@ class _Exporter:
                 del self._dirty[name]
                 try:
                     await self.refresh(name)
+                    await self._pace()
                 except Exception:
                     log.exception("cannot refresh object", name=name)
 

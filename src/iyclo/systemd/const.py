@@ -26,6 +26,7 @@ IFACE_PREFIX: Final = "org.freedesktop.systemd1."
 
 DBUS_NAME: Final = "org.freedesktop.DBus"
 DBUS_PATH: Final = "/org/freedesktop/DBus"
+IFACE_PEER: Final = "org.freedesktop.DBus.Peer"
 
 # Error names systemd returns that callers need to tell apart.
 ERROR_NO_SUCH_UNIT: Final = "org.freedesktop.systemd1.NoSuchUnit"
