@@ -53,10 +53,15 @@ class Handler(Protocol):
 
     async def logs(self, record: Deployment, run: int, lines: int | None) -> dict[str, Any]: ...
 
+    def surveyed_units(self, record: Deployment) -> tuple[str, ...]:
+        """The units of ``record`` a reconcile's survey reads for it, all at once with
+        every other record's (``Steps.survey``); those its ``reconcile_one`` decides on."""
+
     async def reconcile_one(self, record: Deployment, survey: Survey | None = None) -> str:
         """Make the host match the record: ``adopted``, ``recreated`` or ``stopped``;
-        ``survey``: what Podman held when the reconcile began (``steps.Survey``), which
-        a record found as it should be is decided on without asking Podman again."""
+        ``survey``: what Podman and systemd held when the reconcile began
+        (``steps.Survey``), which a record found as it should be is decided on without
+        asking either again."""
 
     async def remove_orphans(self, known: set[str]) -> list[str]:
         """Remove this kind's units whose name is not in ``known``; the units removed."""

@@ -476,6 +476,9 @@ class JobHandler:
 
     # -- reconcile ----------------------------------------------------------------------
 
+    def surveyed_units(self, record: Deployment) -> tuple[str, ...]:
+        return ()
+
     async def reconcile_one(self, record: Deployment, survey: Survey | None = None) -> str:
         """After a daemon restart or a reboot: settle runs, then make the units match."""
         plan = self._plan(record)

@@ -188,6 +188,9 @@ class NetworkHandler:
             "containers": [],
         }
 
+    def surveyed_units(self, record: Deployment) -> tuple[str, ...]:
+        return ()
+
     async def reconcile_one(self, record: Deployment, survey: Survey | None = None) -> str:
         """The Podman network again when it is missing (its pods need it first)."""
         manifest = parse_manifest(record.manifest, UNRESTRICTED)

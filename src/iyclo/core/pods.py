@@ -133,9 +133,12 @@ class PodHandler:
         """The pods the live cache follows: name → unit."""
         return {r.name: KIND.service(r.name) for r in self.store.list() if r.kind == KIND}
 
-    async def resync(self, adopted: Set[str] = frozenset()) -> None:
-        """The live cache read again; ``adopted`` pods' units as the reconcile read them."""
-        await self.live.resync(await asyncio.to_thread(self.units), known=adopted)
+    async def resync(self, adopted: Set[str] = frozenset(), survey: Survey | None = None) -> None:
+        """The live cache read again; ``adopted`` pods' units as the reconcile read them,
+        and their containers as its ``survey`` listed them when it adopted every pod."""
+        units = await asyncio.to_thread(self.units)
+        listed = survey if survey is not None and set(units) <= adopted else None
+        await self.live.resync(units, known=adopted, listed=listed)
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -605,21 +608,31 @@ class PodHandler:
 
     # -- reconcile ----------------------------------------------------------------------
 
+    def surveyed_units(self, record: Deployment) -> tuple[str, ...]:
+        return (KIND.service(record.name),)
+
     async def reconcile_one(self, record: Deployment, survey: Survey | None = None) -> str:
-        plan = self._plan(record)
-        state = await self.steps.settled_service_state(plan.unit)
+        # A pod found running is adopted from its names alone: planning it (parsing the
+        # manifest again) is for one that must be made.
+        unit = KIND.service(record.name)
+        pod_name = naming.podman_pod_name(record.name, record.pod_generation)
+        if survey is not None and unit in survey.services:
+            state = survey.services[unit]
+        else:
+            state = await self.steps.settled_service_state(unit)
         desired = record.status.get("desired", KIND.running)
         if is_running(state):
-            if pod_of_unit(state) in (None, plan.pod_name):
+            if pod_of_unit(state) in (None, pod_name):
                 self.live.remember_unit(record.name, state)
-                await self.steps.remove_other_generations(record.name, plan.pod_name, survey)
+                await self.steps.remove_other_generations(record.name, pod_name, survey)
                 self._publish(record.name, "running", generation=record.generation)
                 return "adopted"
             # The daemon died mid-update: the unit still runs an older generation.
-            await self.steps.stop(plan.unit)
+            await self.steps.stop(unit)
         if desired == "stopped":
             self._publish(record.name, "stopped", generation=record.generation)
             return "stopped"
+        plan = self._plan(record)
         await self.steps.check_host(plan)
         await self._wait_for_dependencies(plan.manifest)  # the reconcile made them first
         await self.steps.ensure_pod(plan, self._description(plan))

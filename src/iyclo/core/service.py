@@ -37,7 +37,7 @@ from iyclo.core.redact import redact_manifest
 from iyclo.core.results import ApplyResult, ReconcileReport
 from iyclo.core.secrets import SecretReader
 from iyclo.core.state import LiveState
-from iyclo.core.steps import Steps
+from iyclo.core.steps import Steps, Survey
 from iyclo.core.volumes import listing, mounted, remove_owned
 from iyclo.errors import (
     ConflictError,
@@ -480,16 +480,29 @@ class Service:
 
     # -- reconcile ------------------------------------------------------------------------
 
+    async def survey(self) -> Survey:
+        """What Podman and systemd hold for every record (``Steps.survey``), for a
+        ``reconcile``: the daemon's start-up takes it while it asks Podman what it is."""
+        records: list[Deployment] = await off_loop(self.store.list)
+        return await self.steps.survey(
+            [unit for r in records for unit in self._handler(r).surveyed_units(r)]
+        )
+
     async def reconcile(
-        self, progress: Callable[[int, int], None] | None = None
+        self,
+        progress: Callable[[int, int], None] | None = None,
+        survey: Survey | None = None,
     ) -> ReconcileReport:
         """Make systemd and Podman match the store: adopt, re-create, remove orphans.
         ``progress(done, total)`` hears of each record done (the daemon's start-up tells
-        systemd, so a reboot's re-making of many pods is not taken for a hung start)."""
+        systemd, so a reboot's re-making of many pods is not taken for a hung start).
+        ``survey``: one taken just before, while nothing else could change the host
+        (the start-up's, before it serves anyone); else one is taken here."""
         self.dependencies.require_ok("reconcile")
         async with self.locks.exclusive():
             outcomes: dict[str, list[str]] = {"adopted": [], "recreated": [], "stopped": []}
             failed: list[tuple[str, str]] = []
+            survey = survey or await self.survey()
             records: list[Deployment] = await off_loop(self.store.list)
             # What a pod depends on first: its start waits for it (``core.ordering``).
             by_name = {r.name: r for r in records}
@@ -497,7 +510,6 @@ class Service:
             # Networks before everything: a pod's Podman pod cannot be made without them.
             records = sorted((by_name[name] for name in order),
                              key=lambda r: Kind.of(r.kind) is not Kind.NETWORK)  # fmt: skip
-            survey = await self.steps.survey()  # once, not per record
             for done, record in enumerate(records, 1):
                 try:
                     async with self.locks.name(record.name):
@@ -526,7 +538,7 @@ class Service:
                 {r.name for r in records if Kind.of(r.kind) is Kind.NETWORK}
             ))  # fmt: skip
             with contextlib.suppress(IycloError):
-                await self.pods.resync(adopted=set(outcomes["adopted"]))
+                await self.pods.resync(adopted=set(outcomes["adopted"]), survey=survey)
             report = ReconcileReport(
                 tuple(outcomes["adopted"]), tuple(outcomes["recreated"]), tuple(removed),
                 tuple(failed),

@@ -26,7 +26,7 @@ from attrs import define, field
 from iyclo.core import naming
 from iyclo.core.background import Background
 from iyclo.core.oom import KmsgOomWatch, OomKill
-from iyclo.core.steps import Steps
+from iyclo.core.steps import Steps, Survey
 from iyclo.errors import IycloError
 from iyclo.systemd.const import UnitActiveState as Active
 from iyclo.systemd.const import UnitLoadState as Load
@@ -142,26 +142,35 @@ class LiveState:
         state.containers = [row for r in rows if (row := container_row(r)) is not None]
         state.containers_seen = time.monotonic()
 
-    async def resync(self, names: dict[str, str], *, known: Set[str] = frozenset()) -> None:
+    async def resync(
+        self, names: dict[str, str], *, known: Set[str] = frozenset(), listed: Survey | None = None
+    ) -> None:
         """Refresh every pod in `names` (pod name → unit) and drop the others; the units
         of `known` pods are kept as they are: the start-up reconcile has just read them
         settled when it adopted them, and systemd's signals keep them current since
-        (reading every unit again was four more D-Bus calls per pod at every restart)."""
+        (reading every unit again was four more D-Bus calls per pod at every restart).
+        ``listed``: a survey whose containers are still what Podman holds (the reconcile
+        changed none), taken instead of listing them again; a pod an event refreshed
+        since keeps what the event read."""
         for gone in set(self.pods) - set(names):
             self.pods.pop(gone, None)
-        rows = await self.podman.list_containers(naming.LABEL_POD)
+        if listed is None:
+            taken = time.monotonic()
+            rows = await self.podman.list_containers(naming.LABEL_POD)
+        else:
+            rows, taken = [dict(c) for c in listed.containers], listed.taken
         by_pod: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-        for listed in rows:
-            pod = (listed.get("Labels") or {}).get(naming.LABEL_POD)
-            row = container_row(listed)
+        for container in rows:
+            pod = (container.get("Labels") or {}).get(naming.LABEL_POD)
+            row = container_row(container)
             if pod in by_pod and row is not None:
                 by_pod[pod].append(row)
-        now = time.monotonic()
         for name, unit in names.items():
             if name not in known or not self.pods.get(name, PodState()).unit_seen:
                 await self.refresh_unit(name, unit)
             state = self.pods[name]
-            state.containers, state.containers_seen = by_pod[name], now
+            if state.containers_seen <= taken:
+                state.containers, state.containers_seen = by_pod[name], taken
 
     # -- monitoring -------------------------------------------------------------------
 

@@ -55,6 +55,8 @@ log = structlog.get_logger("iyclo.steps")
 STATE_KEYS = ("InvocationID", "ActiveState", "SubState", "StateChangeTimestamp")
 """What tells one moment of a unit from the next, for ``Steps.unit_state``."""
 COHERENT_READ_TRIES = 5
+SURVEY_READS = 16
+"""Unit reads a survey keeps under way at once (``Steps.settled_service_states``)."""
 
 
 def with_env(spec: dict[str, Any], variables: Mapping[str, str] | None) -> dict[str, Any]:
@@ -77,14 +79,22 @@ def pod_of_unit(props: Mapping[str, Any] | None) -> str | None:
 
 @attrs.frozen
 class Survey:
-    """What Podman holds for every name, listed once for a whole reconcile: one list of
-    pods and one of secrets instead of two Podman calls per record (at 200 pods, most of
-    a restart's time went to those calls)."""
+    """What Podman and systemd hold for every name, read once for a whole reconcile: one
+    list each of pods, secrets and containers, and the service units asked for read at
+    once, instead of Podman and systemd calls one record after another (at 200 pods,
+    most of a restart's time went to those calls)."""
 
     pods: Mapping[str, Sequence[str]]
     """Owner name → its Podman pods (generations)."""
     secrets: Mapping[str, Sequence[tuple[str, str | None]]]
     """Owner name → its secrets, each with the Podman pod of its generation."""
+    containers: Sequence[Mapping[str, Any]] = ()
+    """Every container iyclo made, as Podman lists them."""
+    services: Mapping[str, dict[str, Any] | None] = attrs.field(factory=dict)
+    """Service unit → its ``settled_service_state`` (None: not loaded), for the units
+    the survey was asked to read."""
+    taken: float = 0.0
+    """``time.monotonic()`` when the lists were asked for."""
 
 
 class PodMaking(Protocol):
@@ -145,13 +155,18 @@ class Steps:
 
     # -- units ------------------------------------------------------------------------
 
-    async def unit_state(self, unit: str, interface: str = IFACE_UNIT) -> dict[str, Any] | None:
+    async def unit_state(
+        self, unit: str, interface: str = IFACE_UNIT, *, listed: bool = False
+    ) -> dict[str, Any] | None:
         """The Unit properties of a loaded unit and those of its type's ``interface``
-        (e.g. Service, Timer), or None when systemd has no such unit."""
-        try:
-            await self.systemd.get_unit(unit)
-        except NotFoundError:
-            return None
+        (e.g. Service, Timer), or None when systemd has no such unit. ``listed``: a
+        listing has just shown it loaded, so it is not looked up first (one call less;
+        unloaded since, it reads ``not-found`` and is absent all the same)."""
+        if not listed:
+            try:
+                await self.systemd.get_unit(unit)
+            except NotFoundError:
+                return None
         props = await self.systemd.unit_properties(unit)
         if props.get("LoadState") == Load.NOT_FOUND:
             return None
@@ -177,18 +192,43 @@ class Steps:
             log.warning("unit state kept changing while read", unit=unit)
         return {**props, **typed}
 
-    async def service_state(self, unit: str) -> dict[str, Any] | None:
-        return await self.unit_state(unit, IFACE_SERVICE)
+    async def service_state(self, unit: str, *, listed: bool = False) -> dict[str, Any] | None:
+        return await self.unit_state(unit, IFACE_SERVICE, listed=listed)
 
-    async def settled_service_state(self, unit: str) -> dict[str, Any] | None:
+    async def settled_service_state(
+        self, unit: str, *, listed: bool = False
+    ) -> dict[str, Any] | None:
         """``service_state`` once a start or stop under way has ended: a daemon killed in
         the middle of one leaves the job to systemd, and deciding on "deactivating" would
         take a pod being stopped for one that runs (found by the crash campaign)."""
-        state = await self.service_state(unit)
+        state = await self.service_state(unit, listed=listed)
         if state is not None and state.get("ActiveState") in TRANSITIONS:
             await self.systemd.wait_for_state(unit, SETTLED, timeout=timeouts.SYSTEMD_JOB)
             state = await self.service_state(unit)
         return state
+
+    async def settled_service_states(
+        self, units: Sequence[str]
+    ) -> dict[str, dict[str, Any] | None]:
+        """``settled_service_state`` of each of ``units`` that could be read: one listing
+        says which are loaded, and those are read ``SURVEY_READS`` at a time, so systemd
+        answers one while the next is asked for (one after another, the round trips
+        added up)."""
+        if not units:
+            return {}
+        loaded = {u.name for u in await self.systemd.list_units_by_patterns([], units)}
+        gate = asyncio.Semaphore(SURVEY_READS)
+
+        states: dict[str, dict[str, Any] | None] = {u: None for u in units if u not in loaded}
+
+        async def read(unit: str) -> None:
+            async with gate:
+                # One that cannot be read is left out: its record reads it, and fails, alone.
+                with contextlib.suppress(IycloError):
+                    states[unit] = await self.settled_service_state(unit, listed=True)
+
+        await asyncio.gather(*(read(unit) for unit in units if unit in loaded))
+        return states
 
     async def wait_gone(self, unit: str) -> None:
         """Until ``unit`` is unloaded; a failed one is reset first, which unloads it."""
@@ -362,22 +402,31 @@ class Steps:
         await self.podman.remove_pod(pod_name)
         await self._remove_secrets(lambda pod, _: pod == pod_name)
 
-    async def survey(self) -> Survey:
-        """Every Podman pod and secret iyclo made, by owner (``Survey``)."""
+    async def survey(self, services: Sequence[str] = ()) -> Survey:
+        """Every Podman pod, secret and container iyclo made, and the settled state of
+        the service units ``services`` (``Survey``): Podman's lists and systemd's reads
+        asked for at once, as neither waits on the other."""
+        taken = time.monotonic()
+        listed_pods, listed_secrets, containers, states = await asyncio.gather(
+            self.podman.list_pods(naming.LABEL_POD),
+            self.podman.list_secrets(naming.LABEL_POD),
+            self.podman.list_containers(naming.LABEL_POD),
+            self.settled_service_states(services),
+        )
         pods: dict[str, list[str]] = {}
-        for pod in await self.podman.list_pods(naming.LABEL_POD):
+        for pod in listed_pods:
             owner = (pod.get("Labels") or {}).get(naming.LABEL_POD)
             if owner and pod.get("Name"):
                 pods.setdefault(str(owner), []).append(str(pod["Name"]))
         secrets: dict[str, list[tuple[str, str | None]]] = {}
-        for secret in await self.podman.list_secrets(naming.LABEL_POD):
+        for secret in listed_secrets:
             labels = dict(secret.get("Labels") or {})
             owner = labels.get(naming.LABEL_POD)
             if owner:
                 secrets.setdefault(owner, []).append(
                     (str(secret["Name"]), naming.secret_pod(labels))
                 )
-        return Survey(pods, secrets)
+        return Survey(pods, secrets, tuple(containers), states, taken)
 
     async def remove_other_generations(
         self, name: str, keep: str | None, survey: Survey | None = None

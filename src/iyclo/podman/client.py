@@ -88,6 +88,7 @@ class PodmanClient:
         self.url = url
         self._client = podman.PodmanClient(base_url=url, timeout=timeout)
         self._platform: Platform | None = None
+        self._asking_platform = asyncio.Lock()
 
     def close(self) -> None:
         self._client.close()
@@ -121,8 +122,10 @@ class PodmanClient:
         """What this Podman is (see `iyclo.podman.platform`), asked once and remembered:
         a Podman is not swapped for another version behind a running daemon's back."""
         if self._platform is None:
-            info: dict[str, Any] = await self._call("podman info", self._client.info)
-            self._platform = Platform.from_info(info)
+            async with self._asking_platform:  # two callers at once make one info call
+                if self._platform is None:
+                    info: dict[str, Any] = await self._call("podman info", self._client.info)
+                    self._platform = Platform.from_info(info)
         return self._platform
 
     async def version(self) -> dict[str, Any]:
