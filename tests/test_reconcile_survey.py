@@ -1,11 +1,15 @@
-"""A reconcile asks Podman once, not once per record (issue #15): SIGKILL and restart
-with 200 pods spent most of its time listing each record's pods and secrets, then
-looking up each pod's unit before reading it.
+"""Podman is listed once, not once per record or per event (issue #15): SIGKILL and
+restart with 200 pods spent most of its time listing each record's pods and secrets, then
+looking up each pod's unit before reading it; an apply at 200 pods spent more listing
+the pod's containers for each of its own events than making the pod.
 
 Counted over the fakes, not timed (timings live in bench/)."""
 
 from __future__ import annotations
 
+import asyncio
+
+from iyclo.core import naming
 from tests.fakes.fixtures import Core
 from tests.test_reconcile_race import pod
 
@@ -43,3 +47,21 @@ async def test_a_pod_changed_since_the_survey_keeps_what_its_event_read(core: Co
     seen = live.pods["web-0"].containers_seen
     await core.service.reconcile(survey=survey)
     assert live.pods["web-0"].containers_seen == seen
+
+
+async def test_an_apply_lists_its_containers_once(core: Core) -> None:
+    """The apply's own events (its containers starting) are in the listing it makes at
+    its end; they are not listed for again, during the apply or after it."""
+    await core.service.start_watching()
+    await core.service.apply(pod("web-warm"))  # the event stream is connected by now
+    await asyncio.sleep(0.3)
+    core.podman.calls.clear()
+    await core.service.apply(pod("web-0"))
+    await asyncio.sleep(0.3)  # events' refreshes are 20 ms after their last event
+    assert len(core.podman.calls["list_containers"]) == 1
+    container = next(name for name, c in core.podman.containers.items()
+                     if c["Labels"].get(naming.LABEL_POD) == "web-0"
+                     and c["Labels"].get(naming.LABEL_CONTAINER))  # fmt: skip
+    core.podman.container_died(container, 1)  # a change after the apply is listed for
+    await asyncio.sleep(0.3)
+    assert len(core.podman.calls["list_containers"]) >= 2

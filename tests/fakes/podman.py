@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import queue
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -126,7 +127,8 @@ class FakePodman:
             if action == "died":
                 attributes["containerExitCode"] = str(exit_code)
             actor = {"ID": container["Id"], "Attributes": attributes}
-            self._events.put({"Type": "container", "Action": action, "Actor": actor})
+            self._events.put({"Type": "container", "Action": action, "Actor": actor,
+                              "timeNano": time.time_ns()})  # fmt: skip
 
     # -- the PodmanClient API -----------------------------------------------------------
 

@@ -67,6 +67,13 @@ class Locks:
                 self._reconciling = False
                 self._gate.notify_all()
 
+    async def idle(self, name: str) -> None:
+        """Until no operation holds ``name``; at once when none does."""
+        lock = self._names.get(name)
+        if lock is not None and lock.locked():
+            async with lock:
+                pass
+
     def busy(self, name: str) -> bool:
         """Whether an operation on ``name`` is under way."""
         lock = self._names.get(name)

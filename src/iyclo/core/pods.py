@@ -115,6 +115,7 @@ class PodHandler:
                                  lambda pod, c: container_health(self.steps, pod, c))  # fmt: skip
         self.live.on_health = self._on_health
         self.live.on_container_started = self._on_container_started
+        self.live.idle = locks.idle
         self.bridges = BridgeKeeper(steps.podman)
 
     # -- lifecycle --------------------------------------------------------------------

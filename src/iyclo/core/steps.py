@@ -94,7 +94,7 @@ class Survey:
     """Service unit → its ``settled_service_state`` (None: not loaded), for the units
     the survey was asked to read."""
     taken: float = 0.0
-    """``time.monotonic()`` when the lists were asked for."""
+    """``time.time()`` when the lists were asked for (the clock of Podman's events)."""
 
 
 class PodMaking(Protocol):
@@ -406,7 +406,7 @@ class Steps:
         """Every Podman pod, secret and container iyclo made, and the settled state of
         the service units ``services`` (``Survey``): Podman's lists and systemd's reads
         asked for at once, as neither waits on the other."""
-        taken = time.monotonic()
+        taken = time.time()
         listed_pods, listed_secrets, containers, states = await asyncio.gather(
             self.podman.list_pods(naming.LABEL_POD),
             self.podman.list_secrets(naming.LABEL_POD),
