@@ -15,6 +15,7 @@ the monitor restarts the pod's unit as its restart policy says.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable, Set
@@ -39,6 +40,8 @@ UNIT_PROPERTIES = (
     "Slice", "Result", "ExecMainStatus", "InvocationID",
 )  # fmt: skip
 RESYNC_INTERVAL = 30.0
+OPERATION_WAIT = 1.0
+"""Seconds an event's refresh waits for the operation on its pod to end (``LiveState``)."""
 CONTAINER_ACTIONS = frozenset({"start", "died", "stop", "remove", "create", "restart", "init"})
 HEALTH_ACTION = "health_status"
 """Podman's event for each result of a container's health check (4.3 and 5.4), carrying
@@ -52,6 +55,7 @@ class PodState:
     unit: dict[str, Any] = field(factory=dict)
     containers: list[dict[str, Any]] = field(factory=list)
     unit_seen: float = 0.0
+    """``time.monotonic()`` when ``unit`` was asked for: a signal heard before it is in it."""
     containers_seen: float = 0.0
     """``time.time()`` when the listing ``containers`` came from was asked for: a Podman
     event that happened before it is in them already (events carry the same clock)."""
@@ -102,8 +106,8 @@ class LiveState:
         """(pod, the container's event attributes, its HealthStatus) for every check."""
         self.on_container_started: Callable[[str, dict[str, str]], None] | None = None
         self.idle: Callable[[str], Awaitable[None]] = _at_once
-        """Until no operation holds the pod's name: the operation reads the containers
-        itself when it ends, so an event it caused is not listed for on its own."""
+        """Until no operation holds the pod's name: the operation reads the unit and
+        the containers itself when it ends, so what it caused is not read for again."""
         self._oom_watch: KmsgOomWatch | None = None
         self._background = Background()
         self._pending: dict[str, asyncio.Task[None]] = {}
@@ -130,16 +134,19 @@ class LiveState:
     # -- refreshes --------------------------------------------------------------------
 
     async def refresh_unit(self, name: str, unit: str) -> None:
-        self.remember_unit(name, await self.steps.service_state(unit))
+        asked = time.monotonic()
+        self.remember_unit(name, await self.steps.service_state(unit), asked)
 
-    def remember_unit(self, name: str, props: dict[str, Any] | None) -> None:
+    def remember_unit(
+        self, name: str, props: dict[str, Any] | None, asked: float | None = None
+    ) -> None:
         """Keep a unit's state read just now (by a refresh, or by the reconcile that
-        adopted the pod: its resync then need not read it again)."""
+        adopted the pod: its resync then need not read it again), ``asked`` for then."""
         props = props or {"LoadState": Load.NOT_FOUND, "ActiveState": Active.INACTIVE}
         state = self.pods.setdefault(name, PodState())
         state.unit = {key: props.get(key) for key in UNIT_PROPERTIES if key in props}
         state.unit["ExecStart"] = props.get("ExecStart") or []
-        state.unit_seen = time.monotonic()
+        state.unit_seen = time.monotonic() if asked is None else asked
 
     async def refresh_containers(self, name: str) -> None:
         asked = time.time()
@@ -206,8 +213,8 @@ class LiveState:
         parsed = naming.parse_unit_name(change.unit)
         if parsed is None or parsed[0] != "Pod":
             return
-        name, unit = parsed[1], change.unit
-        self._debounce(name, lambda: self._unit_changed(name, unit))
+        name, unit, heard = parsed[1], change.unit, time.monotonic()
+        self._debounce(name, lambda: self._unit_changed(name, unit, heard))
 
     def _debounce(self, key: str, work: Callable[[], Awaitable[None]]) -> None:
         """One refresh per burst of signals: a state change emits several at once."""
@@ -222,7 +229,12 @@ class LiveState:
         task = asyncio.ensure_future(later())
         self._pending[key] = task
 
-    async def _unit_changed(self, name: str, unit: str) -> None:
+    async def _unit_changed(self, name: str, unit: str, heard: float) -> None:
+        """Read the unit for a signal ``heard`` then, unless it was read since (as for
+        containers: an operation reads its unit itself when it ends)."""
+        await self._after_operation(name)
+        if self.pods.get(name, PodState()).unit_seen >= heard:
+            return
         try:
             await self.refresh_unit(name, unit)
             if self.on_change is not None:
@@ -275,12 +287,20 @@ class LiveState:
         if name is not None and self.on_oom is not None:
             self._background.spawn(self.on_oom(name, kill))
 
+    async def _after_operation(self, name: str) -> None:
+        """Until an operation on ``name`` ends, ``OPERATION_WAIT`` at most: what it
+        reads at its end makes the refresh needless, and a long one (a readiness wait)
+        does not hold what ``get`` shows back for longer."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(OPERATION_WAIT):
+                await self.idle(name)
+
     async def _containers_changed(self, name: str, happened: float) -> None:
         """List the pod's containers for an event that ``happened`` then, unless they
         were listed since: at 200 pods a listing took 100 to 250 ms of Podman's time,
         and the events of one apply (creates, inits, starts) had it listed three times
         over while the apply listed them once more at its end."""
-        await self.idle(name)
+        await self._after_operation(name)
         if self.pods.get(name, PodState()).containers_seen >= happened:
             return
         try:

@@ -136,9 +136,10 @@ class PodmanClient:
         """The local image ``reference`` names, or None when local storage has none."""
 
         def get() -> ImageRef | None:
-            if not self._client.images.exists(reference):
+            try:  # one request: asking whether it exists first was a second one
+                attrs: dict[str, Any] = self._client.images.get(reference).attrs
+            except podman.errors.ImageNotFound:
                 return None
-            attrs: dict[str, Any] = self._client.images.get(reference).attrs
             return ImageRef(reference, f"sha256:{attrs['Id']}", str(attrs.get("Digest") or ""))
 
         return await self._call(f'image "{reference}"', get)
