@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -48,7 +48,8 @@ def _read_manifest(path: str) -> str:
     try:
         if path == "-":
             return sys.stdin.read()
-        return Path(path).read_text()
+        with open(path) as file:  # not pathlib: its import is ~3 ms of every command's start
+            return file.read()
     except OSError as exc:
         fail(InvalidError(f"{path}: {exc.strerror or exc}"))
 
@@ -167,7 +168,7 @@ def pull(ctx: click.Context, target: str, as_json: bool) -> None:
 
     Example: `iyclo pull examples/web.json`, `iyclo pull 127.0.0.1:5000/redis:7`
     """
-    is_file = target == "-" or Path(target).is_file()
+    is_file = target == "-" or os.path.isfile(target)
     params = {"manifest": _read_manifest(target)} if is_file else {"image": target}
     name = _manifest_name(params["manifest"]) if is_file else ""
 

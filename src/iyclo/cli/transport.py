@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import click
@@ -33,7 +32,7 @@ def connect(socket_path: str | None, bus: str, timeout: float | None = 300.0) ->
     if path:
         from iyclo.client.jsonrpc import JsonRpcClient
 
-        return JsonRpcClient(Path(path), timeout=timeout)
+        return JsonRpcClient(path, timeout=timeout)
     from iyclo.client.dbus import DBusClient
 
     return DBusClient(bus=bus, timeout=timeout)

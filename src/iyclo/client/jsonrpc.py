@@ -1,13 +1,17 @@
-"""A small blocking client of the JSON socket (the CLI's transport with --socket)."""
+"""A small blocking client of the JSON socket (the CLI's transport with --socket).
+
+Blocking, on the stdlib's ``socket`` and ``json``: it is on the path of every
+``iyclo --socket … ps``, which must start in little more than the interpreter's time.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import itertools
 import json
+import os
 import socket
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from iyclo.contract.methods import ParamsError, bind
@@ -18,8 +22,8 @@ if TYPE_CHECKING:  # the events' classes (~10 ms to make) only for a client that
 
 
 class JsonRpcClient:
-    def __init__(self, path: Path | str, *, timeout: float | None = 300.0) -> None:
-        self.path = str(path)
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float | None = 300.0) -> None:
+        self.path = os.fspath(path)  # a str or a Path: pathlib is not imported for it
         self._ids = itertools.count(1)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:

@@ -11,15 +11,16 @@ its in- and out-arguments. From this table:
 * tests hold the JSON socket's handlers, the exported D-Bus interface and
   ``dbus/io.github.iyclo1.Manager.xml`` to it.
 
-Stdlib only: the CLI's clients import it.
+Stdlib only: the CLI's clients import it, on every call (``bind``). Its value types are
+``NamedTuple``s, not dataclasses: making the three frozen dataclasses (and importing
+``dataclasses``) cost ~3.5 ms of each ``iyclo ps``, a named tuple's class ~0.3 ms.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 REQUIRED: Any = object()
 
@@ -54,8 +55,7 @@ READ, DEPLOY, MANAGE, READ_LOGS, EXEC = (
 )  # fmt: skip
 
 
-@dataclasses.dataclass(frozen=True)
-class Param:
+class Param(NamedTuple):
     name: str
     types: tuple[type, ...]
     """JSON types accepted on the socket (``bool`` is never taken for ``int``)."""
@@ -80,14 +80,12 @@ class Param:
         return isinstance(value, self.types)
 
 
-@dataclasses.dataclass(frozen=True)
-class Out:
+class Out(NamedTuple):
     name: str
     dbus: str
 
 
-@dataclasses.dataclass(frozen=True)
-class Method:
+class Method(NamedTuple):
     name: str
     """The JSON socket's method name, also what ``Transport.call`` takes."""
     params: tuple[Param, ...]
