@@ -33,6 +33,7 @@ from iyclo.contract.methods import BY_NAME, ParamsError, bind
 from iyclo.core.access import Gate
 from iyclo.core.handover import Handover, close_all
 from iyclo.errors import ConflictError, InvalidError, IycloError
+from iyclo.jsonline import encode_line
 
 log = structlog.get_logger("iyclo.jsonrpc")
 
@@ -318,7 +319,7 @@ class JsonRpcServer:
 
         async def send(message: dict[str, Any] | list[dict[str, Any]]) -> None:
             async with lock:
-                writer.write(json.dumps(message, default=str).encode() + b"\n")
+                writer.write(encode_line(message))
                 await writer.drain()
 
         conn = _Connection(
