@@ -25,7 +25,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
-IMPORTS = "iyclo.api.dbus, iyclo.client.dbus, iyclo.core.service, iyclo.errors, iyclo.store"
+IMPORTS = (
+    "iyclo.api.dbus, iyclo.client.dbus, iyclo.client.jsonrpc, iyclo.core.service, iyclo.errors, "
+    "iyclo.store"
+)
 _LIST_MODULES = f"""
 import json, sys
 import {IMPORTS}

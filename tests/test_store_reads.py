@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from iyclo.errors import StoreError
+from iyclo.errors import NotFoundError, StoreError
 from iyclo.store import Store, off_loop
 
 PODS = 200
@@ -53,6 +53,34 @@ def test_a_failed_write_leaves_the_kept_state_as_the_file(tmp_path: Path) -> Non
             store.set_status("web", desired="stopped", ratio=float("nan"))
         assert store.get("web").status == {}
         assert store.file_reads == 2  # parsed again after the failed write
+
+
+def test_a_record_is_made_once_per_change_and_every_change_is_seen(tmp_path: Path) -> None:
+    """``Store._record``: reads between two writes get the same record; a read after any
+    write, a failed one included, sees what the file holds."""
+    with Store.open(tmp_path) as store:
+        store.apply("web", "pod", {"name": "web"}, "d1")
+        first = store.get("web")
+        assert store.get("web") is first
+        assert store.find("web") is first
+        store.set_status("web", desired="stopped")
+        assert store.get("web").status == {"desired": "stopped"}
+        store.apply("web", "pod", {"name": "web", "v": 2}, "d2")
+        assert (store.get("web").generation, store.get("web").manifest) == (
+            2,
+            {"name": "web", "v": 2},
+        )
+        store.drop_generation("web", 2)
+        assert (store.get("web").generation, store.get("web").digest) == (1, "d1")
+        with pytest.raises(ValueError, match="JSON"):
+            store.set_status("web", desired="running", ratio=float("nan"))
+        assert store.get("web").status == {"desired": "stopped"}
+        store.remove("web")
+        assert store.find("web") is None
+        with pytest.raises(NotFoundError):
+            store.get("web")
+        store.apply("web", "pod", {"name": "web", "v": 3}, "d3")
+        assert store.get("web").manifest == {"name": "web", "v": 3}
 
 
 async def test_reads_stay_on_the_loop_unless_a_write_holds_the_store(tmp_path: Path) -> None:
