@@ -31,6 +31,8 @@ from bench.measure import (
 from iyclo_testhost import DEFAULT_BASE, Host, boot, ensure_busybox_image
 
 ROOT = Path(__file__).resolve().parent.parent
+RESTARTS = 3
+"""SIGKILL + restart is timed this many times (one start is one sample of a busy host)."""
 
 
 def machine(host: Host) -> dict[str, Any]:
@@ -109,10 +111,13 @@ def run(pods: int, rounds: int) -> tuple[dict[str, Any], list[Row]]:
         rows.extend(_reads(daemon, host, rounds))
         rows.append(row("daemon RSS", f"{rss_mib(host):.1f} MiB ({pods + 11} pods)",
                         f"{rss_empty:.1f} MiB (0 pods)", "≤ 60 MB", "VmRSS of iyclod"))  # fmt: skip
-        seconds, restarted = restart_until_ready(daemon)
+        restarts = [restart_until_ready(daemon) for _ in range(RESTARTS)]
+        seconds = statistics.median(s for s, _ in restarts)
+        restarted = sum(r for _, r in restarts)
         rows.append(row(f"SIGKILL + restart, {pods + 11} pods", ms(seconds),
                         f"{restarted} containers restarted", "≤ 1500 ms, 0 restarted",
-                        "until READY=1 (start-up reconcile done)"))  # fmt: skip
+                        f"until READY=1 (start-up reconcile done); median of "
+                        f"{', '.join(ms(s) for s, _ in restarts)}"))  # fmt: skip
         daemon.stop()
     finally:
         host.shutdown(timeout=300)
