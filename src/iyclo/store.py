@@ -98,6 +98,10 @@ LOCK_FILE = "iyclo.lock"
 JSONDict = dict[str, Any]
 
 
+def _no_such(name: str) -> NotFoundError:
+    return NotFoundError(f"no pod or job named '{name}'")
+
+
 def _fsync_dir(directory: Path) -> None:
     """Make a rename inside `directory` durable; without it a power cut can undo it."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
@@ -473,7 +477,7 @@ class Store:
         with self._mutex:
             record = self._record(name)
             if record is None:
-                raise NotFoundError(f"no pod or job named '{name}'")
+                raise _no_such(name)
             return record
 
     @reads
@@ -655,7 +659,7 @@ class Store:
     def _doc(self, name: str) -> Document:
         doc = self._lookup("deployments", "name", name)
         if doc is None:
-            raise NotFoundError(f"no pod or job named '{name}'")
+            raise _no_such(name)
         return doc
 
     def _run_doc(self, name: str, number: int) -> tuple[Document, int]:
@@ -666,7 +670,7 @@ class Store:
                     return doc, index
         deployment = self._lookup("deployments", "name", name)
         if deployment is None and doc is None:
-            raise NotFoundError(f"no pod or job named '{name}'")
+            raise _no_such(name)
         kind = "job" if deployment is None else deployment["kind"]
         stored = [] if doc is None else [run["number"] for run in doc["runs"]]
         raise NotFoundError(f"{kind} '{name}' has no run {number} (stored: {_numbers(stored)})")

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import difflib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -480,10 +480,11 @@ class Service:
 
     # -- reconcile ------------------------------------------------------------------------
 
-    async def survey(self) -> Survey:
+    async def survey(self, records: Sequence[Deployment] | None = None) -> Survey:
         """What Podman and systemd hold for every record (``Steps.survey``), for a
         ``reconcile``: the daemon's start-up takes it while it asks Podman what it is."""
-        records: list[Deployment] = await off_loop(self.store.list)
+        if records is None:
+            records = await off_loop(self.store.list)
         return await self.steps.survey(
             [unit for r in records for unit in self._handler(r).surveyed_units(r)]
         )
@@ -502,8 +503,8 @@ class Service:
         async with self.locks.exclusive():
             outcomes: dict[str, list[str]] = {"adopted": [], "recreated": [], "stopped": []}
             failed: list[tuple[str, str]] = []
-            survey = survey or await self.survey()
             records: list[Deployment] = await off_loop(self.store.list)
+            survey = survey or await self.survey(records)
             # What a pod depends on first: its start waits for it (``core.ordering``).
             by_name = {r.name: r for r in records}
             order = start_order(by_name, {r.name: needs_of(r.manifest) for r in records})

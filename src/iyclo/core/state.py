@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Awaitable, Callable, Set
+from collections.abc import Awaitable, Callable, Mapping, Sequence, Set
 from typing import Any
 
 import structlog
@@ -61,7 +61,7 @@ class PodState:
     event that happened before it is in them already (events carry the same clock)."""
 
 
-def container_row(listed: dict[str, Any]) -> dict[str, Any] | None:
+def container_row(listed: Mapping[str, Any]) -> dict[str, Any] | None:
     """A container as iyclo reports it, from Podman's list entry (None: the infra)."""
     labels = listed.get("Labels") or {}
     if naming.LABEL_CONTAINER not in labels:
@@ -170,11 +170,12 @@ class LiveState:
         since keeps what the event read."""
         for gone in set(self.pods) - set(names):
             self.pods.pop(gone, None)
+        rows: Sequence[Mapping[str, Any]]
         if listed is None:
             taken = time.time()
             rows = await self.podman.list_containers(naming.LABEL_POD)
         else:
-            rows, taken = [dict(c) for c in listed.containers], listed.taken
+            rows, taken = listed.containers, listed.taken
         by_pod: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
         for container in rows:
             pod = (container.get("Labels") or {}).get(naming.LABEL_POD)
