@@ -208,6 +208,7 @@ def test_overlap_skip_drops_elapses_during_a_run_and_queue_runs_once_after(
         for name in ("skipper", "queuer"):
             runs = finished_runs(daemon, name)
             for before, after in itertools.pairwise(runs):
+                assert "endUsec" in before, (name, runs)  # a finished run has an end
                 # never two at once
                 assert after["startUsec"] >= before["endUsec"], (name, before, after)
         skipper = finished_runs(daemon, "skipper")
@@ -435,6 +436,29 @@ def test_remove_keeps_history_unless_purged(daemon: Daemon) -> None:
         assert not loaded(host, "iyclo-job-keeper.timer")
     finally:
         remove(daemon, "keeper")
+
+
+def test_a_job_applied_again_after_a_purge_does_not_inherit_the_last_run(
+    daemon: Daemon,
+) -> None:
+    """The journal outlives a purged history: the run a remove interrupted a moment ago
+    is the old job's, not the first run of the job applied again under its name (found
+    by running the overlap test twice in a row: the new queuer's "run 1" was the old
+    queuer's interrupted run 3, failed, 1.4 s before anything ran)."""
+    manifest = job("again", YEARLY, INTERRUPTIBLE + "sleep 30 & wait")
+    try:
+        daemon.call("apply", manifest=manifest)
+        daemon.call("run_job", name="again")
+        remove(daemon, "again")  # interrupts the run, purges its history
+        daemon.call("apply", manifest=manifest)
+        daemon.call("reconcile")  # settles every job's runs from the journal
+        assert daemon.call("runs", name="again") == []
+        # with a run stored, the journal is read from a second before its start
+        assert daemon.call("run_job", name="again")["run"] == 1
+        daemon.call("reconcile")
+        assert [r["number"] for r in daemon.call("runs", name="again")] == [1]
+    finally:
+        remove(daemon, "again")
 
 
 def test_invalid_calendar_is_rejected_and_nothing_is_made(daemon: Daemon) -> None:

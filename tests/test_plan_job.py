@@ -237,6 +237,15 @@ def test_killed_runs_report_the_signal_as_a_shell_would() -> None:
     assert finished(success)["state"] == "succeeded"
 
 
+def test_a_unit_that_never_ended_shows_no_end() -> None:
+    from iyclo.core.run_records import end_shown
+
+    assert end_shown(_ended()) == end_from_properties(_ended())
+    assert end_shown(_ended(InactiveEnterTimestamp=0)) is None  # before its first run
+    assert end_shown(_ended(ActiveState="activating")) is None
+    assert end_shown(None) is None
+
+
 def test_invocation_ids_and_times() -> None:
     assert invocation_hex(b"") == ""
     assert invocation_hex(list(bytes.fromhex(INVOCATION))) == INVOCATION

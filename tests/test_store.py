@@ -95,6 +95,39 @@ def test_history_is_bounded_and_numbers_are_never_reused(state_dir: Path) -> Non
         assert dep.generations == [4, 5, 6]
 
 
+def test_the_first_apply_is_kept_past_trimmed_generations_until_a_remove(
+    state_dir: Path,
+) -> None:
+    """A job's runs are told from a removed job's of the same name by this moment."""
+    with Store.open(state_dir, history_limit=2) as store:
+        first = store.apply("nightly", "job", {"n": 1}, "d1")
+        assert first.created_at == first.applied_at
+        time.sleep(0.01)
+        for n in range(2, 5):
+            store.apply("nightly", "job", {"n": n}, f"d{n}")
+        assert store.get("nightly").generations == [3, 4]
+        assert store.get("nightly").created_at == first.created_at
+        store.remove("nightly", purge_runs=False)
+        time.sleep(0.01)
+        again = store.apply("nightly", "job", {"n": 1}, "d1")
+        assert again.created_at > first.created_at
+
+
+def test_a_store_without_the_first_apply_reads_the_oldest_generation(state_dir: Path) -> None:
+    with Store.open(state_dir) as store:
+        store.apply("web", "pod", {}, "d1")
+        time.sleep(0.01)  # times are kept to the millisecond
+        store.apply("web", "pod", {}, "d2")
+    path = state_dir / "state.json"
+    data = json.loads(path.read_text())
+    (doc,) = data["deployments"].values()
+    del doc["createdAt"]
+    path.write_text(json.dumps(data))
+    with Store.open(state_dir) as store:
+        web = store.get("web")
+        assert web.created_at == store.history("web")[0].applied_at < web.applied_at
+
+
 def test_history_limit_must_leave_a_generation_to_fall_back_to(state_dir: Path) -> None:
     with pytest.raises(ValueError, match="history_limit"):
         Store.open(state_dir, history_limit=1)

@@ -14,6 +14,7 @@ On disk (`<state_dir>/state.json`, TinyDB layout, one document per name)::
 
     {"meta": {"1": {"schemaVersion": 1}},
      "deployments": {"1": {"name": "web", "kind": "pod", "lastGeneration": 3,
+                           "createdAt": "2024-04-30T09:00:00.000Z",
                            "generations": [{"generation": 3, "digest": "...",
                                             "manifest": {...},
                                             "appliedAt": "2024-05-01T12:00:00.000Z",
@@ -24,6 +25,10 @@ On disk (`<state_dir>/state.json`, TinyDB layout, one document per name)::
 
 `podGeneration` is present only on a generation applied in place (its resources changed
 on the running pod): it names the generation whose Podman pod it runs in.
+
+`createdAt` is when the name was first applied (since its last remove): what happened
+to a unit of that name before then was an earlier deployment's. Stores written before
+it was kept read the oldest generation's `appliedAt` instead.
 
 `lastGeneration` and `lastRun` are counters kept apart from the lists so that
 numbers are never reused after old entries are trimmed.
@@ -236,6 +241,9 @@ class Deployment:
     """The generation whose Podman pod runs this one: itself, unless updated in place."""
     images: JSONDict
     """The current generation's images (``Generation.images``)."""
+    created_at: datetime
+    """When this name was first applied since it was last removed: a job's runs come
+    after it (the journal still holds the runs of a removed job of the same name)."""
 
 
 def _now() -> str:
@@ -269,6 +277,9 @@ def _deployment(doc: Mapping[str, Any]) -> Deployment:
         generations=[entry["generation"] for entry in doc["generations"]],
         pod_generation=current.pod_generation,
         images=current.images,
+        created_at=datetime.fromisoformat(
+            doc.get("createdAt") or doc["generations"][0]["appliedAt"]
+        ),
     )
 
 
@@ -440,6 +451,7 @@ class Store:
                         "name": name,
                         "kind": kind,
                         "lastGeneration": number,
+                        "createdAt": entry["appliedAt"],
                         "generations": [entry],
                         "status": {},
                     }

@@ -84,6 +84,21 @@ def stale(props: dict[str, Any] | None, stored: list[dict[str, Any]]) -> bool:
     return bool(starts) and start <= max(starts)
 
 
+def end_shown(props: dict[str, Any] | None) -> RunEnd | None:
+    """The end of the current invocation that ``props`` show, or None.
+
+    An ended state counts only with the moment it was entered: a unit that has not
+    ended since it was made reads ``InactiveEnterTimestamp`` 0, and its inactive state
+    then is from before its first run, no run's end. (Taken for one, the first run
+    would be stored as finished with no end time; CI once showed such a run, its cause
+    not pinned down, so no path can record one.)"""
+    if not is_ended(props):
+        return None
+    assert props is not None
+    end = end_from_properties(props)
+    return end if end.end_usec > 0 else None
+
+
 class RunRecorder:
     """Opens and closes run records; publishes ``JobFinished`` and the job's state after."""
 
@@ -226,10 +241,11 @@ class RunRecorder:
                     return
                 await self._record_start(name, invocation, int(props["InactiveExitTimestamp"]))
             return
-        if not is_ended(props):
+        end = end_shown(props)
+        if end is None:
             return
         if run is not None and run.get("state") == "running":
-            await self._record_end(name, run, end_from_properties(props))
+            await self._record_end(name, run, end)
         elif run is None and int(props.get("InactiveEnterTimestamp", 0)) > max(
             (int(r.get("endUsec") or 0) for r in stored), default=0
         ):
@@ -283,8 +299,9 @@ class RunRecorder:
                 continue
             invocation = str(run.get("invocationId", ""))
             if service is not None and invocation == current:
-                if is_ended(service) and not stale(service, stored):
-                    await self._record_end(name, run, end_from_properties(service))
+                end = end_shown(service)
+                if end is not None and not stale(service, stored):
+                    await self._record_end(name, run, end)
                 continue
             if final:
                 end = lost(invocation, int(run.get("startUsec", 0)))
@@ -302,13 +319,15 @@ class RunRecorder:
     async def _settle_from_journal(
         self, record: Deployment, stored: list[dict[str, Any]], service: dict[str, Any] | None
     ) -> None:
-        """Close runs whose end systemd logged, and add runs the daemon never saw."""
+        """Close runs whose end systemd logged, and add runs the daemon never saw.
+
+        An invocation seen before the job was first applied is an earlier job's of the
+        same name: the run a purging remove interrupted is logged a moment before the
+        name is applied again, and was taken for a run of the new job."""
+        created = record.created_at.timestamp()
         newest = max((int(r.get("startUsec", 0)) for r in stored), default=0)
-        if newest:
-            since = newest / 1_000_000 - 1
-        else:
-            history = await off_loop(self.store.history, record.name)
-            since = history[0].applied_at.timestamp() - 1
+        since = max(newest / 1_000_000, created) - 1  # --since takes whole seconds
+        floor = int(created * 1_000_000)
         unit = KIND.service(record.name)
         entries = await journal.query(
             "_PID=1", f"UNIT={unit}", f"--since=@{since:.0f}", "-n", str(JOURNAL_LIMIT)
@@ -316,6 +335,8 @@ class RunRecorder:
         current = invocation_hex((service or {}).get("InvocationID"))
         by_id = {r.get("invocationId"): r for r in stored}
         for seen in runs_from_journal(entries):
+            if seen.start_usec < floor:
+                continue
             run = by_id.get(seen.invocation_id)
             if run is None:
                 if seen.end is not None:
