@@ -33,8 +33,11 @@ def db(name: str) -> dict[str, Any]:
             "name": "db", "image": "localhost/busybox:latest",
             "command": ["sh", "-c", f"sleep {DB_DELAY}; touch /tmp/ok; exec sleep 1000000"],
             "tmpfs": ["/tmp"],  # empty at each start: a restart is not ready at once
+            # failures before the file is made do not count: with 3 retries 1 s apart
+            # the third failure fell at DB_DELAY (with 4 busy loops beside them, 2 of 4
+            # such pods were unhealthy before ready; with the start period, 0 of 8)
             "healthcheck": {"command": ["test", "-e", "/tmp/ok"], "interval": "1s",
-                            "timeout": "2s", "retries": 3},
+                            "timeout": "2s", "retries": 3, "startPeriod": "20s"},
             "stopTimeout": "1s",
         }],
     }  # fmt: skip
