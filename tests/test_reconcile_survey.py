@@ -65,3 +65,19 @@ async def test_an_apply_lists_its_containers_once(core: Core) -> None:
     core.podman.container_died(container, 1)  # a change after the apply is listed for
     await asyncio.sleep(0.3)
     assert len(core.podman.calls["list_containers"]) >= 2
+
+
+async def test_a_unit_changed_since_the_survey_keeps_what_its_signal_read(core: Core) -> None:
+    """A reconcile adopting a pod from its survey keeps a unit read since (for a signal)
+    rather than the survey's older read, and a signal heard after the survey's read is
+    read for even when the adoption comes later."""
+    await core.service.start_watching()
+    await core.service.apply(pod("web-0"))
+    unit = "iyclo-pod-web-0.service"
+    live = core.service.pods.live
+    survey = await core.service.survey()
+    core.systemd.set_unit_state(unit, "active", "running", main_pid=4242)
+    await asyncio.sleep(0.3)  # the signal's refresh (20 ms after it) has read the unit
+    await core.service.reconcile(survey=survey)
+    await asyncio.sleep(0.3)
+    assert live.pods["web-0"].unit["MainPID"] == 4242

@@ -618,13 +618,13 @@ class PodHandler:
         unit = KIND.service(record.name)
         pod_name = naming.podman_pod_name(record.name, record.pod_generation)
         if survey is not None and unit in survey.services:
-            state = survey.services[unit]
+            state, asked = survey.services[unit], survey.units_asked
         else:
-            state = await self.steps.settled_service_state(unit)
+            state, asked = await self.steps.settled_service_state(unit), None
         desired = record.status.get("desired", KIND.running)
         if is_running(state):
             if pod_of_unit(state) in (None, pod_name):
-                self.live.remember_unit(record.name, state)
+                self.live.remember_unit(record.name, state, asked)
                 await self.steps.remove_other_generations(record.name, pod_name, survey)
                 self._publish(record.name, "running", generation=record.generation)
                 return "adopted"

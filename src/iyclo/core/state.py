@@ -141,9 +141,12 @@ class LiveState:
         self, name: str, props: dict[str, Any] | None, asked: float | None = None
     ) -> None:
         """Keep a unit's state read just now (by a refresh, or by the reconcile that
-        adopted the pod: its resync then need not read it again), ``asked`` for then."""
+        adopted the pod: its resync then need not read it again), ``asked`` for then; a
+        state read since (a signal's refresh after a survey's read) is kept instead."""
         props = props or {"LoadState": Load.NOT_FOUND, "ActiveState": Active.INACTIVE}
         state = self.pods.setdefault(name, PodState())
+        if asked is not None and state.unit_seen > asked:
+            return
         state.unit = {key: props.get(key) for key in UNIT_PROPERTIES if key in props}
         state.unit["ExecStart"] = props.get("ExecStart") or []
         state.unit_seen = time.monotonic() if asked is None else asked

@@ -95,6 +95,9 @@ class Survey:
     the survey was asked to read."""
     taken: float = 0.0
     """``time.time()`` when the lists were asked for (the clock of Podman's events)."""
+    units_asked: float = 0.0
+    """``time.monotonic()`` when the units were asked for: a systemd signal heard since
+    may be newer than what ``services`` holds (``LiveState.remember_unit``)."""
 
 
 class PodMaking(Protocol):
@@ -218,7 +221,6 @@ class Steps:
             return {}
         loaded = {u.name for u in await self.systemd.list_units_by_patterns([], units)}
         gate = asyncio.Semaphore(SURVEY_READS)
-
         states: dict[str, dict[str, Any] | None] = {u: None for u in units if u not in loaded}
 
         async def read(unit: str) -> None:
@@ -406,7 +408,7 @@ class Steps:
         """Every Podman pod, secret and container iyclo made, and the settled state of
         the service units ``services`` (``Survey``): Podman's lists and systemd's reads
         asked for at once, as neither waits on the other."""
-        taken = time.time()
+        taken, units_asked = time.time(), time.monotonic()
         listed_pods, listed_secrets, containers, states = await asyncio.gather(
             self.podman.list_pods(naming.LABEL_POD),
             self.podman.list_secrets(naming.LABEL_POD),
@@ -426,7 +428,7 @@ class Steps:
                 secrets.setdefault(owner, []).append(
                     (str(secret["Name"]), naming.secret_pod(labels))
                 )
-        return Survey(pods, secrets, tuple(containers), states, taken)
+        return Survey(pods, secrets, tuple(containers), states, taken, units_asked)
 
     async def remove_other_generations(
         self, name: str, keep: str | None, survey: Survey | None = None
