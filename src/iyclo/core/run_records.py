@@ -246,7 +246,7 @@ class RunRecorder:
             return
         if run is not None and run.get("state") == "running":
             await self._record_end(name, run, end)
-        elif run is None and int(props.get("InactiveEnterTimestamp", 0)) > max(
+        elif run is None and end.end_usec > max(
             (int(r.get("endUsec") or 0) for r in stored), default=0
         ):
             # An end we cannot place: a run too quick to be seen activating, or the
